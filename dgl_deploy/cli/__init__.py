@@ -1,0 +1,8 @@
+"""The `dgl` command line. One module per command group registers on the shared `app`;
+every command only parses options and calls one library function."""
+
+from .app import app, main  # noqa: F401
+from . import model_cmds  # noqa: F401  (registers its commands)
+from . import eval_cmds  # noqa: F401
+
+__all__ = ["app", "main"]

@@ -1,0 +1,54 @@
+"""The shared Typer app and the error boundary: a DGLError becomes one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import typer
+
+from .. import __version__
+from ..errors import DGLError
+
+app = typer.Typer(
+    name="dgl",
+    help="DGL prompt tuning for text-video retrieval: train, export, embed, query, eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dgl-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """DGL prompt tuning for text-video retrieval."""
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`app.command` that turns the library's DGLError into `error: <message>` and exit code 1."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            try:
+                return fn(*a, **kw)
+            except DGLError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+
+        return app.command(*args, **kwargs)(wrapped)
+
+    return register
+
+
+def main() -> None:
+    """Console entry point (`dgl`)."""
+    app()

@@ -1,0 +1,250 @@
+"""Video frames for CLIP: uniform frame sampling with decord, CLIP-style resize + centre crop, normalisation.
+
+Sampling formula (whole clip of N decodable frames, T wanted):
+    first, last = 0, N - 1
+    idx_i = rint(first + i * (last - first) / (T - 1)),  i = 0 … T-1      (np.linspace, round half to even)
+With a segment [start_s, end_s] (seconds, at the container's average fps):
+    first = clip(floor(start_s * fps), 0, N - 1),  last = clip(ceil(end_s * fps) - 1, first, N - 1)
+so a segment past the end of the clip clamps to its last frame. T = 1 takes `first`. Clips with fewer
+than T frames repeat frames (the linspace hits some indices twice).
+
+Pixels: resize the shorter side to `image_size` (bicubic, antialiased, as torchvision's Resize in
+open_clip's preprocessing), then centre-crop to a square — on all T frames in one tensor op.
+
+Robustness: `decode_frames` runs decord in the calling process. `read_frames` and `DecodeProcess`
+run it in a separate process under a per-file time limit, so a hang or a segfault on a bad file
+becomes a `VideoError` for that file, never a dead or stuck caller.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import multiprocessing.connection
+import re
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import decord
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from .errors import DGLError
+
+Segment = tuple[float, float]
+
+DEFAULT_TIMEOUT_S = 60.0
+_STARTUP_TIMEOUT_S = 180.0  # importing torch in a fresh worker; not counted against the per-file limit
+
+
+class VideoError(DGLError):
+    """A video file that cannot be decoded; `path` names it and `reason` says why (one line)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def frame_indices(num_available: int, fps: float, num_frames: int, segment: Segment | None = None) -> np.ndarray:
+    """The `num_frames` frame indices to decode, int64 (T,); formula in the module docstring."""
+    first, last = 0, num_available - 1
+    if segment is not None:
+        start_s, end_s = segment
+        if not (fps > 0 and 0 <= start_s < end_s):
+            raise ValueError(f"invalid segment {segment} (fps {fps})")
+        first = min(max(math.floor(start_s * fps), 0), last)
+        last = min(max(math.ceil(end_s * fps) - 1, first), last)
+    return np.rint(np.linspace(first, last, num_frames)).astype(np.int64)
+
+
+def resize_center_crop(frames: np.ndarray, image_size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, S, S, 3) uint8: shorter side to S (bicubic, antialias), centre crop."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    x = TF.resize(x, [image_size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    x = TF.center_crop(x, [image_size, image_size])  # (T, 3, S, S)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def normalize(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 with CLIP mean/std; plain torch ops (ONNX-exportable)."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    x = frames.movedim(-1, -3).to(torch.float32) / 255.0  # (..., 3, H, W)
+    mean = torch.tensor(OPENAI_DATASET_MEAN, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def _check_file(path: Path) -> None:
+    """Cheap checks before any decoder sees the file."""
+    if not path.exists():
+        raise VideoError(path, "file not found")
+    if not path.is_file():
+        raise VideoError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+
+
+def _decoder_message(exc: Exception) -> str:
+    """decord's first error line without its '[time] /src/file.cc:123:' prefix."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[\d:]+\] \S+: ", "", line)[:160]
+
+
+def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None) -> np.ndarray:
+    """Decode and preprocess in this process (no time limit): (T, S, S, 3) uint8. Raises VideoError."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except decord.DECORDError as exc:
+        raise VideoError(path, f"corrupt or truncated video ({_decoder_message(exc)})") from None
+    except RuntimeError:  # decord's "Error reading <file>...": no demuxer/stream/index found
+        raise VideoError(path, "not a readable video (unknown format, no video stream, or missing index)") from None
+    count = len(reader)
+    if count == 0:
+        raise VideoError(path, "no video frames")
+    try:
+        indices = frame_indices(count, reader.get_avg_fps(), num_frames, segment)
+    except ValueError as exc:
+        raise VideoError(path, str(exc)) from None
+    try:
+        frames = reader.get_batch(indices).asnumpy()  # (T, H, W, 3)
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        raise VideoError(path, f"corrupt or truncated video ({_decoder_message(exc)})") from None
+    if frames.shape[0] != num_frames:
+        raise VideoError(path, f"truncated video (got {frames.shape[0]} of {num_frames} frames)")
+    return resize_center_crop(frames, image_size)
+
+
+def _serve(conn: mp.connection.Connection) -> None:
+    """Worker loop: receive (path, num_frames, image_size, segment), send ('ok', frames) or ('error', reason)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+    conn.send(("ready", None))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", decode_frames(*request)))
+        except VideoError as exc:
+            conn.send(("error", exc.reason))
+        except Exception as exc:  # anything else the decoder throws is still this file's failure
+            conn.send(("error", f"decoder failed: {type(exc).__name__}: {_decoder_message(exc)}"))
+
+
+def _context() -> Any:
+    """forkserver: workers fork from a clean server that has imported this module once (fast restarts)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+class DecodeProcess:
+    """One decoding subprocess; `decode` enforces a time limit and restarts the process after a hang or crash.
+
+    Not thread-safe: use one per thread. `close` kills the process (also unblocks a pending `decode`).
+    """
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: mp.connection.Connection | None = None
+        self._closed = False
+
+    def _start(self) -> mp.connection.Connection:
+        if self._closed:
+            raise DGLError("DecodeProcess is closed")
+        ctx = _context()
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="dgl-decode")
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        try:
+            if not parent.poll(_STARTUP_TIMEOUT_S):
+                raise TimeoutError
+            parent.recv()  # ('ready', None)
+        except (TimeoutError, EOFError, OSError):
+            code = self._stop()
+            raise DGLError(f"the video decoder process failed to start (exit code {code}); see its stderr") from None
+        return parent
+
+    def _stop(self) -> int | None:
+        """Kill the worker; returns its exit code (negative = signal)."""
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        code = None
+        if proc is not None:  # kill first: a thread waiting on `conn` then wakes up with EOF
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            code = proc.exitcode
+        if conn is not None:
+            conn.close()
+        return code
+
+    def decode(
+        self,
+        path: str | Path,
+        num_frames: int,
+        image_size: int,
+        segment: Segment | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> np.ndarray:
+        """Like `decode_frames`, in the subprocess, failing with VideoError after `timeout` seconds."""
+        path = Path(path)
+        _check_file(path)
+        conn = self._conn if self._proc is not None and self._proc.is_alive() else self._start()
+        try:
+            conn.send((str(path), num_frames, image_size, segment))
+            if not conn.poll(timeout):
+                self._stop()
+                raise VideoError(path, f"decoding timed out after {timeout:g} s")
+            status, payload = conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            code = self._stop()
+            raise VideoError(path, f"decoder process crashed (exit code {code})") from None
+        if status == "error":
+            raise VideoError(path, payload)
+        return payload
+
+    def close(self) -> None:
+        """Kill the subprocess; the object cannot be used afterwards."""
+        self._closed = True
+        self._stop()
+
+    def __enter__(self) -> DecodeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_shared: DecodeProcess | None = None
+_shared_lock = threading.Lock()
+
+
+def read_frames(
+    path: str | Path,
+    num_frames: int,
+    image_size: int,
+    segment: Segment | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> np.ndarray:
+    """T uniformly sampled frames of `path`, resized + centre-cropped: (T, S, S, 3) uint8.
+
+    Decodes in a shared background process (started on first use, ~3 s) under a `timeout` per file;
+    raises VideoError naming the file and the reason for missing, empty, non-video, corrupt,
+    truncated, hanging or crashing input. For many files use `loader.iter_video_batches`.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = DecodeProcess()
+        return _shared.decode(path, num_frames, image_size, segment, timeout)

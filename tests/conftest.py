@@ -1,0 +1,34 @@
+"""Shared fixtures: seeded torch, tiny random-init models (no downloads anywhere in the tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
+REFERENCE = GOLDEN.parent
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def golden_case(latent: str) -> tuple[Path, dict, Path]:
+    """(reference checkpoint, its JSON config, its npz of inputs/outputs); skips where shared/ is absent."""
+    pth, cfg, npz = (GOLDEN / f"dgl_tiny_{latent}{ext}" for ext in (".pth", ".json", ".npz"))
+    if not pth.exists():
+        pytest.skip(f"golden fixtures not found at {GOLDEN}")
+    return pth, json.loads(cfg.read_text()), npz
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A dgl-tiny transformer-latent model with random (seeded) prompts and backbone."""
+    from dgl_deploy.model import create_model
+
+    torch.manual_seed(1)
+    return create_model("dgl-tiny", pretrained=None).eval()
