@@ -3,9 +3,11 @@ or from the tiny configs registered here; only OpenAI-style ViT towers are accep
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import open_clip
 import torch
@@ -47,9 +49,22 @@ def _create_open_clip(name: str, pretrained: str | None) -> CLIP:
     if name not in open_clip.list_models():
         raise DGLError(f"unknown CLIP model {name!r}; known OpenAI-style ViTs include ViT-B-32, ViT-B-16, ViT-L-14, dgl-tiny")
     try:
-        return open_clip.create_model(name, pretrained=pretrained, precision="fp32", device="cpu")
+        with _quiet_root_logger(pretrained is None):  # open_clip warns that random init has no weights
+            return open_clip.create_model(name, pretrained=pretrained, precision="fp32", device="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
         raise DGLError(f"cannot load CLIP {name!r} with pretrained={pretrained!r}: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _quiet_root_logger(active: bool) -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    if active:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:

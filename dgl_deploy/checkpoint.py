@@ -101,13 +101,16 @@ def _arch_diff(want: dict, got: dict) -> str:
     return ", ".join(diffs[:4]) or "activation differs"
 
 
-def checkpoint_digest(path: Path | str) -> str:
-    """sha256 of the prompt tensors + metadata (what export/embed manifests record as the model's identity)."""
+def model_fingerprint(model: DGLModel) -> str:
+    """Identity of a trained model: its prompt values, DGL config and backbone fingerprint.
+    Exports, embeddings and indexes record it; consumers refuse to mix different ones."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    digest.update(model.backbone.fingerprint.encode())
+    for name, param in sorted(model.prompt_parameters().items()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-__all__ = ["save", "load", "read_config", "read_metadata", "checkpoint_digest"]
+__all__ = ["save", "load", "read_config", "read_metadata", "model_fingerprint"]

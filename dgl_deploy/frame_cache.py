@@ -3,7 +3,7 @@
 One `.npy` file (T, S, S, 3) uint8 per (video, sampling settings). The key hashes the absolute
 path, the file's size and mtime (ns) and the settings (frames, image size, segment), so editing,
 replacing or touching a video — or changing the settings — misses the old entry. Writes are atomic
-(temp file in the same directory + os.replace), so concurrent writers and crashes never leave a
+(files.atomic_path: temp file in the same directory + os.replace), so concurrent writers and crashes never leave a
 half-written entry behind. Stale entries are not deleted; remove the directory to reclaim space.
 """
 
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_path
 from .video import Segment
 
 _FORMAT = 1  # bump when the decoded pixels change (sampling formula, resize), to miss old entries
@@ -46,13 +45,6 @@ class FrameCache:
     def put(self, video: str | Path, num_frames: int, image_size: int, segment: Segment | None, frames: np.ndarray) -> Path:
         """Store (T, S, S, 3) uint8 `frames` atomically; returns the entry path."""
         target = self.entry(video, num_frames, image_size, segment)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(frames, dtype=np.uint8))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as tmp, tmp.open("wb") as f:
+            np.save(f, np.ascontiguousarray(frames, dtype=np.uint8))
         return target

@@ -10,14 +10,15 @@ Everything is deterministic in the seed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+
+from .errors import DGLError
+from .files import atomic_path, atomic_write_text
 
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -42,7 +43,7 @@ _SIDE_NAMES = {"right": ("left", "right"), "left": ("right", "left"), "down": ("
 def _write_video(path: Path, frames: np.ndarray, fps: int, faststart: bool = False) -> None:
     """Encode (T, H, W, 3) uint8 RGB frames as h264/yuv420p mp4; H and W must be even."""
     options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), mode="w", format="mp4", options=options) as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
@@ -138,13 +139,6 @@ def frame_caption(meta: dict[str, Any], t_fraction: float) -> str:
     return f"{thing} at the {vertical} {horizontal}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def make_synthetic(
     out_dir: Path,
     videos: int,
@@ -160,6 +154,8 @@ def make_synthetic(
     With `broken`, also writes the files of `write_broken_files` into `out_dir/broken/` (not annotated).
     Returns the annotations path.
     """
+    if size[0] % 2 or size[1] % 2:
+        raise DGLError(f"synthetic video size {size} must be even (h264 with 4:2:0 chroma)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -173,36 +169,36 @@ def make_synthetic(
     if broken:
         write_broken_files(out_dir / "broken")
     annotations = out_dir / ANNOTATIONS_NAME
-    _atomic_write_text(annotations, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(annotations, "".join(json.dumps(row) + "\n" for row in rows))
     return annotations
 
 
 def write_broken_files(directory: Path) -> dict[str, str | None]:
-    """Write test files that a decoder must reject or survive; returns {file name: expected error or None}.
+    """Write files a decoder must reject (or survive); returns {file name: expected reason prefix, None = good}.
 
-    - `truncated.mp4`: a faststart mp4 (index at the front) cut to 40 % of its bytes: the header
-      promises frames the file no longer holds.
-    - `truncated_noindex.mp4`: a plain mp4 cut in half, its `moov` index (written last) is gone.
+    - `truncated.mp4`: a faststart mp4 (index at the front) cut to 60 % of its bytes, like an
+      interrupted download: the index promises frames the file no longer holds.
+    - `truncated_noindex.mp4`: a plain mp4 cut in half: its `moov` index (written last) is gone.
     - `empty.mp4`: zero bytes.  - `text.mp4`: a text file with an .mp4 name.
     - `wrong_extension.avi`: a valid mp4 named .avi. This one is GOOD: decoders probe the content,
-      not the name, so it decodes normally (expected value None).
+      not the name, so it decodes normally.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1234)
-    meta = random_meta(rng, (64, 64), 30, 10)
-    frames = render_clip(meta, 64, 64)
+    meta = random_meta(rng, (96, 96), 40, 10)
+    frames = render_clip(meta, 96, 96)  # (T, H, W, 3)
     _write_video(directory / "wrong_extension.avi", frames, 10)
-    for name, faststart, keep in (("truncated.mp4", True, 0.4), ("truncated_noindex.mp4", False, 0.5)):
-        full = directory / f".{name}.full.mp4"
-        _write_video(full, frames, 10, faststart=faststart)
-        data = full.read_bytes()
-        full.unlink()
-        (directory / name).write_bytes(data[: int(len(data) * keep)])
+    grain = rng.integers(0, 50, frames.shape, dtype=np.uint8)  # noise: enough bytes per frame to cut mid-stream
+    for name, faststart, keep in (("truncated.mp4", True, 0.6), ("truncated_noindex.mp4", False, 0.5)):
+        path = directory / name
+        _write_video(path, np.maximum(frames, grain), 10, faststart=faststart)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
     (directory / "empty.mp4").write_bytes(b"")
     (directory / "text.mp4").write_text("this is not a video\n" * 20)
     return {
-        "truncated.mp4": "truncated",
+        "truncated.mp4": "corrupt or truncated video",
         "truncated_noindex.mp4": "not a readable video",
         "empty.mp4": "empty file",
         "text.mp4": "not a readable video",

@@ -93,7 +93,7 @@ def _check_file(path: Path) -> None:
 def _decoder_message(exc: Exception) -> str:
     """decord's first error line without its '[time] /src/file.cc:123:' prefix."""
     line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return re.sub(r"^\[[\d:]+\] \S+: ", "", line)[:160]
+    return re.sub(r"^\[[\d:]+\] \S+: (Error: )?", "", line)[:160]
 
 
 def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@ every command only parses options and calls one library function."""
 
 from .app import app, main  # noqa: F401
 from . import model_cmds  # noqa: F401  (registers its commands)
+from . import data_cmds  # noqa: F401
 from . import eval_cmds  # noqa: F401
 
 __all__ = ["app", "main"]

@@ -1,0 +1,31 @@
+"""The encoder API every backend implements; embed, query and eval only talk to this."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Text and video encoders of one model, returning L2-normalised float32 embeddings."""
+
+    backend: str  # "torch", "onnxruntime", "tensorrt" (+ the device/provider it runs on in `describe()`)
+    fingerprint: str  # identity of the model (prompts + backbone); embeddings from other models are refused
+    frames: int  # T frames per video the video encoder takes
+    image_size: int  # H = W of each frame
+    max_words: int  # W token ids per caption
+    embed_dim: int  # E
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(B,) captions -> (B, E) float32."""
+        ...
+
+    def encode_videos(self, frames: np.ndarray) -> np.ndarray:
+        """(B, T, H, W, 3) uint8 frames (decoded, resized, not normalised) -> (B, E) float32."""
+        ...
+
+    def describe(self) -> str:
+        """One line: backend, device/provider, precision."""
+        ...
