@@ -104,21 +104,22 @@ def iter_video_batches(
         return frames
 
     pending: deque[tuple[int, Future[np.ndarray]]] = deque()
-    window = max(workers, batch_size * (prefetch + 1))
     upcoming = iter(range(len(sources)))
-    try:
-        for index in upcoming:
+
+    def submit_next() -> None:
+        index = next(upcoming, None)
+        if index is not None:
             pending.append((index, pool.submit(load, index)))
-            if len(pending) >= window:
-                break
+
+    try:
+        for _ in range(max(workers, batch_size * (prefetch + 1))):  # the in-flight window
+            submit_next()
         indices: list[int] = []
         frames: list[np.ndarray] = []
         failures: list[VideoFailure] = []
         while pending:
             index, future = pending.popleft()
-            for nxt in upcoming:  # keep the window full while the consumer works
-                pending.append((nxt, pool.submit(load, nxt)))
-                break
+            submit_next()  # keep the window full while the consumer works
             try:
                 frames.append(future.result())
                 indices.append(index)

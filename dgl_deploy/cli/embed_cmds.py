@@ -1,0 +1,180 @@
+"""`dgl embed` and `dgl query`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import command
+
+EXIT_SOME_FAILED = 3  # `dgl embed` finished, but some files could not be embedded (see the errors file)
+
+
+class _BarReporter:
+    """Rich progress bar: files done / total, videos/s, ETA, failures."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.failed = 0
+        self.progress = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]} videos/s"), TimeRemainingColumn(),
+                                 TextColumn("failed {task.fields[failed]}"), transient=True, console=_stderr())
+        self.task = None
+
+    def start(self, total: int, done: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("embed", total=total, completed=done, rate="-", failed=0)
+
+    def advance(self, ok: int, failed: int) -> None:
+        self.failed += failed
+        task = self.progress.tasks[0]
+        speed = task.speed
+        self.progress.update(self.task, advance=ok + failed, failed=self.failed,
+                             rate=f"{speed:.1f}" if speed else "-")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class _JsonReporter:
+    """One JSON line per finished chunk on stderr, for scripts."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total = 0
+
+    def start(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+        print(json.dumps({"event": "start", "total": total, "done": done}), file=sys.stderr, flush=True)
+
+    def advance(self, ok: int, failed: int) -> None:
+        self.done += ok + failed
+        print(json.dumps({"event": "progress", "done": self.done, "total": self.total, "ok": ok, "failed": failed}),
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _QuietReporter(_JsonReporter):
+    def start(self, total: int, done: int) -> None:
+        pass
+
+    def advance(self, ok: int, failed: int) -> None:
+        pass
+
+
+def _stderr():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _reporter(quiet: bool, json_log: bool) -> _BarReporter | _JsonReporter:
+    if json_log:
+        return _JsonReporter()
+    return _QuietReporter() if quiet else _BarReporter()
+
+
+@command("embed")
+def embed(
+    videos: Path = typer.Argument(..., help="Folder of videos (recursive), a .txt file list, or a .csv/.jsonl annotation file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Embeddings file to write (.npy); ids, manifest and errors go beside it."),
+    model: Path = typer.Option(..., "--model", "-m", help="Export folder (ONNX/TensorRT) or checkpoint (.safetensors/.pth)."),
+    backend: str = typer.Option("auto", "--backend", help="auto | tensorrt | onnxruntime | torch."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Videos per encoder call."),
+    workers: int = typer.Option(2, "--workers", "-j", help="Decoding worker processes."),
+    chunk_size: int = typer.Option(256, "--chunk-size", help="Videos per resumable chunk."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store float16 embeddings (half the size)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds allowed to decode one file."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted job (default; rerunning the same command does the same)."),
+    update: bool = typer.Option(False, "--update", help="Add only videos the existing embeddings do not have."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing embeddings (and any unfinished job)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    json_log: bool = typer.Option(False, "--json-log", help="Progress and summary as JSON lines (stderr / stdout)."),
+) -> None:
+    """Embed a folder of videos; resumable, skips and lists bad files (exit code 3 if any failed)."""
+    from ..backends.select import open_encoder
+    from ..embed import EmbedSettings, embed_videos
+    from ..store import StorePaths
+
+    paths = StorePaths.of(out)
+    if not resume and paths.parts.exists() and not overwrite:
+        typer.echo(f"error: {paths.parts} holds an unfinished job: rerun with --resume or --overwrite", err=True)
+        raise typer.Exit(1)
+    encoder = open_encoder(model, backend=backend, device=device)
+    if not (quiet or json_log):
+        typer.echo(f"backend: {encoder.describe()}", err=True)
+    reporter = _reporter(quiet, json_log)
+    settings = EmbedSettings(batch_size=batch_size, workers=workers, chunk_size=chunk_size, fp16=fp16, timeout=timeout)
+    try:
+        result = embed_videos(videos, out, encoder, settings, update=update, overwrite=overwrite,
+                              reporter=reporter, model=str(model))
+    except KeyboardInterrupt:
+        reporter.close()
+        typer.echo(f"interrupted: finished chunks are kept in {paths.parts}; rerun the same command to continue",
+                   err=True)
+        raise typer.Exit(130) from None
+    reporter.close()
+    _summary(result, paths, json_log)
+    if result.failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001
+    rate = result.embedded / result.seconds if result.seconds else 0.0
+    if json_log:
+        typer.echo(json.dumps({"event": "done", "out": str(result.out), "found": result.total,
+                               "embedded": result.embedded, "existing": result.existing,
+                               "failed": len(result.failures), "seconds": round(result.seconds, 3),
+                               "videos_per_second": round(rate, 3)}))
+        return
+    typer.echo(f"{result.embedded} embedded, {result.existing} kept, {len(result.failures)} failed of "
+               f"{result.total} videos in {result.seconds:.1f} s ({rate:.1f} videos/s) -> {result.out}")
+    for video_id, reason in result.failures[:10]:
+        typer.echo(f"  failed: {video_id}: {reason}", err=True)
+    if len(result.failures) > 10:
+        typer.echo(f"  ... {len(result.failures) - 10} more in {paths.errors}", err=True)
+
+
+@command("query")
+def query(
+    texts: Optional[list[str]] = typer.Argument(None, help="Query texts (several allowed)."),
+    index: Path = typer.Option(..., "--index", "-i", help="Embeddings (.npy) written by `dgl embed`."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model to encode queries (default: the one that made the index)."),
+    k: int = typer.Option(10, "-k", "--top-k", help="Results per query."),
+    queries_file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read more queries from a file, one per line."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Search with a video instead of text (video -> video)."),
+    backend: str = typer.Option("auto", "--backend", help="auto | tensorrt | onnxruntime | torch."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Search embeddings with text (or a video); the query model must be the one that made them."""
+    from ..query import run_query
+
+    results = run_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,
+                        backend=backend, device=device)
+    if as_json:
+        typer.echo(json.dumps(results, indent=1))
+        return
+    _print_hits(results)
+
+
+def _print_hits(results: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for result in results:
+        table = Table(title=result["query"], title_justify="left")
+        for column, justify in (("rank", "right"), ("score", "right"), ("video", "left")):
+            table.add_column(column, justify=justify)
+        for hit in result["results"]:
+            table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", hit["id"])
+        console.print(table)

@@ -1,0 +1,96 @@
+"""Export-time parity: exported graphs (run in onnxruntime) against the PyTorch model, and the torch-free
+tokenizer against open_clip's. Like timm's onnx_export check, it runs at the end of every export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dgl_deploy.backends.onnxruntime import make_session
+from dgl_deploy.errors import DGLError
+from dgl_deploy.model import DGLModel
+from dgl_deploy.runtime_tokenizer import BPETokenizer
+from dgl_deploy.tokenizer import Tokenizer
+from dgl_deploy.video import normalize
+
+MAX_ABS_ERROR = 1e-4  # fp32 graphs vs PyTorch fp32, per embedding component
+MIN_COSINE = 0.9999
+BATCHES = (1, 3, 8)
+
+# Captions that exercise the cleaning and BPE corner cases (html, unicode, numbers, long text, specials).
+TOKENIZER_CORPUS = (
+    "A man is playing a guitar on stage.", "", "   ", "it's 3.14159 o'clock, isn't it?? 100% (sure)!!!",
+    "&amp;lt;b&amp;gt; html &quot;quotes&quot;", "ΟΔΟΣ Straße naïve café — 東京 🎸🔥", "İstanbul ǅ ﬁ ligature",
+    "mojibake â€™ text", "tab\tnew\nline\u00a0nbsp", "<start_of_text> hi <END_OF_TEXT>", "12345678901234567890",
+    " ".join(["a very long caption about a dog running"] * 20), "x" * 300, "Hello, World! HELLO world",
+)
+
+
+def sample_ids(vocab_size: int, max_words: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, W) ids of random lengths and content: SOT, body, EOT (the largest id), zero padding."""
+    ids = np.zeros((batch, max_words), dtype=np.int64)
+    for row in range(batch):
+        length = int(rng.integers(2, max_words + 1))
+        ids[row, 0], ids[row, length - 1] = vocab_size - 2, vocab_size - 1
+        ids[row, 1: length - 1] = rng.integers(1, vocab_size - 2, size=length - 2)
+    return ids
+
+
+def sample_frames(model: DGLModel, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, T, H, W, 3) uint8 frames: smooth gradients plus noise, different per frame (never constant)."""
+    size, frames = model.image_size, model.config.frames
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    base = (ramp[None, :, None] + ramp[None, None, :]) / 2  # (1, H, W)
+    shift = rng.uniform(-80, 80, size=(batch, frames, 1, 1, 3)).astype(np.float32)
+    noise = rng.normal(0, 30, size=(batch, frames, size, size, 3)).astype(np.float32)
+    return np.clip(base[None, :, :, :, None] + shift + noise, 0, 255).astype(np.uint8)
+
+
+def sample_input(model: DGLModel, role: str, batch: int, rng: np.random.Generator) -> np.ndarray:
+    if role == "text":
+        return sample_ids(int(model.clip.vocab_size), model.config.max_words, batch, rng)
+    return sample_frames(model, batch, rng)
+
+
+@torch.no_grad()
+def torch_embed(model: DGLModel, role: str, array: np.ndarray) -> np.ndarray:
+    """The PyTorch model's L2-normalised embeddings of one ids / uint8 frames batch."""
+    tensor = torch.from_numpy(array)
+    out = model.encode_text(tensor) if role == "text" else model.encode_video(normalize(tensor))
+    return out.float().numpy()
+
+
+def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """max |a - b| and the smallest row cosine of two (B, E) embedding batches."""
+    cos = (reference * actual).sum(-1) / (np.linalg.norm(reference, axis=-1) * np.linalg.norm(actual, axis=-1))
+    return {"max_abs": float(np.abs(reference - actual).max()), "min_cosine": float(cos.min())}
+
+
+def check_parity(model: DGLModel, role: str, graph: Path, strict: bool, seed: int = 0) -> dict[str, float]:
+    """Run `graph` in onnxruntime (CPU) on varied batches of 1, 3 and 8 and compare with PyTorch fp32.
+    `strict` (fp32 graphs): DGLError beyond MAX_ABS_ERROR / below MIN_COSINE; otherwise only measured."""
+    session = make_session(graph)
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(seed)
+    worst = {"max_abs": 0.0, "min_cosine": 1.0}
+    for batch in BATCHES:
+        array = sample_input(model, role, batch, rng)
+        result = compare(torch_embed(model, role, array), session.run(None, {name: array})[0])
+        worst = {"max_abs": max(worst["max_abs"], result["max_abs"]),
+                 "min_cosine": min(worst["min_cosine"], result["min_cosine"])}
+    if strict and (worst["max_abs"] > MAX_ABS_ERROR or worst["min_cosine"] < MIN_COSINE):
+        raise DGLError(f"{graph.name}: exported {role} graph does not match PyTorch (max abs error "
+                       f"{worst['max_abs']:.2e} > {MAX_ABS_ERROR:g} or cosine {worst['min_cosine']:.6f} < "
+                       f"{MIN_COSINE}); export aborted, nothing written")
+    return worst
+
+
+def check_tokenizer(bpe_path: Path, max_words: int) -> None:
+    """DGLError unless the torch-free tokenizer gives open_clip's ids on TOKENIZER_CORPUS."""
+    expected = Tokenizer(max_words)(list(TOKENIZER_CORPUS)).numpy()
+    actual = BPETokenizer(bpe_path, max_words)(list(TOKENIZER_CORPUS))
+    bad = [text for text, a, b in zip(TOKENIZER_CORPUS, expected, actual) if not np.array_equal(a, b)]
+    if bad:
+        raise DGLError(f"{bpe_path}: the runtime tokenizer differs from open_clip's on {bad[0]!r}; export aborted")

@@ -1,0 +1,74 @@
+"""`dgl query`: exact search, refusal of other models' indexes, JSON output, video -> video."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dgl_deploy.backends.select import open_encoder
+from dgl_deploy.checkpoint import save
+from dgl_deploy.cli import app
+from dgl_deploy.embed import EmbedSettings, embed_videos
+from dgl_deploy.model import create_model
+from dgl_deploy.search import top_k
+from dgl_deploy.synthetic import make_synthetic
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("query")
+    make_synthetic(root / "videos", videos=8, seed=5)
+    save(create_model("dgl-tiny", pretrained=None), root / "model.safetensors")
+    encoder = open_encoder(root / "model.safetensors", backend="torch")
+    embed_videos(root / "videos", root / "emb.npy", encoder, EmbedSettings(workers=1),
+                 model=str(root / "model.safetensors"))
+    return root
+
+
+def test_top_k_matches_full_sort() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((1000, 16)).astype(np.float32)
+    queries = rng.standard_normal((4, 16)).astype(np.float32)
+    scores, rows = top_k(vectors, queries, 7, chunk_rows=97)  # chunk boundaries inside the top-k
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :7]
+    np.testing.assert_array_equal(rows, expected)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert top_k(vectors[:3], queries, 10)[1].shape == (4, 3)
+
+
+def test_query_json_uses_recorded_model(index) -> None:
+    result = runner.invoke(app, ["query", "a red circle", "a blue square", "--index", str(index / "emb.npy"),
+                                 "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [d["query"] for d in data] == ["a red circle", "a blue square"]
+    assert all(len(d["results"]) == 3 and d["results"][0]["rank"] == 1 for d in data)
+
+
+def test_video_query_finds_itself(index) -> None:
+    target = sorted((index / "videos").glob("*.mp4"))[4]
+    result = runner.invoke(app, ["query", "--video", str(target), "--index", str(index / "emb.npy"), "--json"])
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)[0]["results"][0]
+    assert top["id"] == target.name and top["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_query_refuses_other_model(index, tmp_path) -> None:
+    torch.manual_seed(123)  # other weights than the model that made the index
+    save(create_model("dgl-tiny", pretrained=None), tmp_path / "other.safetensors")
+    result = runner.invoke(app, ["query", "x", "--index", str(index / "emb.npy"), "--model",
+                                 str(tmp_path / "other.safetensors")])
+    assert result.exit_code == 1 and "another model" in result.stderr
+
+
+def test_query_bad_inputs(index, tmp_path) -> None:
+    result = runner.invoke(app, ["query", "--index", str(index / "emb.npy")])
+    assert result.exit_code == 1 and "query texts" in result.stderr
+    result = runner.invoke(app, ["query", "x", "--index", str(tmp_path / "none.npy")])
+    assert result.exit_code == 1 and "none" in result.stderr
