@@ -57,7 +57,9 @@ def global_local_block(
 
     kg_t = kg.unsqueeze(1).expand(-1, num_frames, -1, -1, -1)  # (B, T, H, G, hd)
     vg_t = vg.unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
-    out_f = F.scaled_dot_product_attention(qf, torch.cat([kg_t, kf], -2), torch.cat([vg_t, vf], -2))  # (B,T,H,S,hd)
+    keys = torch.cat([kg_t, kf], -2).flatten(0, 1)  # (B*T, H, G+S, hd): 4-D hits the fused CPU/GPU kernels
+    values = torch.cat([vg_t, vf], -2).flatten(0, 1)
+    out_f = F.scaled_dot_product_attention(qf.flatten(0, 1), keys, values).unflatten(0, (batch, num_frames))
 
     kf_all = kf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)  # (B, H, T*S, hd)
     vf_all = vf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)

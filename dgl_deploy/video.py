@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import re
 import signal
 import threading
@@ -125,6 +126,7 @@ def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: S
 def _serve(conn: mp.connection.Connection) -> None:
     """Worker loop: receive (path, num_frames, image_size, segment), send ('ok', frames) or ('error', reason)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _silence_stderr()  # ffmpeg/decord print to fd 2; the reason of a failure travels back in the reply
     torch.set_num_threads(1)
     conn.send(("ready", None))
     while True:
@@ -138,6 +140,12 @@ def _serve(conn: mp.connection.Connection) -> None:
             conn.send(("error", exc.reason))
         except Exception as exc:  # anything else the decoder throws is still this file's failure
             conn.send(("error", f"decoder failed: {type(exc).__name__}: {_decoder_message(exc)}"))
+
+
+def _silence_stderr() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _context() -> Any:

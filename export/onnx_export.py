@@ -233,6 +233,7 @@ def _staging_folder(out: Path) -> Iterator[Path]:
     """A temp folder beside `out` (same file system, so the final rename is atomic), removed on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         yield tmp
     finally:

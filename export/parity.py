@@ -4,6 +4,7 @@ tokenizer against open_clip's. Like timm's onnx_export check, it runs at the end
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,9 +39,8 @@ def sample_ids(vocab_size: int, max_words: int, batch: int, rng: np.random.Gener
     return ids
 
 
-def sample_frames(model: DGLModel, batch: int, rng: np.random.Generator) -> np.ndarray:
+def sample_frames(frames: int, size: int, batch: int, rng: np.random.Generator) -> np.ndarray:
     """(B, T, H, W, 3) uint8 frames: smooth gradients plus noise, different per frame (never constant)."""
-    size, frames = model.image_size, model.config.frames
     ramp = np.linspace(0, 255, size, dtype=np.float32)
     base = (ramp[None, :, None] + ramp[None, None, :]) / 2  # (1, H, W)
     shift = rng.uniform(-80, 80, size=(batch, frames, 1, 1, 3)).astype(np.float32)
@@ -48,10 +48,24 @@ def sample_frames(model: DGLModel, batch: int, rng: np.random.Generator) -> np.n
     return np.clip(base[None, :, :, :, None] + shift + noise, 0, 255).astype(np.uint8)
 
 
-def sample_input(model: DGLModel, role: str, batch: int, rng: np.random.Generator) -> np.ndarray:
+def sample_input(sizes: "Sizes", role: str, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """A varied ids or frames batch for the sizes of a model or an export manifest."""
     if role == "text":
-        return sample_ids(int(model.clip.vocab_size), model.config.max_words, batch, rng)
-    return sample_frames(model, batch, rng)
+        return sample_ids(sizes.vocab_size, sizes.max_words, batch, rng)
+    return sample_frames(sizes.frames, sizes.image_size, batch, rng)
+
+
+class Sizes(NamedTuple):
+    """The input sizes parity inputs depend on (Manifest has the same fields)."""
+
+    vocab_size: int
+    max_words: int
+    frames: int
+    image_size: int
+
+    @classmethod
+    def of(cls, model: DGLModel) -> "Sizes":
+        return cls(int(model.clip.vocab_size), model.config.max_words, model.config.frames, model.image_size)
 
 
 @torch.no_grad()
@@ -76,7 +90,7 @@ def check_parity(model: DGLModel, role: str, graph: Path, strict: bool, seed: in
     rng = np.random.default_rng(seed)
     worst = {"max_abs": 0.0, "min_cosine": 1.0}
     for batch in BATCHES:
-        array = sample_input(model, role, batch, rng)
+        array = sample_input(Sizes.of(model), role, batch, rng)
         result = compare(torch_embed(model, role, array), session.run(None, {name: array})[0])
         worst = {"max_abs": max(worst["max_abs"], result["max_abs"]),
                  "min_cosine": min(worst["min_cosine"], result["min_cosine"])}

@@ -1,0 +1,34 @@
+"""The one library call behind `dgl export`: load a model, write the ONNX export, optionally build engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from dgl_deploy.errors import DGLError
+from dgl_deploy.manifest import MANIFEST_FILE, Manifest, load_manifest
+
+from .onnx_export import export_onnx
+from .tensorrt import TrtSettings, build_engines
+
+Log = Callable[[str], None]
+
+
+def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = (), opset: int = 17,
+                 overwrite: bool = False, trt: TrtSettings | None = None, log: Log = print) -> Manifest:
+    """Export checkpoint `model_path` to folder `out` (fp32 + `precisions`), then TensorRT engines if `trt`.
+    With `trt.rebuild` and an existing export of the same model, only the engines are rebuilt."""
+    from dgl_deploy.checkpoint import model_fingerprint
+    from dgl_deploy.loading import load_model
+
+    out = Path(out)
+    model = load_model(model_path)
+    if trt is not None and trt.rebuild and (out / MANIFEST_FILE).is_file():
+        existing = load_manifest(out)
+        if existing.fingerprint != model_fingerprint(model):
+            raise DGLError(f"{out}: holds an export of model {existing.fingerprint}, not of {model_path}; "
+                           "use another --out or --overwrite")
+        return build_engines(out, trt, log)
+    manifest = export_onnx(model, out, checkpoint=str(Path(model_path).resolve()), precisions=precisions,
+                           opset=opset, overwrite=overwrite, log=log)
+    return build_engines(out, trt, log) if trt is not None else manifest

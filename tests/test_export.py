@@ -1,0 +1,152 @@
+"""ONNX export: baked prompts, graph checks, parity with PyTorch (tiny models and the golden references),
+lower-precision variants, atomic failure, and the `dgl export` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from dgl_deploy import DGLError
+from dgl_deploy.checkpoint import model_fingerprint, save
+from dgl_deploy.cli import app
+from dgl_deploy.manifest import FINGERPRINT_KEY, load_manifest
+from dgl_deploy.model import create_model
+from dgl_deploy.reference import import_reference
+from export import export_onnx
+from export import parity
+from tests.conftest import golden_case
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module", params=["transformer", "linear"])
+def tiny_export(request, tmp_path_factory):
+    torch.manual_seed(3)
+    model = create_model("dgl-tiny", pretrained=None, latent=request.param).eval()
+    out = tmp_path_factory.mktemp("export") / request.param
+    return model, out, export_onnx(model, out, log=_quiet)
+
+
+def _run(path: Path, array: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: array})[0]
+
+
+def test_graphs_pass_checker_and_carry_metadata(tiny_export) -> None:
+    model, out, manifest = tiny_export
+    assert {g.file for g in manifest.graphs} == {"text_encoder.onnx", "video_encoder.onnx"}
+    for entry in manifest.graphs:
+        graph = onnx.load(str(out / entry.file))
+        onnx.checker.check_model(graph, full_check=True)
+        meta = {p.key: p.value for p in graph.metadata_props}
+        assert meta[FINGERPRINT_KEY] == model_fingerprint(model) == manifest.fingerprint
+        assert meta["dgl.embed_dim"] == str(model.embed_dim) and meta["dgl.frames"] == str(model.config.frames)
+        assert graph.opset_import[0].version >= 17
+        assert entry.parity["max_abs"] <= 1e-4 and entry.parity["min_cosine"] >= 0.9999
+
+
+def test_no_prompt_generator_parameters_in_graphs(tiny_export) -> None:
+    model, out, manifest = tiny_export
+    generator = [p.detach().numpy() for p in model.latent.parameters() if p.numel() > 1 and p.std() > 0]
+    for entry in manifest.graphs:
+        graph = onnx.load(str(out / entry.file))
+        assert not [i.name for i in graph.graph.initializer if "latent" in i.name]
+        for init in graph.graph.initializer:
+            value = onnx.numpy_helper.to_array(init)
+            assert not any(value.shape == p.shape and np.array_equal(value, p) for p in generator), init.name
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_graphs_match_pytorch(tiny_export, batch: int) -> None:
+    model, out, _ = tiny_export
+    rng = np.random.default_rng(100 + batch)
+    sizes = parity.Sizes.of(model)
+    for role, file in (("text", "text_encoder.onnx"), ("video", "video_encoder.onnx")):
+        array = parity.sample_input(sizes, role, batch, rng)
+        got, want = _run(out / file, array), parity.torch_embed(model, role, array)
+        assert got.shape == (batch, model.embed_dim) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_text_graph_respects_token_order_and_length(tiny_export) -> None:
+    model, out, _ = tiny_export
+    ids = parity.sample_ids(int(model.clip.vocab_size), model.config.max_words, 1, np.random.default_rng(0))
+    length = int(np.argmax(ids[0]))
+    swapped = ids.copy()
+    swapped[0, 1:length] = ids[0, 1:length][::-1]
+    a, b = _run(out / "text_encoder.onnx", np.concatenate([ids, swapped]))
+    assert np.abs(a - b).max() > 1e-4 or length <= 2
+
+
+def test_fp16_and_int8_variants(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    model = create_model("dgl-tiny", pretrained=None).eval()
+    lines: list[str] = []
+    manifest = export_onnx(model, tmp_path / "ex", precisions=("fp16", "int8"), log=lines.append)
+    assert sorted(manifest.precisions("video")) == ["fp16", "fp32", "int8"]
+    for entry in manifest.graphs:
+        graph = onnx.load(str(tmp_path / "ex" / entry.file))
+        assert graph.graph.input[0].type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.UINT8)
+        assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        floor = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}[entry.precision]
+        assert entry.parity["min_cosine"] >= floor, (entry.file, entry.parity)
+    assert any("int8" in line and "cosine" in line for line in lines)  # measured and printed
+
+
+def test_failed_parity_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(parity, "MAX_ABS_ERROR", -1.0)
+    model = create_model("dgl-tiny", pretrained=None).eval()
+    with pytest.raises(DGLError, match="does not match PyTorch"):
+        export_onnx(model, tmp_path / "ex", log=_quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_needs_overwrite(tiny_export) -> None:
+    model, out, _ = tiny_export
+    with pytest.raises(DGLError, match="already exists"):
+        export_onnx(model, out, log=_quiet)
+
+
+@pytest.mark.parametrize("latent", ["linear", "transformer"])
+def test_golden_reference_exports_match(latent: str, tmp_path: Path) -> None:
+    """Text: the graph on the golden ids equals the reference outputs. Video: the graph takes uint8 frames
+    (the golden video is normalised float and cannot be turned back into uint8 losslessly), so the torch model is
+    pinned to the golden video outputs and the graph is compared with that pinned model on uint8 frames."""
+    pth, cfg, npz = golden_case(latent)
+    model = import_reference(pth, frames=cfg["frames"], max_words=cfg["max_words"]).eval()
+    data = np.load(npz)
+    out = tmp_path / "ex"
+    export_onnx(model, out, log=_quiet)
+    text = _run(out / "text_encoder.onnx", data["text_ids"])
+    want = F.normalize(torch.from_numpy(data["text_embedding"]), dim=-1).numpy()
+    np.testing.assert_allclose(text, want, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        pinned = model.encode_video_features(torch.from_numpy(data["video"])).numpy()
+    np.testing.assert_allclose(pinned, data["video_embedding"], atol=1e-5, rtol=0)
+    frames = parity.sample_input(parity.Sizes.of(model), "video", 3, np.random.default_rng(1))
+    np.testing.assert_allclose(_run(out / "video_encoder.onnx", frames), parity.torch_embed(model, "video", frames),
+                               atol=1e-4, rtol=0)
+    assert load_manifest(out).tokenizer is None  # 1000-token vocabulary: ids only
+
+
+def test_cli_export(tmp_path: Path) -> None:
+    model = create_model("dgl-tiny", pretrained=None).eval()
+    ckpt = save(model, tmp_path / "m.safetensors")
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--out", str(tmp_path / "ex")])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tmp_path / "ex")
+    assert manifest.fingerprint == model_fingerprint(model) and manifest.checkpoint == str(ckpt.resolve())
+    assert "video fp32" in result.output
+    again = CliRunner().invoke(app, ["export", str(ckpt), "--out", str(tmp_path / "ex")])
+    assert again.exit_code == 1 and "already exists" in again.output
+    missing = CliRunner().invoke(app, ["export", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and "error:" in missing.output
