@@ -59,7 +59,7 @@ def global_local_block(
     vg_t = vg.unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
     keys = torch.cat([kg_t, kf], -2).flatten(0, 1)  # (B*T, H, G+S, hd): 4-D hits the fused CPU/GPU kernels
     values = torch.cat([vg_t, vf], -2).flatten(0, 1)
-    out_f = F.scaled_dot_product_attention(qf.flatten(0, 1), keys, values).unflatten(0, (batch, num_frames))
+    out_f = F.scaled_dot_product_attention(qf.flatten(0, 1), keys, values).unflatten(0, (-1, num_frames))
 
     kf_all = kf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)  # (B, H, T*S, hd)
     vf_all = vf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)

@@ -18,16 +18,16 @@ from .files import atomic_path
 from .model import DGLModel
 
 FORMAT = "dgl-deploy/1"
-BACKBONE_SUFFIX = ".backbone.safetensors"
 
 
 def save(model: DGLModel, path: Path | str) -> Path:
     """Write the prompt parameters + metadata atomically. A backbone that exists nowhere else (random init,
-    imported from a reference checkpoint) is stored once beside it as `<stem>.backbone.safetensors`."""
+    imported from a reference checkpoint) is stored once per folder as `backbone-<fingerprint>.safetensors`,
+    shared by every checkpoint of that folder (e.g. all epochs of a run)."""
     path = Path(path)
     spec = model.backbone
     if spec.pretrained is None:
-        backbone_file = path.with_name(path.name.removesuffix(".safetensors") + BACKBONE_SUFFIX)
+        backbone_file = path.with_name(f"backbone-{spec.fingerprint}.safetensors")
         _save_backbone(model, backbone_file)
         spec = dataclasses.replace(spec, pretrained=backbone_file.name)  # relative to the checkpoint's folder
     tensors = {name: p.detach().float().contiguous().cpu() for name, p in model.prompt_parameters().items()}

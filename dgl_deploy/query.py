@@ -1,4 +1,5 @@
-"""`dgl query`: encode texts (or a video) with the model that made an embedding set and search it.
+"""`dgl query`: encode texts (or a video) with the model that made an embedding set and search it
+(exactly, or through a FAISS index folder made by `dgl index build`).
 
 Importing this module does not import torch: with an exported (ONNX/TensorRT) model, start-up is the
 ONNX session plus a memory map of the embeddings."""
@@ -9,9 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+from .ann_index import ExactIndex, SearchIndex, open_index
 from .backends.base import Encoder
 from .errors import DGLError
-from .search import Hit, search
+from .search import Hit
 from .store import EmbeddingStore, open_store
 
 
@@ -29,21 +31,28 @@ def check_encoder(store: EmbeddingStore, encoder: Encoder) -> None:
                        f"the query model ({encoder.fingerprint}): re-embed, or query with the model that made it")
 
 
-def query_texts(store: EmbeddingStore, encoder: Encoder, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
+def _as_index(index: EmbeddingStore | SearchIndex) -> SearchIndex:
+    return ExactIndex(index) if isinstance(index, EmbeddingStore) else index
+
+
+def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Sequence[str],
+                k: int = 10) -> list[list[Hit]]:
     """Top-k videos for each text."""
-    check_encoder(store, encoder)
+    index = _as_index(index)
+    check_encoder(index.store, encoder)
     if not texts:
         raise DGLError("no query text given")
-    return search(store, encoder.encode_text(list(texts)), k)
+    return index.search(encoder.encode_text(list(texts)), k)
 
 
-def query_video(store: EmbeddingStore, encoder: Encoder, video: Path | str, k: int = 10) -> list[Hit]:
+def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Path | str, k: int = 10) -> list[Hit]:
     """Top-k videos most similar to `video` (video -> video)."""
     from .video import read_frames
 
-    check_encoder(store, encoder)
+    index = _as_index(index)
+    check_encoder(index.store, encoder)
     frames = read_frames(video, encoder.frames, encoder.image_size)  # (T, H, W, 3)
-    return search(store, encoder.encode_videos(frames[None]), k)[0]
+    return index.search(encoder.encode_videos(frames[None]), k)[0]
 
 
 def hits_to_dicts(queries: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list[dict]:
@@ -55,17 +64,18 @@ def hits_to_dicts(queries: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list
 def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
               queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
               device: str = "auto") -> list[dict]:
-    """What `dgl query` does: open the set and the matching encoder, search, return JSON-ready results."""
+    """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search,
+    return JSON-ready results."""
     from .backends.select import open_encoder
 
-    store = open_store(index)
+    searchable = open_index(index)
     queries = list(texts) + (_read_queries(Path(queries_file)) if queries_file else [])
     if bool(queries) == bool(video):
         raise DGLError("give query texts (arguments or --file) or --video, not both / neither")
-    encoder = open_encoder(resolve_model(store, model), backend=backend, device=device)
+    encoder = open_encoder(resolve_model(searchable.store, model), backend=backend, device=device)
     if video:
-        return hits_to_dicts([f"video:{video}"], [query_video(store, encoder, video, k)])
-    return hits_to_dicts(queries, query_texts(store, encoder, queries, k))
+        return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k)])
+    return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k))
 
 
 def _read_queries(path: Path) -> list[str]:

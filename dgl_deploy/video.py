@@ -172,8 +172,14 @@ class DecodeProcess:
         ctx = _context()
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="dgl-decode")
-        self._proc.start()
-        child.close()
+        try:
+            self._proc.start()
+        except RuntimeError as exc:  # multiprocessing re-imports an unguarded __main__ script
+            self._proc = None
+            raise DGLError("cannot start the video decoder process: put the calling script's code under "
+                           "`if __name__ == '__main__':` (Python multiprocessing rule)") from exc
+        finally:
+            child.close()
         self._conn = parent
         try:
             if not parent.poll(_STARTUP_TIMEOUT_S):
@@ -188,7 +194,7 @@ class DecodeProcess:
         """Kill the worker; returns its exit code (negative = signal)."""
         proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
         code = None
-        if proc is not None:  # kill first: a thread waiting on `conn` then wakes up with EOF
+        if proc is not None and proc.pid is not None:  # kill first: a waiting thread then wakes up with EOF
             if proc.is_alive():
                 proc.kill()
             proc.join(5)

@@ -2,17 +2,19 @@
 
 The prompt generator is evaluated once and folded into constants: each graph is a wrapper holding the
 frozen towers plus the fixed prompt tensors as buffers, so no prompt-generator parameter reaches the graph.
-Exporter: torch.onnx's TorchScript exporter (`dynamo=False`, opset 17). The dynamo exporter needs
-`onnxscript` (not a dependency) and gains nothing for these static, control-flow-free towers; the
-TorchScript one maps `scaled_dot_product_attention` and LayerNorm to plain ONNX ops that onnxslim then
-cleans up. Everything is written into a temp folder that is renamed into place only after the parity
-check passed, so a failed export leaves nothing behind.
+Exporter: torch.onnx's dynamo exporter (`dynamo=True`, torch.export + onnxscript, opset 18) with a symbolic
+batch dimension. The legacy TorchScript exporter was tried first: it records the batch size as a constant
+wherever the model passes Python ints derived from shapes (e.g. `unflatten(0, (batch, frames))` in the
+global-local attention), so its graphs only ran at the traced batch size; torch.export tracks the symbolic
+batch through those calls. onnxslim cleans the graph up afterwards. Everything is written into a temp folder
+that is renamed into place only after the parity check passed, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import shutil
 import tempfile
 import warnings
@@ -38,7 +40,7 @@ from dgl_deploy.video import normalize
 from .parity import check_parity, check_tokenizer
 from .quantize import to_fp16, to_int8
 
-OPSET = 17
+OPSET = 18  # the dynamo exporter's minimum
 GRAPH_FILES = {"text": "text_encoder", "video": "video_encoder"}
 Log = Callable[[str], None]
 
@@ -99,7 +101,7 @@ def signatures(model: DGLModel) -> tuple[dict[str, TensorSpec], dict[str, Tensor
     size, cfg = model.image_size, model.config
     inputs = {"text": TensorSpec("ids", "int64", ("B", cfg.max_words)),
               "video": TensorSpec("frames", "uint8", ("B", cfg.frames, size, size, 3))}
-    outputs = {role: TensorSpec("embedding", "float32", ("B", model.embed_dim)) for role in GRAPH_FILES}
+    outputs = {role: TensorSpec(f"{role}_embedding", "float32", ("B", model.embed_dim)) for role in GRAPH_FILES}
     return inputs, outputs
 
 
@@ -121,14 +123,14 @@ def graph_metadata(model: DGLModel, role: str, precision: str, fingerprint: str)
             "dgl.version": __version__}
 
 
-def export_graph(module: nn.Module, example: torch.Tensor, spec_in: TensorSpec, path: Path,
+def export_graph(module: nn.Module, example: torch.Tensor, spec_in: TensorSpec, spec_out: TensorSpec, path: Path,
                  metadata: dict[str, str], opset: int = OPSET) -> None:
     """Trace `module` to ONNX with a dynamic batch, slim it, stamp metadata, check it, save to `path`."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer/deprecation chatter about the input checks and the exporter
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[spec_in.name], output_names=["embedding"], do_constant_folding=True,
-                          dynamic_axes={spec_in.name: {0: "batch"}, "embedding": {0: "batch"}})
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # exporter progress and deprecation chatter
+        torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                          input_names=[spec_in.name], output_names=[spec_out.name], dynamic_shapes=({0: batch},))
     graph = onnx.load(str(path))
     fix_transpose_perms(graph)
     graph = onnxslim.slim(graph)
@@ -201,12 +203,12 @@ def _export_graphs(model: DGLModel, folder: Path, precisions: list[str], fingerp
                    log: Log) -> list[GraphEntry]:
     """Every graph of the export, each parity-checked against PyTorch; fp32 failures raise."""
     modules = graph_modules(model)
-    inputs, _ = signatures(model)
+    inputs, outputs = signatures(model)
     entries = []
     for role, module in modules.items():
         meta = graph_metadata(model, role, "fp32", fingerprint)
         fp32 = folder / f"{GRAPH_FILES[role]}.onnx"
-        export_graph(module, example_input(model, role), inputs[role], fp32, meta, opset)
+        export_graph(module, example_input(model, role), inputs[role], outputs[role], fp32, meta, opset)
         for precision in precisions:
             path = fp32 if precision == "fp32" else folder / f"{GRAPH_FILES[role]}.{precision}.onnx"
             if precision != "fp32":

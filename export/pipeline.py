@@ -14,7 +14,7 @@ from .tensorrt import TrtSettings, build_engines
 Log = Callable[[str], None]
 
 
-def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = (), opset: int = 17,
+def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = (), opset: int = 18,
                  overwrite: bool = False, trt: TrtSettings | None = None, log: Log = print) -> Manifest:
     """Export checkpoint `model_path` to folder `out` (fp32 + `precisions`), then TensorRT engines if `trt`.
     With `trt.rebuild` and an existing export of the same model, only the engines are rebuilt."""

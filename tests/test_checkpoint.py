@@ -28,7 +28,9 @@ def _same_outputs(a, b) -> None:
 def test_save_load_roundtrip(tmp_path, latent) -> None:
     model = create_model("dgl-tiny", pretrained=None, latent=latent, frames=3).eval()
     path = save(model, tmp_path / "m.safetensors")
-    assert (tmp_path / "m.backbone.safetensors").exists()  # random-init backbone stored once beside it
+    assert (tmp_path / f"backbone-{model.backbone.fingerprint}.safetensors").exists()  # stored once beside it
+    save(model, tmp_path / "again.safetensors")
+    assert len(list(tmp_path.glob("backbone-*"))) == 1  # shared by the checkpoints of a folder
     stored = load_file(str(path))
     assert all(not k.startswith("clip.") for k in stored)  # prompts only
     config, spec = read_config(path)
@@ -44,7 +46,7 @@ def test_load_refuses_other_backbone(tmp_path) -> None:
     b = create_model("dgl-tiny", pretrained=None)  # other random weights, same shapes
     save(b, tmp_path / "b.safetensors")
     with pytest.raises(DGLError, match="not the CLIP these prompts were trained on"):
-        load(tmp_path / "a.safetensors", backbone=str(tmp_path / "b.backbone.safetensors"))
+        load(tmp_path / "a.safetensors", backbone=str(tmp_path / f"backbone-{b.backbone.fingerprint}.safetensors"))
 
 
 def test_load_refuses_wrong_shapes(tmp_path) -> None:

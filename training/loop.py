@@ -30,7 +30,6 @@ import torch.nn.functional as F
 
 from dgl_deploy import checkpoint
 from dgl_deploy.backends.torch_backend import TorchEncoder
-from dgl_deploy.datasets import RetrievalDataset
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation import embed_dataset, similarity
 from dgl_deploy.files import atomic_path, atomic_write_text
@@ -96,8 +95,8 @@ class Trainer:
     """One run: model, optimizer, schedule, data and run directory."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        if not cfg.out:
-            raise DGLError("training needs a run directory (--out)")
+        if not (cfg.out and cfg.annotations and cfg.videos):
+            raise DGLError("training needs --annotations, --videos and a run directory --out")
         self.cfg, self.run_dir = cfg, Path(cfg.out)
         self.dist = init_distributed(cfg.device != "cpu" and torch.cuda.is_available())
         if cfg.batch_size % (self.dist.world * cfg.accum_steps):

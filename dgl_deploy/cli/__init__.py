@@ -5,7 +5,9 @@ from .app import app, main  # noqa: F401
 from . import model_cmds  # noqa: F401  (registers its commands)
 from . import data_cmds  # noqa: F401
 from . import eval_cmds  # noqa: F401
+from . import train_cmds  # noqa: F401
 from . import export_cmds  # noqa: F401
 from . import embed_cmds  # noqa: F401
+from . import index_cmds  # noqa: F401
 
 __all__ = ["app", "main"]

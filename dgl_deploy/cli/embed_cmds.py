@@ -146,7 +146,7 @@ def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001
 @command("query")
 def query(
     texts: Optional[list[str]] = typer.Argument(None, help="Query texts (several allowed)."),
-    index: Path = typer.Option(..., "--index", "-i", help="Embeddings (.npy) written by `dgl embed`."),
+    index: Path = typer.Option(..., "--index", "-i", help="Embeddings (.npy) written by `dgl embed`, or an index folder from `dgl index build`."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model to encode queries (default: the one that made the index)."),
     k: int = typer.Option(10, "-k", "--top-k", help="Results per query."),
     queries_file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read more queries from a file, one per line."),

@@ -1,21 +1,38 @@
-"""`dgl eval`: retrieval metrics of a similarity matrix, optionally with labelled re-ranked rows."""
+"""`dgl eval`: retrieval metrics of a similarity matrix (--sims) or of a model on a dataset split (--model),
+optionally with labelled re-ranked rows."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from ..metrics import evaluate_similarity_file, format_metrics_table, results_to_json
+from ..backends.select import BACKENDS
+from ..errors import DGLError
+from ..metrics import evaluate_similarity_file, format_metrics_table, load_npy, results_to_json
 from ..rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankMethod
 from .app import command
+from .train_cmds import DatasetKind
+
+Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 
 
 @command("eval")
 def eval_command(
-    sims: Path = typer.Option(..., "--sims", help="(num_captions, num_videos) float .npy similarity matrix."),
+    sims: Optional[Path] = typer.Option(None, "--sims", help="(num_captions, num_videos) float .npy similarity matrix."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (.safetensors/.pth) or export folder to evaluate."),
+    dataset: Optional[DatasetKind] = typer.Option(None, "--dataset", help="--model: annotation format."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="--model: annotation file or directory."),
+    videos: Optional[Path] = typer.Option(None, "--videos", help="--model: directory of the video files."),
+    split: Optional[str] = typer.Option(None, "--split", help="--model: split of an annotations directory [the kind's test split]."),
+    backend: Backend = typer.Option("auto", "--backend", help="--model: inference backend."),
+    device: str = typer.Option("auto", "--device", help="--model: auto, cpu, cuda, cuda:N."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="--model: videos per batch."),
+    workers: int = typer.Option(4, "--workers", min=1, help="--model: video decoding processes."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="--model: leave out annotated videos whose file is missing."),
     captions_to_videos: Optional[Path] = typer.Option(
         None, "--captions-to-videos", help="(num_captions,) int .npy: each caption's ground-truth video (default: diagonal)."
     ),
@@ -35,18 +52,39 @@ def eval_command(
     qb_k: int = typer.Option(QB_K, "--qb-k", help="qbnorm: top-k activation set (dynamic inverted softmax); 0 = normalise all."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON only."),
 ) -> None:
-    """Text→video and video→text R@1/5/10, MdR, MnR (ties ranked pessimistically)."""
-    results = evaluate_similarity_file(
-        sims,
-        captions_to_videos,
-        rerank,
-        query_bank,
-        test_queries_as_bank=qb_test_queries,
-        dsl_temperature=dsl_temperature,
-        qb_beta=qb_beta,
-        qb_k=qb_k or None,
-    )
+    """Text→video and video→text R@1/5/10, MdR, MnR (ties ranked pessimistically) of --sims or --model."""
+    options = dict(test_queries_as_bank=qb_test_queries, dsl_temperature=dsl_temperature, qb_beta=qb_beta, qb_k=qb_k or None)
+    if (sims is None) == (model is None):
+        raise DGLError("give exactly one of --sims (a similarity matrix) or --model (a model to run on a dataset)")
+    if sims is not None:
+        results = evaluate_similarity_file(sims, captions_to_videos, rerank, query_bank, **options)
+        title = f"Retrieval metrics: {sims.name}"
+    else:
+        results, title = _evaluate_model(model, dataset, annotations, videos, split, backend.value, device, batch_size,
+                                         workers, skip_missing, captions_to_videos, rerank, query_bank, options)
     if as_json:
         typer.echo(results_to_json(results))
     else:
-        Console().print(format_metrics_table(results, title=f"Retrieval metrics: {sims.name}"))
+        Console().print(format_metrics_table(results, title=title))
+
+
+def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Optional[Path], videos: Optional[Path],
+                    split: Optional[str], backend: str, device: str, batch_size: int, workers: int, skip_missing: bool,
+                    captions_to_videos: Optional[Path], rerank: Optional[RerankMethod], query_bank: Optional[Path],
+                    options: dict) -> tuple[dict, str]:
+    """--model mode: run `evaluation.evaluate_model`, report left-out videos on stderr; (metrics, table title)."""
+    from ..evaluation import evaluate_model
+
+    if dataset is None or annotations is None or videos is None:
+        raise DGLError("--model needs --dataset, --annotations and --videos")
+    if captions_to_videos is not None:
+        raise DGLError("--captions-to-videos is for --sims; with --model the dataset gives each caption's video")
+    bank = None if query_bank is None else load_npy(query_bank, "query bank")
+    report = evaluate_model(model, dataset.value, annotations, videos, split, backend=backend, device=device,
+                            batch_size=batch_size, workers=workers, skip_missing=skip_missing, rerank=rerank,
+                            query_bank=bank, **options)
+    for failure in report.failures:
+        typer.echo(f"warning: left out (with its captions): {failure.path}: {failure.reason}", err=True)
+    title = (f"Retrieval metrics: {model.name} on {dataset.value} {split or ''} ({report.num_videos} videos, "
+             f"{report.num_captions} captions, {report.backend})")
+    return report.metrics, title

@@ -16,7 +16,7 @@ def export_command(
     out: Path = typer.Option(..., "--out", "-o", help="Export folder to create (graphs + manifest.json)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write fp16 graphs for GPU runtimes."),
     int8: bool = typer.Option(False, "--int8", help="Also write dynamically quantised int8 graphs for CPU."),
-    opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset."),
+    opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export folder."),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (needs tensorrt + a CUDA GPU)."),
     trt_precision: str = typer.Option("fp16", "--trt-precision", help="Engine precision: fp16, fp32, int8, fp8."),
