@@ -8,6 +8,7 @@ import platform
 import statistics
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -34,3 +35,17 @@ def machine() -> dict[str, Any]:
 def emit(name: str, results: dict[str, Any]) -> None:
     """Print one JSON line: {"benchmark": name, "machine": ..., **results}."""
     print(json.dumps({"benchmark": name, "machine": machine(), **results}))
+
+
+def exported_model(workdir: Path, name: str = "ViT-B-32", precisions: tuple[str, ...] = ()) -> Path:
+    """A random-init DGL model on `name`, saved and exported to ONNX under `workdir` (reused if there)."""
+    from dgl_deploy.checkpoint import save
+    from dgl_deploy.model import create_model
+    from export.pipeline import export_model
+
+    workdir = Path(workdir)
+    out = workdir / f"{name}-export"
+    if not (out / "manifest.json").exists():
+        checkpoint = save(create_model(name, pretrained=None), workdir / f"{name}.safetensors")
+        export_model(checkpoint, out, precisions=precisions, overwrite=True, log=lambda _: None)
+    return out

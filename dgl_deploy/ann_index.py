@@ -278,7 +278,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _embeddings_path(folder: Path, manifest: dict[str, Any]) -> Path:
-    beside = folder / manifest["embeddings_relative"]
+    beside = Path(os.path.normpath(folder / manifest["embeddings_relative"]))
     return beside if beside.is_file() else Path(manifest["embeddings"])
 
 

@@ -113,6 +113,21 @@ def evaluate_model(
     if not dataset.items:
         raise DGLError(f"{annotations}: the {kind} split {dataset.split or ''} has no videos")
     encoder = open_encoder(model, backend, device)
+    return evaluate_encoder(encoder, dataset, batch_size=batch_size, workers=workers, rerank=rerank,
+                            query_bank=query_bank, **rerank_options)
+
+
+def evaluate_encoder(
+    encoder: Encoder,
+    dataset: RetrievalDataset,
+    *,
+    batch_size: int = 32,
+    workers: int = 4,
+    rerank: RerankMethod | str | None = None,
+    query_bank: np.ndarray | None = None,
+    **rerank_options: Any,
+) -> ModelEvaluation:
+    """Metrics of any Encoder (a DGL backend, or a baseline such as mean-pooled CLIP) on a loaded split."""
     embeddings = embed_dataset(encoder, dataset, batch_size, workers)
     sims = similarity(embeddings)
     metrics = evaluate(sims, embeddings.caption_to_video, rerank, query_bank, **rerank_options)

@@ -42,9 +42,11 @@ def pretrain_clip(images: np.ndarray, captions: Sequence[str], out: Path | str, 
     torch.manual_seed(config.seed)
     clip, _ = create_clip(config.model_name, None)
     clip.requires_grad_(True).train()
+    clip.token_embedding.requires_grad_(False)  # 49k x D rows, of which the captions use ~40: a dense AdamW
+    # update of the whole table would cost 5x the rest of the step; random fixed word vectors are enough
     ids = Tokenizer(clip.context_length, clip.vocab_size)(list(captions))  # (N, context) int64
     pixels = normalize(torch.from_numpy(images))  # (N, 3, H, W)
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in clip.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.steps, config.warmup))
     loss_fn = ClipLoss()
     generator = torch.Generator().manual_seed(config.seed)

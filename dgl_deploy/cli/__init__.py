@@ -8,6 +8,8 @@ from . import eval_cmds  # noqa: F401
 from . import train_cmds  # noqa: F401
 from . import export_cmds  # noqa: F401
 from . import embed_cmds  # noqa: F401
+from . import demo_cmds  # noqa: F401
 from . import index_cmds  # noqa: F401
+from . import serve_cmds  # noqa: F401
 
 __all__ = ["app", "main"]

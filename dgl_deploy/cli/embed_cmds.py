@@ -98,6 +98,8 @@ def embed(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing embeddings (and any unfinished job)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     json_log: bool = typer.Option(False, "--json-log", help="Progress and summary as JSON lines (stderr / stdout)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' (start one here), 'auto' (the running cluster) or ray://host:port. Needs pip install 'dgl-deploy[ray]'."),
+    ray_encoders: int = typer.Option(1, "--ray-encoders", help="With --ray: encoder actors (each loads the model once)."),
 ) -> None:
     """Embed a folder of videos; resumable, skips and lists bad files (exit code 3 if any failed)."""
     from ..backends.select import open_encoder
@@ -108,14 +110,22 @@ def embed(
     if not resume and paths.parts.exists() and not overwrite:
         typer.echo(f"error: {paths.parts} holds an unfinished job: rerun with --resume or --overwrite", err=True)
         raise typer.Exit(1)
-    encoder = open_encoder(model, backend=backend, device=device)
-    if not (quiet or json_log):
-        typer.echo(f"backend: {encoder.describe()}", err=True)
-    reporter = _reporter(quiet, json_log)
     settings = EmbedSettings(batch_size=batch_size, workers=workers, chunk_size=chunk_size, fp16=fp16, timeout=timeout)
+    if ray is None:
+        encoder = open_encoder(model, backend=backend, device=device)
+        if not (quiet or json_log):
+            typer.echo(f"backend: {encoder.describe()}", err=True)
+    reporter = _reporter(quiet, json_log)
     try:
-        result = embed_videos(videos, out, encoder, settings, update=update, overwrite=overwrite,
-                              reporter=reporter, model=str(model))
+        if ray is None:
+            result = embed_videos(videos, out, encoder, settings, update=update, overwrite=overwrite,
+                                  reporter=reporter, model=str(model))
+        else:
+            from ..ray_embed import RaySettings, embed_videos_ray
+
+            result = embed_videos_ray(videos, out, model, settings, RaySettings(
+                address=ray, encoders=ray_encoders, backend=backend, device=device), update=update,
+                overwrite=overwrite, reporter=reporter)
     except KeyboardInterrupt:
         reporter.close()
         typer.echo(f"interrupted: finished chunks are kept in {paths.parts}; rerun the same command to continue",

@@ -1,0 +1,91 @@
+"""Rerun every benchmark script and regenerate the README's benchmark section from their JSON output.
+
+Each script prints one JSON object on its last stdout line; it is stored in benchmarks/results/<name>.json
+and rendered between the `<!-- bench:start -->` / `<!-- bench:end -->` markers of README.md, so the
+numbers in the README always come from the code as it is. `--only NAME ...` reruns some and keeps the
+stored results of the others; `--render` only rewrites the README from the stored results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+
+# name -> (script, arguments, what it measures)
+BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
+    "model": ("bench_model.py", [], "encode_video vs plain open_clip frames forward, ViT-B/32, 12 frames, batch 4, CPU fp32"),
+    "decode": ("bench_decode.py", [], "decoding: 12 frames at 224^2 from 10 s 480p clips, videos/s per worker count"),
+    "export": ("bench_export.py", [], "ViT-B/32 video encoder batch 4 and text encoder batch 64: PyTorch vs ONNX Runtime fp32/int8, CPU"),
+    "train": ("bench_train.py", [], "training step time and peak memory, ViT-B/32, 12 frames, CPU"),
+    "embed": ("bench_embed.py", [], "dgl embed pipeline vs encoder alone on pre-decoded frames"),
+    "query": ("bench_query.py", [], "dgl query latency over random 512-d embeddings, and process cold start"),
+    "index": ("bench_index.py", [], "FAISS index recall@10 and latency"),
+    "serve": ("bench_serve.py", [], "dgl serve latency under bounded local load"),
+    "ray": ("bench_ray.py", [], "Ray embedding throughput, 1 vs 2 CPU workers"),
+}
+
+
+def run(name: str) -> dict:
+    script, args, _ = BENCHMARKS[name]
+    print(f"running {script} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        result = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "returncode": proc.returncode}
+    else:
+        result = json.loads(lines[-1])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _flatten(data: object, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(data, dict):
+        return [pair for key, value in data.items() for pair in _flatten(value, f"{prefix}{key}." if prefix or key else "")]
+    if isinstance(data, list):
+        return [pair for i, value in enumerate(data) for pair in _flatten(value, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), data)]
+
+
+def render() -> str:
+    parts = []
+    for name, (script, _, what) in BENCHMARKS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        machine = result.pop("machine", None)
+        rows = [f"| {key} | {value} |" for key, value in _flatten(result) if key != "benchmark"]
+        where = f" — {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, {machine['date']}" if isinstance(machine, dict) else ""
+        parts.append(f"**{name}** (`benchmarks/{script}`): {what}{where}\n\n| measure | value |\n|---|---|\n" + "\n".join(rows))
+    return "\n\n".join(parts) or "(run `make bench` to fill this section)"
+
+
+def write_readme(section: str) -> None:
+    text = README.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{section}\n{end}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="Rerun only these.")
+    parser.add_argument("--render", action="store_true", help="Only rewrite the README from stored results.")
+    args = parser.parse_args()
+    if not args.render:
+        for name in args.only or BENCHMARKS:
+            print(json.dumps(run(name)))
+    write_readme(render())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""`dgl index build` (FAISS): recall vs exact search, refusal of other embeddings/models, `dgl query --index DIR`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dgl_deploy import DGLError
+from dgl_deploy.ann_index import IndexSettings, build_index, choose_kind, open_ann_index, open_index, resolve_settings
+from dgl_deploy.search import top_k
+from dgl_deploy.store import FORMAT, StorePaths, ids_digest
+
+faiss = pytest.importorskip("faiss")
+runner = CliRunner()
+ROWS, DIM = 5000, 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread():
+    """FAISS's OpenMP k-means spins badly on a small shared machine (6 s vs 0.4 s for the PQ training here)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+def write_store(emb: Path, vectors: np.ndarray, fingerprint: str, ids: list[str] | None = None) -> list[str]:
+    """A minimal embedding set (what `dgl embed` writes) around given vectors."""
+    paths = StorePaths.of(emb)
+    ids = ids or [f"v{i:06d}.mp4" for i in range(len(vectors))]
+    emb.parent.mkdir(parents=True, exist_ok=True)
+    np.save(paths.emb, vectors.astype(np.float32))
+    paths.ids.write_text("".join(f"{i}\n" for i in ids))
+    paths.manifest.write_text(json.dumps({"format": FORMAT, "model_fingerprint": fingerprint, "model": None,
+                                          "count": len(ids), "ids_sha256": ids_digest(ids)}))
+    return ids
+
+
+def _normalised(rng: np.random.Generator, rows: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((rows, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def random_set(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """5000 random unit vectors, and 200 queries that are noisy copies of known rows."""
+    root = tmp_path_factory.mktemp("ann")
+    rng = np.random.default_rng(7)
+    vectors = _normalised(rng, ROWS)
+    write_store(root / "emb.npy", vectors, "fp-a")
+    targets = rng.choice(ROWS, 200, replace=False)
+    queries = vectors[targets] + 0.08 * rng.standard_normal((200, DIM)).astype(np.float32)
+    return root, queries / np.linalg.norm(queries, axis=1, keepdims=True), targets
+
+
+@pytest.mark.parametrize("kind, min_top1", [("flat", 1.0), ("ivf-flat", 0.9), ("ivf-pq", 0.9), ("hnsw", 0.9)])
+def test_top1_matches_exact(random_set, kind, min_top1) -> None:
+    root, queries, targets = random_set
+    result = build_index(root / "emb.npy", root / kind, IndexSettings(kind=kind, nlist=64, nprobe=8, pq_m=16, pq_bits=6))
+    index = open_ann_index(root / kind)
+    _, exact = top_k(np.load(root / "emb.npy"), queries, 1)
+    assert np.array_equal(exact[:, 0], targets)  # the perturbed row is still the true nearest neighbour
+    hits = index.search(queries, 10)
+    top1 = np.mean([h[0].row == t for h, t in zip(hits, targets)])
+    print(f"{kind}: top-1 agreement with exact {top1:.3f}, build recall@10 {result.recall_at_10}")
+    assert top1 >= min_top1
+    assert result.recall_at_10 is not None and result.recall_at_10 > (0.99 if kind == "flat" else 0.3)
+    assert json.loads((root / kind / "index.json").read_text())["recall_at_10"] == result.recall_at_10
+    first = hits[0]
+    assert [h.rank for h in first] == list(range(1, 11)) and all(a.score >= b.score for a, b in zip(first, first[1:]))
+    assert first[0].id == f"v{targets[0]:06d}.mp4"
+
+
+def test_auto_kind_and_settings() -> None:
+    assert [choose_kind(n) for n in (10, 99_999, 100_000, 1_999_999, 2_000_000)] == \
+        ["flat", "flat", "ivf-flat", "ivf-flat", "ivf-pq"]
+    resolved = resolve_settings(IndexSettings(), 1_000_000, 512)
+    assert (resolved.kind, resolved.nlist, resolved.nprobe, resolved.pq_m) == ("ivf-flat", 4096, 128, 64)
+    with pytest.raises(DGLError, match="pq_m"):
+        resolve_settings(IndexSettings(kind="ivf-pq", pq_m=7), 5000, 64)
+    with pytest.raises(DGLError, match="unknown index kind"):
+        resolve_settings(IndexSettings(kind="lsh"), 5000, 64)
+
+
+def test_refuses_other_embeddings_or_model(random_set, tmp_path) -> None:
+    root, _, _ = random_set
+    build_index(root / "emb.npy", tmp_path / "idx", IndexSettings(kind="ivf-flat", nlist=32, recall_queries=0))
+    vectors = np.load(root / "emb.npy")
+    write_store(tmp_path / "other_model.npy", vectors, "fp-b")
+    with pytest.raises(DGLError, match="another model"):
+        open_ann_index(tmp_path / "idx", tmp_path / "other_model.npy")
+    write_store(tmp_path / "other_rows.npy", vectors[:-1], "fp-a")
+    with pytest.raises(DGLError, match="other embeddings"):
+        open_ann_index(tmp_path / "idx", tmp_path / "other_rows.npy")
+    write_store(tmp_path / "other_ids.npy", vectors, "fp-a", [f"w{i}" for i in range(ROWS)])
+    with pytest.raises(DGLError, match="other embeddings"):
+        open_ann_index(tmp_path / "idx", tmp_path / "other_ids.npy")
+    with pytest.raises(DGLError, match="already holds an index"):
+        build_index(root / "emb.npy", tmp_path / "idx")
+    with pytest.raises(DGLError, match="not an index folder"):
+        open_index(tmp_path)
+
+
+def test_index_moves_with_its_embeddings(random_set, tmp_path) -> None:
+    root, queries, targets = random_set
+    (tmp_path / "a").mkdir()
+    for name in ("emb.npy", "emb.ids.txt", "emb.manifest.json"):
+        (tmp_path / "a" / name).write_bytes((root / name).read_bytes())
+    build_index(tmp_path / "a" / "emb.npy", tmp_path / "a" / "idx", IndexSettings(recall_queries=0))
+    moved = tmp_path / "b"
+    (tmp_path / "a").rename(moved)
+    index = open_index(moved / "idx")
+    assert index.store.paths.emb == moved / "emb.npy"
+    assert index.search(queries[:2], 3)[0][0].row == targets[0]
+
+
+def test_query_cli_uses_index_folder(tmp_path) -> None:
+    from dgl_deploy.backends.select import open_encoder
+    from dgl_deploy.checkpoint import save
+    from dgl_deploy.cli import app
+    from dgl_deploy.model import create_model
+
+    save(create_model("dgl-tiny", pretrained=None), tmp_path / "model.safetensors")
+    encoder = open_encoder(tmp_path / "model.safetensors", backend="torch", log=None)
+    vectors = _normalised(np.random.default_rng(1), 300, encoder.embed_dim)
+    write_store(tmp_path / "emb.npy", vectors, encoder.fingerprint)
+    built = runner.invoke(app, ["index", "build", str(tmp_path / "emb.npy"), "--out", str(tmp_path / "idx"),
+                                "--kind", "hnsw", "--json"])
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["kind"] == "hnsw"
+    args = ["query", "a red circle", "--model", str(tmp_path / "model.safetensors"), "-k", "5", "--json"]
+    exact = runner.invoke(app, args + ["--index", str(tmp_path / "emb.npy")])
+    approx = runner.invoke(app, args + ["--index", str(tmp_path / "idx")])
+    assert exact.exit_code == 0 and approx.exit_code == 0, approx.output
+    assert json.loads(approx.stdout)[0]["results"][0] == json.loads(exact.stdout)[0]["results"][0]
+    torch.manual_seed(123)
+    save(create_model("dgl-tiny", pretrained=None), tmp_path / "other.safetensors")
+    refused = runner.invoke(app, ["query", "x", "--index", str(tmp_path / "idx"), "--model",
+                                  str(tmp_path / "other.safetensors")])
+    assert refused.exit_code == 1 and "another model" in refused.stderr
+    bad = runner.invoke(app, ["index", "build", str(tmp_path / "emb.npy"), "--out", str(tmp_path / "x"),
+                              "--kind", "ivf-pq", "--pq-m", "7"])
+    assert bad.exit_code == 1 and "pq_m 7" in bad.stderr
