@@ -91,7 +91,7 @@ def random_meta(rng: np.random.Generator, size: tuple[int, int], num_frames: int
     step = np.array([dx, dy], np.float64)  # unit direction, (2,)
     along = step != 0
     begin = np.where(step > 0, lo, hi)  # side the shape starts from
-    offset = rng.uniform(0, 1 - travel)  # start a little inside that side
+    offset = (1 - travel) / 2  # centred path: the average frame is the same for both directions of an axis
     start = np.where(along, begin + step * offset * span, lo + rng.uniform(0, 1, 2) * span)
     end = np.where(along, start + step * travel * span, start)
     return {

@@ -32,3 +32,17 @@ def tiny_model():
 
     torch.manual_seed(1)
     return create_model("dgl-tiny", pretrained=None).eval()
+
+
+def run_quick_demo(out: Path) -> Path:
+    """`dgl demo --quick` into `out` (a few CPU seconds); returns `out`."""
+    from dgl_deploy.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=str(out), workers=1).quick(), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """One quick demo per test session, shared by the demo and README tests."""
+    return run_quick_demo(tmp_path_factory.mktemp("demo") / "demo_out")

@@ -32,8 +32,9 @@ def _root(
     """DGL prompt tuning for text-video retrieval."""
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`app.command` that turns the library's DGLError into `error: <message>` and exit code 1."""
+def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`app.command` (or `group.command` for a sub-group such as `dgl index`) that turns the library's
+    DGLError into `error: <message>` and exit code 1."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -44,7 +45,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
 
-        return app.command(*args, **kwargs)(wrapped)
+        return (group or app).command(*args, **kwargs)(wrapped)
 
     return register
 

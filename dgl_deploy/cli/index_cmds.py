@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import typer
 
-from ..errors import DGLError
-from .app import app
+from .app import app, command
 
 index_app = typer.Typer(help="Approximate-nearest-neighbour (FAISS) indexes over embeddings.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
 
-def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The app's error boundary (`app.command`) for this sub-group: DGLError -> one line, exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DGLError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapped
-
-
-@index_app.command("build")
-@_one_line_errors
+@command("build", group=index_app)
 def build(
     embeddings: Path = typer.Argument(..., help="Embeddings (.npy) written by `dgl embed`."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (index.faiss + index.json)."),
