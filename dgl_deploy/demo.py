@@ -37,9 +37,9 @@ class DemoConfig:
     frames: int = 8  # frames per video (T)
     model_name: str = "dgl-mini"  # registered tiny open_clip tower
     pretrain_steps: int = 300  # image-text steps of the tiny CLIP
-    epochs: int = 25  # DGL prompt-tuning epochs
+    epochs: int = 60  # DGL prompt-tuning epochs
     batch_size: int = 48  # DGL batch
-    lr: float = 2e-3  # DGL learning rate (the recipe's)
+    lr: float = 4e-3  # DGL learning rate (the recipe has 2e-3 for batch 128 on MSR-VTT; tiny data likes more)
     workers: int = 2  # decoding processes
     seed: int = 0  # data, init and order
 

@@ -64,12 +64,47 @@ class Reporter(Protocol):
     def advance(self, ok: int, failed: int) -> None: ...
 
 
-class _Silent:
+class SilentReporter:
     def start(self, total: int, done: int) -> None:
         pass
 
     def advance(self, ok: int, failed: int) -> None:
         pass
+
+
+@dataclass
+class EmbedJob:
+    """A planned job: what to embed, what to keep, and the descriptor a resumed job must match."""
+
+    paths: StorePaths
+    todo: list[VideoSource]  # videos still to embed, in output order
+    existing_ids: list[str]  # rows kept from an earlier set (--update)
+    existing_rows: np.ndarray | None
+    descriptor: dict  # model, sizes and settings that fix the output (checked on resume)
+    result: EmbedResult
+
+
+def plan_job(source: Path | str, out: Path | str, encoder: Encoder, settings: EmbedSettings, *, update: bool,
+             overwrite: bool, model: str | None, backend: str) -> EmbedJob:
+    """Find the videos, check an existing set (--update) and prepare `<out>.parts/` (resume or fresh)."""
+    paths = StorePaths.of(out)
+    videos = find_videos(source)
+    if overwrite:
+        shutil.rmtree(paths.parts, ignore_errors=True)
+    existing_ids, existing_rows = _existing(paths, encoder, update, overwrite)
+    known = set(existing_ids)
+    todo = [v for v in videos if v.id not in known]
+    descriptor = _job(encoder, settings, todo, len(existing_ids), source)
+    _prepare_parts(paths.parts, descriptor)
+    result = EmbedResult(paths.emb, len(videos), 0, len(existing_ids), backend=backend,
+                         model=str(Path(model).resolve()) if model else None)
+    return EmbedJob(paths, todo, existing_ids, existing_rows, descriptor, result)
+
+
+def finish_job(job: EmbedJob, settings: EmbedSettings) -> EmbedResult:
+    """Merge the finished chunks into the outputs (atomically) and remove the parts."""
+    _merge(job.paths, job.descriptor, job.existing_rows, job.existing_ids, job.todo, settings, job.result)
+    return job.result
 
 
 def embed_videos(
@@ -85,23 +120,12 @@ def embed_videos(
 ) -> EmbedResult:
     """Embed every video named by `source` into the set at `out` (.npy); see the module docstring.
     `model` (the path the encoder was opened from) is recorded so `dgl query` can find it."""
-    paths = StorePaths.of(out)
-    reporter = reporter or _Silent()
-    videos = find_videos(source)
-    if overwrite:
-        shutil.rmtree(paths.parts, ignore_errors=True)
-    existing_ids, existing_rows = _existing(paths, encoder, update, overwrite)
-    known = set(existing_ids)
-    todo = [v for v in videos if v.id not in known]
-    job = _job(encoder, settings, todo, len(existing_ids), source)
-    _prepare_parts(paths.parts, job)
-    result = EmbedResult(paths.emb, len(videos), 0, len(existing_ids), backend=encoder.describe(),
-                         model=str(Path(model).resolve()) if model else None)
+    job = plan_job(source, out, encoder, settings, update=update, overwrite=overwrite, model=model,
+                   backend=encoder.describe())
     started = time.perf_counter()
-    _run_chunks(todo, encoder, settings, paths.parts, result, reporter)
-    result.seconds = time.perf_counter() - started
-    _merge(paths, job, existing_rows, existing_ids, todo, settings, result)
-    return result
+    _run_chunks(job.todo, encoder, settings, job.paths.parts, job.result, reporter or SilentReporter())
+    job.result.seconds = time.perf_counter() - started
+    return finish_job(job, settings)
 
 
 def _existing(paths: StorePaths, encoder: Encoder, update: bool, overwrite: bool) -> tuple[list[str], np.ndarray | None]:
@@ -135,7 +159,7 @@ def _prepare_parts(parts: Path, job: dict) -> None:
     atomic_write_text(job_file, json.dumps(job, indent=1))
 
 
-def _chunk_file(parts: Path, index: int) -> Path:
+def chunk_file(parts: Path, index: int) -> Path:
     return parts / f"chunk_{index:06d}.npz"
 
 
@@ -143,11 +167,11 @@ def _run_chunks(todo: list[VideoSource], encoder: Encoder, settings: EmbedSettin
                 result: EmbedResult, reporter: Reporter) -> None:
     size = settings.chunk_size
     chunks = [range(start, min(start + size, len(todo))) for start in range(0, len(todo), size)]
-    pending = [k for k in range(len(chunks)) if not _chunk_file(parts, k).exists()]
+    pending = [k for k in range(len(chunks)) if not chunk_file(parts, k).exists()]
     reporter.start(len(todo), len(todo) - sum(len(chunks[k]) for k in pending))
     positions = [i for k in pending for i in chunks[k]]
     for k, rows, ids, failures in _encoded_chunks(todo, positions, chunks, encoder, settings, result):
-        _write_chunk(_chunk_file(parts, k), rows, ids, failures, settings.fp16)
+        write_chunk(chunk_file(parts, k), rows, ids, failures, settings.fp16)
         reporter.advance(len(ids), len(failures))
 
 
@@ -202,7 +226,7 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
 
 
-def _write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]], fp16: bool) -> None:
+def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]], fp16: bool) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, rows=rows.astype(np.float16 if fp16 else np.float32), ids=np.array(ids, dtype=str),
                  failed_ids=np.array([f[0] for f in failures], dtype=str),
@@ -211,7 +235,7 @@ def _write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tu
 
 def _read_chunks(parts: Path, count: int) -> Iterator[dict[str, np.ndarray]]:
     for k in range(count):
-        with np.load(_chunk_file(parts, k), allow_pickle=False) as data:
+        with np.load(chunk_file(parts, k), allow_pickle=False) as data:
             yield {key: data[key] for key in data.files}
 
 
@@ -257,4 +281,5 @@ def _manifest(job: dict, ids: list[str], rows: np.ndarray, settings: EmbedSettin
     }
 
 
-__all__ = ["EmbedSettings", "EmbedResult", "Reporter", "embed_videos"]
+__all__ = ["EmbedSettings", "EmbedResult", "EmbedJob", "Reporter", "SilentReporter", "plan_job", "finish_job",
+           "chunk_file", "write_chunk", "embed_videos"]

@@ -10,7 +10,6 @@ Rows match the single-machine ones to float rounding (batches are formed differe
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .discover import find_videos
-from .embed import (EmbedResult, EmbedSettings, Reporter, _chunk_file, _existing, _job, _merge, _prepare_parts,
-                    _Silent, _write_chunk)
+from .embed import (EmbedResult, EmbedSettings, Reporter, SilentReporter, chunk_file, finish_job, plan_job,
+                    write_chunk)
 from .errors import DGLError
-from .store import StorePaths
 
 INSTALL_HINT = "Ray is not installed: pip install 'dgl-deploy[ray]'"
 
@@ -45,25 +42,16 @@ def embed_videos_ray(source: Path | str, out: Path | str, model: Path | str, set
     from .backends.select import open_encoder
 
     ray = _ray()
-    paths = StorePaths.of(out)
-    reporter = reporter or _Silent()
     encoder = open_encoder(model, backend=ray_settings.backend, device=ray_settings.device, log=None)
-    if overwrite:
-        shutil.rmtree(paths.parts, ignore_errors=True)
-    existing_ids, existing_rows = _existing(paths, encoder, update, overwrite)
-    known = set(existing_ids)
-    todo = [v for v in find_videos(source) if v.id not in known]
-    job = _job(encoder, settings, todo, len(existing_ids), source)
-    _prepare_parts(paths.parts, job)
-    result = EmbedResult(paths.emb, len(todo) + len(existing_ids), 0, len(existing_ids),
-                         backend=f"ray: {encoder.describe()}", model=str(Path(model).resolve()))
+    job = plan_job(source, out, encoder, settings, update=update, overwrite=overwrite, model=str(model),
+                   backend=f"ray: {encoder.describe()}")
     started = time.perf_counter()
     if not ray.is_initialized():
         ray.init(**_init_args(ray_settings))
-    _run_chunks(todo, str(Path(model).resolve()), encoder, settings, ray_settings, paths.parts, reporter)
-    result.seconds = time.perf_counter() - started
-    _merge(paths, job, existing_rows, existing_ids, todo, settings, result)
-    return result
+    _run_chunks(job.todo, str(Path(model).resolve()), encoder, settings, ray_settings, job.paths.parts,
+                reporter or SilentReporter())
+    job.result.seconds = time.perf_counter() - started
+    return finish_job(job, settings)
 
 
 def _init_args(settings: RaySettings) -> dict[str, Any]:
@@ -80,7 +68,7 @@ def _run_chunks(todo: list, model: str, encoder: Any, settings: EmbedSettings, r
 
     size = settings.chunk_size
     chunks = [range(start, min(start + size, len(todo))) for start in range(0, len(todo), size)]
-    pending = [k for k in range(len(chunks)) if not _chunk_file(parts, k).exists()]
+    pending = [k for k in range(len(chunks)) if not chunk_file(parts, k).exists()]
     reporter.start(len(todo), len(todo) - sum(len(chunks[k]) for k in pending))
     items = [{"position": i, "path": str(todo[i].path)} for k in pending for i in chunks[k]]
     if not items:
@@ -103,7 +91,7 @@ def _run_chunks(todo: list, model: str, encoder: Any, settings: EmbedSettings, r
             ids = [todo[p].id for p, (_, error) in done if not error]
             failures = [(todo[p].id, error) for p, (_, error) in done if error]
             stacked = np.stack(rows) if rows else np.zeros((0, encoder.embed_dim), np.float32)
-            _write_chunk(_chunk_file(parts, k), stacked, ids, failures, settings.fp16)
+            write_chunk(chunk_file(parts, k), stacked, ids, failures, settings.fp16)
             reporter.advance(len(ids), len(failures))
 
 

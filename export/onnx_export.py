@@ -22,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import onnx
 import onnxslim
 import torch
