@@ -23,10 +23,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "model": ("bench_model.py", [], "encode_video vs plain open_clip frames forward, ViT-B/32, 12 frames, batch 4, CPU fp32"),
     "decode": ("bench_decode.py", [], "decoding: 12 frames at 224^2 from 10 s 480p clips, videos/s per worker count"),
     "export": ("bench_export.py", [], "ViT-B/32 video encoder batch 4 and text encoder batch 64: PyTorch vs ONNX Runtime fp32/int8, CPU"),
-    "train": ("bench_train.py", [], "training step time and peak memory, ViT-B/32, 12 frames, CPU"),
-    "embed": ("bench_embed.py", [], "dgl embed pipeline vs encoder alone on pre-decoded frames"),
-    "query": ("bench_query.py", [], "dgl query latency over random 512-d embeddings, and process cold start"),
-    "index": ("bench_index.py", [], "FAISS index recall@10 and latency"),
+    "train": ("bench_train.py", ["--baseline"], "training step time and peak memory, ViT-B/32, 12 frames, CPU"),
+    "embed": ("bench_embed.py", ["--workdir", str(HERE / ".work")], "dgl embed pipeline vs encoder alone on pre-decoded frames"),
+    "query": ("bench_query.py", ["--workdir", str(HERE / ".work")], "dgl query latency over random 512-d embeddings, and process cold start"),
+    "index": ("bench_index.py", ["--rows", "1000000", "--nlist", "1024", "--kinds", "flat", "ivf-flat", "ivf-pq"],
+              "FAISS index recall@10 and latency on 1M random 512-d vectors"),
     "serve": ("bench_serve.py", [], "dgl serve latency under bounded local load"),
     "ray": ("bench_ray.py", [], "Ray embedding throughput, 1 vs 2 CPU workers"),
 }
@@ -36,14 +37,24 @@ def run(name: str) -> dict:
     script, args, _ = BENCHMARKS[name]
     print(f"running {script} ...", file=sys.stderr, flush=True)
     proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
+    result = _last_json(proc.stdout)
+    if proc.returncode != 0 or result is None:
         result = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "returncode": proc.returncode}
-    else:
-        result = json.loads(lines[-1])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _last_json(stdout: str) -> dict | None:
+    """The last JSON object printed: the whole output (pretty-printed) or the last line that parses."""
+    for candidate in [stdout, *reversed(stdout.splitlines())]:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
 
 
 def _flatten(data: object, prefix: str = "") -> list[tuple[str, object]]:

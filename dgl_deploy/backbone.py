@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,21 +25,46 @@ open_clip.add_model_config(CONFIG_DIR)  # registers the tiny test/demo towers li
 # DGL settings that differ from the spec's defaults for the small registered towers.
 PRESETS: dict[str, dict[str, Any]] = {
     "dgl-tiny": {"frames": 4, "max_words": 16},
+    "dgl-tiny-gelu": {"frames": 4, "max_words": 16},  # plain GELU, like open_clip's non-OpenAI configs
     "dgl-mini": {"frames": 8, "max_words": 16},
 }
 
 
 def create_clip(name: str, pretrained: str | None = None) -> tuple[CLIP, BackboneSpec]:
-    """A frozen open_clip CLIP plus its identity. `pretrained` is an open_clip tag, a weights file, or None."""
+    """A frozen open_clip CLIP plus its identity. `pretrained` is an open_clip tag, a weights file, or None.
+
+    For a weights file the tower config comes from, in order: the file's own metadata (backbones saved by
+    dgl-deploy), the open_clip config `name` (use the `-quickgelu` names for OpenAI weights, as open_clip
+    does), or, for an unknown name, the shapes in the file with OpenAI's QuickGELU (as the DGL reference).
+    """
     if pretrained and _looks_like_path(pretrained):
-        model = clip_from_state_dict(load_weights_file(Path(pretrained)), source=pretrained)
-        name = "custom"
-        pretrained = str(Path(pretrained).resolve())
+        path = Path(pretrained)
+        state = load_weights_file(path)
+        arch = _saved_arch(path)
+        if arch is None and name in open_clip.list_models():
+            model = _create_open_clip(name, None)  # the named architecture, random init, weights loaded below
+            check_openai_vit(model, name)
+        else:
+            model = build_clip(arch or infer_arch(state))
+            name = name if name in open_clip.list_models() else "custom"
+        load_checked(model.state_dict(), state, str(path))
+        pretrained = str(path.resolve())
     else:
         model = _create_open_clip(name, pretrained)
     check_openai_vit(model, name)
     freeze(model)
     return model, BackboneSpec(name=name, pretrained=pretrained, arch=arch_of(model), fingerprint=fingerprint(model))
+
+
+def _saved_arch(path: Path) -> dict[str, Any] | None:
+    """The tower config stored in the metadata of a backbone file written by `checkpoint.save`."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        arch = (handle.metadata() or {}).get("arch")
+    return json.loads(arch) if arch else None
 
 
 def _looks_like_path(value: str) -> bool:

@@ -42,7 +42,8 @@ def _save_backbone(model: DGLModel, path: Path) -> None:
         return  # already there (e.g. saved at an earlier epoch)
     state = {k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT + "/backbone", "fingerprint": model.backbone.fingerprint})
+        save_file(state, str(tmp), metadata={"format": FORMAT + "/backbone", "fingerprint": model.backbone.fingerprint,
+                                             "arch": json.dumps(model.backbone.arch)})
 
 
 def read_metadata(path: Path | str) -> dict[str, str]:

@@ -40,6 +40,24 @@ def test_save_load_roundtrip(tmp_path, latent) -> None:
     _same_outputs(model, loaded)
 
 
+def test_backbone_file_keeps_its_activation(tmp_path) -> None:
+    """A saved backbone rebuilds with its own activation (GELU here), not the OpenAI QuickGELU guess."""
+    model = create_model("dgl-tiny-gelu", pretrained=None).eval()
+    loaded = load(save(model, tmp_path / "m.safetensors")).eval()
+    assert loaded.backbone.arch["quick_gelu"] is False
+    _same_outputs(model, loaded)
+
+
+def test_named_tower_with_weights_file(tmp_path) -> None:
+    """`--pretrained FILE` with a known name uses that name's architecture (open_clip's convention)."""
+    from safetensors.torch import save_file as write
+
+    model = create_model("dgl-tiny-gelu", pretrained=None)
+    write({k: v.contiguous() for k, v in model.clip.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    again = create_model("dgl-tiny-gelu", pretrained=str(tmp_path / "clip.safetensors"))
+    assert again.backbone.fingerprint == model.backbone.fingerprint and again.backbone.arch == model.backbone.arch
+
+
 def test_load_refuses_other_backbone(tmp_path) -> None:
     a = create_model("dgl-tiny", pretrained=None)
     save(a, tmp_path / "a.safetensors")

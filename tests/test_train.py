@@ -46,9 +46,9 @@ def _step_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in records if r["event"] == "step"]
 
 
-@pytest.mark.slow  # 40 optimizer steps + 40 epoch checkpoints: ~20 s on an idle 2-core CPU, more when shared
+# 150 optimizer steps on 16 clips with a random-init tiny backbone: ~10 s on an idle 2-core CPU
 def test_overfit_raises_training_r1(synthetic: Path, tmp_path: Path) -> None:
-    cfg = _config(synthetic, tmp_path / "run", batch_size=16, epochs=40, lr=4e-3, val_fraction=0)
+    cfg = _config(synthetic, tmp_path / "run", batch_size=16, epochs=150, lr=2e-3, val_fraction=0)
     trainer = Trainer(cfg)
     before = _t2v_r1(TorchEncoder(trainer.model, "init"), synthetic)
     trainer.model.train()
@@ -56,9 +56,9 @@ def test_overfit_raises_training_r1(synthetic: Path, tmp_path: Path) -> None:
     after = _t2v_r1(open_torch_encoder(str(result.checkpoint)), synthetic)
     losses = _step_losses(result.run_dir)
     print(f"training-set t2v R@1 before {before:.1f} after {after:.1f}; loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    assert result.completed and result.best_epoch == 40 and result.steps == 40
+    assert result.completed and result.best_epoch == 150 and result.steps == 150
     assert sum(losses[-5:]) / 5 < losses[0] - 0.3
-    assert after >= before + 6 and after >= 2 * 100 / 16  # 16 videos: chance is 6.25 %
+    assert after >= before + 15 and after >= 3 * 100 / 16  # 16 videos: chance is 6.25 %
 
 
 def test_frozen_towers_get_no_gradients(synthetic: Path, tmp_path: Path) -> None:
