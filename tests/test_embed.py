@@ -26,6 +26,7 @@ from dgl_deploy.model import create_model
 from dgl_deploy.store import open_store
 from dgl_deploy.synthetic import make_synthetic, write_broken_files
 from dgl_deploy.video import read_frames
+from export.pipeline import export_model
 
 runner = CliRunner()
 
@@ -35,6 +36,7 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("embed")
     make_synthetic(root / "videos", videos=10, seed=3)
     save(create_model("dgl-tiny", pretrained=None), root / "model.safetensors")
+    export_model(root / "model.safetensors", root / "export", log=lambda _: None)
     return root
 
 
@@ -46,10 +48,11 @@ def _copy_videos(workdir: Path, dest: Path, broken: bool = False) -> Path:
 
 
 @pytest.mark.timeout(120)
-def test_embed_good_and_broken(workdir, tmp_path) -> None:
+@pytest.mark.parametrize("model", ["export", "model.safetensors"])  # ONNX Runtime, torch
+def test_embed_good_and_broken(workdir, tmp_path, model) -> None:
     videos = _copy_videos(workdir, tmp_path / "v", broken=True)
     out = tmp_path / "emb.npy"
-    result = runner.invoke(app, ["embed", str(videos), "--out", str(out), "--model", str(workdir / "model.safetensors"),
+    result = runner.invoke(app, ["embed", str(videos), "--out", str(out), "--model", str(workdir / model),
                                  "--batch-size", "3", "--chunk-size", "4", "--quiet"])
     assert result.exit_code == 3, result.output  # some files failed
     store = open_store(out)
@@ -58,7 +61,7 @@ def test_embed_good_and_broken(workdir, tmp_path) -> None:
     failed = dict(line.split("\t") for line in (tmp_path / "emb.errors.tsv").read_text().splitlines())
     assert set(failed) == {"broken/empty.mp4", "broken/text.mp4", "broken/truncated.mp4", "broken/truncated_noindex.mp4"}
     assert all(reason for reason in failed.values())
-    encoder = open_encoder(workdir / "model.safetensors", backend="torch")
+    encoder = open_encoder(workdir / model)
     for row, video in enumerate(good):
         alone = encoder.encode_videos(read_frames(video.path, encoder.frames, encoder.image_size)[None])[0]
         np.testing.assert_allclose(store.vectors[row], alone, atol=1e-5)

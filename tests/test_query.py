@@ -72,3 +72,34 @@ def test_query_bad_inputs(index, tmp_path) -> None:
     assert result.exit_code == 1 and "query texts" in result.stderr
     result = runner.invoke(app, ["query", "x", "--index", str(tmp_path / "none.npy")])
     assert result.exit_code == 1 and "none" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory):
+    """A tiny DGL model overfitted on 8 synthetic clips (one caption each), exported, its clips embedded."""
+    from dgl_deploy.backends.onnxruntime import OnnxEncoder
+    from export.pipeline import export_model
+    from training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    annotations = make_synthetic(root / "videos", videos=8, seed=11)
+    rows = [json.loads(line) for line in annotations.read_text().splitlines()]
+    annotations.write_text("".join(json.dumps({**r, "caption": r["caption"][:1]}) + "\n" for r in rows))
+    result = train(TrainConfig(model_name="dgl-tiny", pretrained="none", frames=4, max_words=16, dataset="generic",
+                               annotations=str(annotations), videos=str(annotations.parent), out=str(root / "run"),
+                               epochs=150, batch_size=8, lr=2e-3, workers=1, val_fraction=0, quiet=True,
+                               frame_cache=str(root / "cache")))
+    export_model(result.checkpoint, root / "export", log=lambda _: None)
+    embed_videos(annotations.parent, root / "emb.npy", OnnxEncoder(root / "export"), EmbedSettings(workers=1),
+                 model=str(root / "export"))
+    return root, rows
+
+
+@pytest.mark.timeout(240)
+def test_query_finds_the_described_video(trained_export) -> None:
+    root, rows = trained_export
+    captions = [row["caption"][0] for row in rows]
+    result = runner.invoke(app, ["query", *captions, "--index", str(root / "emb.npy"), "-k", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    found = [hit["results"][0]["id"] for hit in json.loads(result.stdout)]
+    assert found == [row["video"] for row in rows]
