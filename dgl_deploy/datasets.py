@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import DGLError
-from .video import Segment
+from .segments import Segment
 
 VALIDATION_SPLITS: dict[str, str | None] = {
     "msrvtt": None,  # 9k/7k have no val split: training holds out a slice of train

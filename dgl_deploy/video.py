@@ -35,8 +35,8 @@ import torchvision.transforms.v2.functional as TF
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .errors import DGLError
+from .segments import Segment
 
-Segment = tuple[float, float]
 
 DEFAULT_TIMEOUT_S = 60.0
 _STARTUP_TIMEOUT_S = 180.0  # importing torch in a fresh worker; not counted against the per-file limit
