@@ -65,18 +65,56 @@ def _flatten(data: object, prefix: str = "") -> list[tuple[str, object]]:
     return [(prefix.rstrip("."), data)]
 
 
+# headline numbers: benchmark -> [(dotted key in its JSON, label)]
+HEADLINES: dict[str, list[tuple[str, str]]] = {
+    "model": [("dgl_overhead_percent", "DGL encode_video overhead over plain CLIP frames (%; target <= 15)"),
+              ("dgl_videos_per_s", "DGL ViT-B/32 videos/s, 12 frames, torch fp32")],
+    "decode": [("runs.0.videos_per_s", "decode videos/s, 1 worker (480p, 12 frames)"),
+               ("runs.1.videos_per_s", "decode videos/s, 2 workers")],
+    "export": [("video_per_s.onnxruntime_fp32.speedup", "ORT fp32 / PyTorch video speed-up (target >= 1.5)"),
+               ("video_per_s.onnxruntime_int8.speedup", "ORT int8 / PyTorch video speed-up (target >= 2.5)"),
+               ("video_per_s.onnxruntime_int8.cosine", "ORT int8 cosine to fp32 (target >= 0.99)"),
+               ("text_per_s.onnxruntime_fp32.per_s", "text encoder texts/s, ORT fp32, batch 64")],
+    "train": [("results.0.step_s", "training step s, ViT-B/32, batch 4, CPU"),
+              ("results.1.step_s", "same step, eager loop-per-frame baseline"),
+              ("results.0.peak_rss_gib", "peak RSS GiB")],
+    "embed": [("efficiency_percent", "dgl embed pipeline / encoder-only rate (%; target >= 90)"),
+              ("pipeline_videos_per_s", "dgl embed videos/s (ViT-B/32 int8)")],
+    "query": [("by_rows.100000.p50_ms", "query p50 ms at 100k (target <= 30)"),
+              ("by_rows.100000.p99_ms", "query p99 ms at 100k"), ("by_rows.1000000.p50_ms", "query p50 ms at 1M"),
+              ("by_rows.100000.cold_start_s", "dgl query cold start s, ONNX (target <= 2)")],
+    "index": [("runs.1.recall_at_10", "IVF-Flat recall@10, 1M random vectors"), ("runs.1.p50_ms", "IVF-Flat p50 ms")],
+    "serve": [("runs.exact.p50_ms", "dgl serve p50 ms, 100k exact, 8 concurrent"), ("runs.exact.p99_ms", "p99 ms")],
+    "ray": [("runs.0.videos_per_s", "Ray embed videos/s, 1 CPU"), ("runs.1.videos_per_s", "Ray embed videos/s, 2 CPUs")],
+}
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _summary(results: dict[str, dict]) -> str:
+    rows = []
+    for name, picks in HEADLINES.items():
+        flat = dict(_flatten(results.get(name, {})))
+        rows += [f"| {name} | {label} | {_fmt(flat[key])} |" for key, label in picks if key in flat]
+    return "| benchmark | measure | value |\n|---|---|---|\n" + "\n".join(rows)
+
+
 def render() -> str:
-    parts = []
+    results = {name: json.loads((RESULTS / f"{name}.json").read_text())
+               for name in BENCHMARKS if (RESULTS / f"{name}.json").exists()}
+    parts = [_summary(results), "<details><summary>all measured values</summary>"]
     for name, (script, _, what) in BENCHMARKS.items():
         path = RESULTS / f"{name}.json"
         if not path.exists():
             continue
         result = json.loads(path.read_text())
         machine = result.pop("machine", None)
-        rows = [f"| {key} | {value} |" for key, value in _flatten(result) if key != "benchmark"]
+        rows = [f"| {key} | {_fmt(value)} |" for key, value in _flatten(result) if key != "benchmark"]
         where = f" — {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, {machine['date']}" if isinstance(machine, dict) else ""
         parts.append(f"**{name}** (`benchmarks/{script}`): {what}{where}\n\n| measure | value |\n|---|---|\n" + "\n".join(rows))
-    return "\n\n".join(parts) or "(run `make bench` to fill this section)"
+    return "\n\n".join(parts + ["</details>"])
 
 
 def write_readme(section: str) -> None:
