@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
-REFERENCE = GOLDEN.parent
+def _shared_dir() -> Path:
+    """The project's shared/ folder: $DGL_SHARED_DIR, else ../shared beside the checkout, else /work/shared."""
+    candidates = [os.environ.get("DGL_SHARED_DIR"), Path(__file__).resolve().parents[2] / "shared", "/work/shared"]
+    found = [Path(c) for c in candidates if c and (Path(c) / "reference").is_dir()]
+    return found[0] if found else Path(__file__).resolve().parents[2] / "shared"
+
+
+SHARED = _shared_dir()
+REFERENCE = SHARED / "reference"
+GOLDEN = REFERENCE / "golden"
 
 
 @pytest.fixture(autouse=True)

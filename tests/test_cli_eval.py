@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dgl_deploy.cli import app
+from tests.conftest import REFERENCE as SHARED_REFERENCE
 
-REFERENCE = Path("/work/shared/reference/msrvtt_1k_dgl_vit16_sims.npy")
+REFERENCE = SHARED_REFERENCE / "msrvtt_1k_dgl_vit16_sims.npy"
 SIMS = np.array([[0.9, 0.1, 0.5], [0.8, 0.7, 0.2], [0.3, 0.6, 0.4]], dtype=np.float32)
 
 

@@ -8,9 +8,10 @@ import pytest
 
 from dgl_deploy.datasets import VALIDATION_SPLITS, load_dataset
 from dgl_deploy.errors import DGLError
+from tests.conftest import REFERENCE as SHARED_REFERENCE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
-MSRVTT_1KA = Path("/work/shared/reference/MSRVTT_JSFUSION_test.csv")
+MSRVTT_1KA = SHARED_REFERENCE / "MSRVTT_JSFUSION_test.csv"
 
 
 def touch(root: Path, *names: str) -> Path:

@@ -9,8 +9,9 @@ import pytest
 
 from dgl_deploy import DGLError, metrics
 from dgl_deploy.metrics import retrieval_metrics, summarize_ranks, t2v_ranks, v2t_ranks
+from tests.conftest import REFERENCE as SHARED_REFERENCE
 
-REFERENCE = Path("/work/shared/reference/msrvtt_1k_dgl_vit16_sims.npy")
+REFERENCE = SHARED_REFERENCE / "msrvtt_1k_dgl_vit16_sims.npy"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_file(), reason=f"{REFERENCE} not available")
 
 
