@@ -78,7 +78,8 @@ def _create_open_clip(name: str, pretrained: str | None) -> CLIP:
         with _quiet_root_logger(pretrained is None):  # open_clip warns that random init has no weights
             return open_clip.create_model(name, pretrained=pretrained, precision="fp32", device="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
-        raise DGLError(f"cannot load CLIP {name!r} with pretrained={pretrained!r}: {_first_line(exc)}") from None
+        raise DGLError(f"cannot load CLIP {name!r} with pretrained={pretrained!r}: {_first_line(exc)[:240]} "
+                       "(offline? pass a local weights file: --pretrained PATH)") from None
 
 
 @contextlib.contextmanager
