@@ -50,7 +50,7 @@ class ModelEvaluation:
     failures: list[VideoFailure]  # videos (and their captions) left out
 
 
-def embed_videos(
+def _embed_items(
     encoder: Encoder, dataset: RetrievalDataset, batch_size: int, workers: int, cache: FrameCache | None = None
 ) -> tuple[np.ndarray, list[int], list[VideoFailure]]:
     """(Nv, E) embeddings of the decodable videos, their item indices, and the failures."""
@@ -76,7 +76,7 @@ def embed_dataset(
     encoder: Encoder, dataset: RetrievalDataset, batch_size: int = 32, workers: int = 4, cache: FrameCache | None = None
 ) -> Embeddings:
     """Embed every decodable video of `dataset` and all captions of those videos."""
-    video, decoded, failures = embed_videos(encoder, dataset, batch_size, workers, cache)
+    video, decoded, failures = _embed_items(encoder, dataset, batch_size, workers, cache)
     captions = [caption for item in decoded for caption in dataset.items[item].captions]
     c2v = np.repeat(np.arange(len(decoded)), [len(dataset.items[item].captions) for item in decoded]).astype(np.int64)
     return Embeddings(embed_captions(encoder, captions), video, c2v, decoded, failures)
