@@ -172,3 +172,17 @@ def test_find_videos_rules(tmp_path) -> None:
     listing = tmp_path / "list.txt"
     listing.write_text("c.webm\n# comment\na/x.mp4\nc.webm\n")
     assert [v.id for v in find_videos(listing)] == ["c.webm", "a/x.mp4"]
+
+
+def test_fp16_store_halves_size_and_still_searches(workdir, tmp_path) -> None:
+    encoder = open_encoder(workdir / "export")
+    full = embed_videos(workdir / "videos", tmp_path / "a.npy", encoder, EmbedSettings(workers=1))
+    half = embed_videos(workdir / "videos", tmp_path / "b.npy", encoder, EmbedSettings(workers=1, fp16=True))
+    assert full.embedded == half.embedded == 10
+    a, b = open_store(tmp_path / "a.npy"), open_store(tmp_path / "b.npy")
+    assert a.vectors.dtype == np.float32 and b.vectors.dtype == np.float16
+    np.testing.assert_allclose(b.vectors.astype(np.float32), a.vectors, atol=2e-3)
+    from dgl_deploy.search import search
+
+    query = np.asarray(a.vectors[3:4], dtype=np.float32)
+    assert search(b, query, 1)[0][0].id == a.ids[3]
