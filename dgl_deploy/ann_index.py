@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import DGLError
+from .manifest import check_same_model
 from .files import atomic_path, atomic_write_text
 from .search import CHUNK_ROWS, Hit, search, top_k
 from .store import EmbeddingStore, ids_digest, open_store
@@ -284,9 +285,8 @@ def _embeddings_path(folder: Path, manifest: dict[str, Any]) -> Path:
 
 def _check_store(folder: Path, manifest: dict[str, Any], store: EmbeddingStore) -> None:
     """The index answers only for the exact rows (ids, count) and model it was built from."""
-    if store.fingerprint != manifest["model_fingerprint"]:
-        raise DGLError(f"{folder}: built from embeddings of another model (fingerprint {manifest['model_fingerprint']}) "
-                       f"than {store.paths.emb} ({store.fingerprint}): rebuild the index")
+    check_same_model(manifest["model_fingerprint"], store.fingerprint, f"{folder} (index of {store.paths.emb})",
+                     fix="rebuild the index with `dgl index build`")
     if len(store.ids) != manifest["count"] or ids_digest(store.ids) != manifest["ids_sha256"]:
         raise DGLError(f"{folder}: built from other embeddings ({manifest['count']} rows) than {store.paths.emb} "
                        f"({len(store.ids)} rows, or other ids): rebuild the index with `dgl index build`")

@@ -27,6 +27,7 @@ from .backends.base import Encoder
 from .discover import VideoSource, find_videos
 from .errors import DGLError
 from .files import atomic_path, atomic_write_text
+from .manifest import check_same_model
 from .store import FORMAT, StorePaths, ids_digest, open_store
 
 
@@ -134,9 +135,8 @@ def _existing(paths: StorePaths, encoder: Encoder, update: bool, overwrite: bool
     if not update:
         raise DGLError(f"{paths.emb} already exists: use --update to add new videos, or --overwrite to redo it")
     store = open_store(paths.emb)
-    if store.fingerprint != encoder.fingerprint:
-        raise DGLError(f"{paths.emb} was made by another model (fingerprint {store.fingerprint}, this model "
-                       f"{encoder.fingerprint}): embeddings of different models cannot be mixed")
+    check_same_model(store.fingerprint, encoder.fingerprint, str(paths.emb),
+                     fix="--update needs the model that made them; use --overwrite to redo the set")
     return store.ids, np.asarray(store.vectors)
 
 

@@ -171,11 +171,11 @@ def check_graph_metadata(path: Path | str, metadata: Mapping[str, str], manifest
                        f"{manifest.fingerprint}; do not mix files of different exports")
 
 
-def check_same_model(a_fingerprint: str, b_fingerprint: str, what: str) -> None:
+def check_same_model(a_fingerprint: str, b_fingerprint: str, what: str, fix: str = "re-embed with one model") -> None:
     """Refuse to combine `what` (embeddings, an index, an encoder) made by two different models."""
     if a_fingerprint != b_fingerprint:
         raise DGLError(f"{what}: made by model {a_fingerprint}, not by model {b_fingerprint}; embeddings of "
-                       "different models are not comparable (re-embed with one model)")
+                       f"another model are not comparable ({fix})")
 
 
 __all__ = ["Manifest", "GraphEntry", "EngineEntry", "TensorSpec", "load_manifest", "write_manifest",

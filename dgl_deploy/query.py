@@ -13,6 +13,7 @@ from typing import Sequence
 from .ann_index import ExactIndex, SearchIndex, open_index
 from .backends.base import Encoder
 from .errors import DGLError
+from .manifest import check_same_model
 from .search import Hit
 from .store import EmbeddingStore, open_store
 
@@ -26,9 +27,8 @@ def resolve_model(store: EmbeddingStore, model: str | Path | None) -> str:
 
 
 def check_encoder(store: EmbeddingStore, encoder: Encoder) -> None:
-    if encoder.fingerprint != store.fingerprint:
-        raise DGLError(f"{store.paths.emb} was embedded by another model (fingerprint {store.fingerprint}) than "
-                       f"the query model ({encoder.fingerprint}): re-embed, or query with the model that made it")
+    check_same_model(store.fingerprint, encoder.fingerprint, str(store.paths.emb),
+                     fix="re-embed, or query with the model that made it")
 
 
 def _as_index(index: EmbeddingStore | SearchIndex) -> SearchIndex:
