@@ -112,9 +112,8 @@ def embed(
         raise typer.Exit(1)
     settings = EmbedSettings(batch_size=batch_size, workers=workers, chunk_size=chunk_size, fp16=fp16, timeout=timeout)
     if ray is None:
-        encoder = open_encoder(model, backend=backend, device=device)
-        if not (quiet or json_log):
-            typer.echo(f"backend: {encoder.describe()}", err=True)
+        # open_encoder says which backend it chose (one stderr line), except in quiet / JSON-log mode
+        encoder = open_encoder(model, backend=backend, device=device, **({"log": None} if quiet or json_log else {}))
     reporter = _reporter(quiet, json_log)
     try:
         if ray is None:
