@@ -59,8 +59,6 @@ def hits_to_dicts(queries: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list
     return [{"query": q, "results": [asdict(h) for h in hs]} for q, hs in zip(queries, hits)]
 
 
-
-
 def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
               queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
               device: str = "auto") -> list[dict]:
