@@ -1,7 +1,7 @@
 """Decode throughput: videos/s for T-frame sampling at S² of synthetic 480p clips, per worker count.
 
 Generates `--videos` clips (default 10 s, 854x480, 30 fps, h264) into a temp dir with
-dgl_deploy.synthetic, then runs `iter_video_batches` (batch_size 1) for each worker count, in
+dgl_deploy.data.synthetic, then runs `iter_video_batches` (batch_size 1) for each worker count, in
 subprocess-isolated mode and in-thread mode (`isolate=False`, the cost of crash isolation).
 `videos_per_s` is the steady rate between the first and last video; `first_s` the time to the first
 video (worker start-up included). Prints one JSON line.
@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dgl_deploy.loader import iter_video_batches
-from dgl_deploy.synthetic import make_synthetic
+from dgl_deploy.data.loader import iter_video_batches
+from dgl_deploy.data.synthetic import make_synthetic
 
 
 def measure(paths: list[Path], frames: int, size: int, workers: int, isolate: bool) -> dict[str, float]:

@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dgl_deploy.backends.onnxruntime import make_session, physical_cores  # noqa: E402
-from dgl_deploy.model import create_model  # noqa: E402
-from export import export_onnx  # noqa: E402
-from export.parity import Sizes, compare, sample_input, torch_embed  # noqa: E402
+from dgl_deploy.runtime.backends.onnxruntime import make_session, physical_cores  # noqa: E402
+from dgl_deploy.model.model import create_model  # noqa: E402
+from dgl_deploy.export import export_onnx  # noqa: E402
+from dgl_deploy.export.parity import Sizes, compare, sample_input, torch_embed  # noqa: E402
 
 
 def throughput(fn: Callable[[], object], items: int, iters: int) -> float:
@@ -42,7 +42,7 @@ def bench_role(model, folder: Path, role: str, batch: int, iters: int) -> dict[s
     with torch.no_grad():
         prompts = model.prompts()
     tensor = torch.from_numpy(array)
-    from dgl_deploy.video import normalize
+    from dgl_deploy.model.pixels import normalize
 
     def eager() -> object:
         with torch.inference_mode():

@@ -35,13 +35,13 @@ def throughput(fn: Callable[[], object], items: int, iters: int, sync: Callable[
 
 def encoders(args: argparse.Namespace, folder: Path) -> dict[str, object]:
     """Every backend under test, all on the same model."""
-    from dgl_deploy.backends.onnxruntime import OnnxEncoder
-    from dgl_deploy.backends.tensorrt import TensorRTEncoder
-    from dgl_deploy.backends.torch_backend import TorchEncoder
-    from dgl_deploy.checkpoint import model_fingerprint
-    from dgl_deploy.model import create_model
-    from export import export_onnx
-    from export.tensorrt import Profile, TrtSettings, build_engines
+    from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+    from dgl_deploy.runtime.backends.tensorrt import TensorRTEncoder
+    from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
+    from dgl_deploy.model.checkpoint import model_fingerprint
+    from dgl_deploy.model.model import create_model
+    from dgl_deploy.export import export_onnx
+    from dgl_deploy.export.tensorrt import Profile, TrtSettings, build_engines
 
     model = create_model(args.model, pretrained=None, frames=args.frames).eval()
     if not (folder / "manifest.json").is_file():
@@ -69,7 +69,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA GPU here (torch.cuda.is_available() is False); nothing to measure", file=sys.stderr)
         return
-    from export.parity import sample_frames
+    from dgl_deploy.export.parity import sample_frames
 
     results: dict[str, dict[str, float]] = {}
     texts = [f"a video of object {i} moving across a {i % 7}-coloured scene" for i in range(TEXT_BATCH)]

@@ -1,7 +1,7 @@
 """FAISS index kinds vs exact search: build time, recall@10 and single-query latency on random vectors.
 
 Writes `--rows` random unit vectors of `--dim` (default 1M x 512, ~2 GB, memory-mapped) as an embedding set,
-builds each index kind with `dgl_deploy.ann_index.build_index` (library defaults unless --nlist/--nprobe),
+builds each index kind with `dgl_deploy.retrieval.ann_index.build_index` (library defaults unless --nlist/--nprobe),
 and queries it one query at a time with `--queries` noisy copies of random rows (cosine ~0.9 to their
 source). recall@10 is against exact search on the same queries; `build_recall_at_10` is what the build
 stored in the manifest (queries = the set's own rows). Random data has no cluster structure, so IVF
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dgl_deploy.ann_index import ExactIndex, IndexSettings, build_index, open_ann_index
-from dgl_deploy.search import CHUNK_ROWS
-from dgl_deploy.store import FORMAT, StorePaths, ids_digest, open_store
+from dgl_deploy.retrieval.ann_index import ExactIndex, IndexSettings, build_index, open_ann_index
+from dgl_deploy.retrieval.search import CHUNK_ROWS
+from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest, open_store
 
 from common import emit
 

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, timeit  # noqa: E402
 
-from dgl_deploy.model import create_model  # noqa: E402
+from dgl_deploy.model.model import create_model  # noqa: E402
 
 
 def main() -> None:

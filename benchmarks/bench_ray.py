@@ -15,11 +15,11 @@ from pathlib import Path
 import ray
 
 from common import emit
-from dgl_deploy.checkpoint import save
-from dgl_deploy.embed import EmbedSettings
-from dgl_deploy.model import create_model
-from dgl_deploy.ray_embed import RaySettings, embed_videos_ray
-from dgl_deploy.synthetic import make_synthetic
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.retrieval.embed import EmbedSettings
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
+from dgl_deploy.data.synthetic import make_synthetic
 
 
 def run(root: Path, cpus: int, settings: EmbedSettings) -> dict[str, float]:

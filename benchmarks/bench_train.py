@@ -21,9 +21,9 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from dgl_deploy import model as model_module
-from dgl_deploy.model import create_model
-from training.loop import contrastive_loss
+from dgl_deploy.model import model as model_module
+from dgl_deploy.model.model import create_model
+from dgl_deploy.training.loop import contrastive_loss
 
 
 def eager_global_local_block(block, glob: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

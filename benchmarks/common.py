@@ -39,9 +39,9 @@ def emit(name: str, results: dict[str, Any]) -> None:
 
 def exported_model(workdir: Path, name: str = "ViT-B-32", precisions: tuple[str, ...] = ()) -> Path:
     """A random-init DGL model on `name`, saved and exported to ONNX under `workdir` (reused if there)."""
-    from dgl_deploy.checkpoint import save
-    from dgl_deploy.model import create_model
-    from export.pipeline import export_model
+    from dgl_deploy.model.checkpoint import save
+    from dgl_deploy.model.model import create_model
+    from dgl_deploy.export.pipeline import export_model
 
     workdir = Path(workdir)
     out = workdir / f"{name}-export"

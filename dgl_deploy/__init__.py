@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .errors import DGLError
+from dgl_deploy.errors import DGLError
 
 __all__ = ["DGLError", "__version__"]

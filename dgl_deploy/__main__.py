@@ -1,5 +1,5 @@
 """`python -m dgl_deploy` = the `dgl` command."""
 
-from .cli import main
+from dgl_deploy.cli import main
 
 main()

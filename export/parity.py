@@ -9,12 +9,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from dgl_deploy.backends.onnxruntime import make_session
+from dgl_deploy.runtime.backends.onnxruntime import make_session
 from dgl_deploy.errors import DGLError
-from dgl_deploy.model import DGLModel
-from dgl_deploy.runtime_tokenizer import BPETokenizer
-from dgl_deploy.tokenizer import Tokenizer
-from dgl_deploy.video import normalize
+from dgl_deploy.model.model import DGLModel
+from dgl_deploy.runtime.tokenizer import BPETokenizer
+from dgl_deploy.model.tokenizer import Tokenizer
+from dgl_deploy.model.pixels import normalize
 
 MAX_ABS_ERROR = 1e-4  # fp32 graphs vs PyTorch fp32, per embedding component
 MIN_COSINE = 0.9999

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Callable
 
 from dgl_deploy.errors import DGLError
-from dgl_deploy.manifest import MANIFEST_FILE, Manifest, load_manifest
+from dgl_deploy.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 
-from .onnx_export import export_onnx
-from .tensorrt import TrtSettings, build_engines
+from dgl_deploy.export.onnx_export import export_onnx
+from dgl_deploy.export.tensorrt import TrtSettings, build_engines
 
 Log = Callable[[str], None]
 
@@ -18,8 +18,8 @@ def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[s
                  overwrite: bool = False, trt: TrtSettings | None = None, log: Log = print) -> Manifest:
     """Export checkpoint `model_path` to folder `out` (fp32 + `precisions`), then TensorRT engines if `trt`.
     With `trt.rebuild` and an existing export of the same model, only the engines are rebuilt."""
-    from dgl_deploy.checkpoint import model_fingerprint
-    from dgl_deploy.loading import load_model
+    from dgl_deploy.model.checkpoint import model_fingerprint
+    from dgl_deploy.model.loading import load_model
 
     out = Path(out)
     model = load_model(model_path)

@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dgl_deploy.backends.onnxruntime import make_session
-from dgl_deploy.backends.tensorrt import INSTALL_HINT, EngineRunner, current_gpu, engine_mismatch, stale_onnx
+from dgl_deploy.runtime.backends.onnxruntime import make_session
+from dgl_deploy.runtime.backends.tensorrt import INSTALL_HINT, EngineRunner, current_gpu, engine_mismatch, stale_onnx
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path
-from dgl_deploy.manifest import EngineEntry, Manifest, load_manifest, sha256_file, verified_file, write_manifest
+from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, sha256_file, verified_file, write_manifest
 
-from .parity import Sizes, compare, sample_input
+from dgl_deploy.export.parity import Sizes, compare, sample_input
 
 ENGINE_PRECISIONS = ("fp16", "fp32", "int8", "fp8")
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "fp8": 0.99}  # vs onnxruntime fp32

@@ -37,7 +37,7 @@ def golden_case(latent: str) -> tuple[Path, dict, Path]:
 @pytest.fixture(scope="session")
 def tiny_model():
     """A dgl-tiny transformer-latent model with random (seeded) prompts and backbone."""
-    from dgl_deploy.model import create_model
+    from dgl_deploy.model.model import create_model
 
     torch.manual_seed(1)
     return create_model("dgl-tiny", pretrained=None).eval()
@@ -45,7 +45,7 @@ def tiny_model():
 
 def run_quick_demo(out: Path) -> Path:
     """`dgl demo --quick` into `out` (a few CPU seconds); returns `out`."""
-    from dgl_deploy.demo import DemoConfig, run_demo
+    from dgl_deploy.cli.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=str(out), workers=1).quick(), log=lambda _: None)
     return out

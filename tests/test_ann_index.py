@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
-from dgl_deploy.ann_index import IndexSettings, build_index, choose_kind, open_ann_index, open_index, resolve_settings
-from dgl_deploy.search import top_k
-from dgl_deploy.store import FORMAT, StorePaths, ids_digest
+from dgl_deploy.retrieval.ann_index import IndexSettings, build_index, choose_kind, open_ann_index, open_index, resolve_settings
+from dgl_deploy.retrieval.search import top_k
+from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest
 
 faiss = pytest.importorskip("faiss")
 runner = CliRunner()
@@ -120,10 +120,10 @@ def test_index_moves_with_its_embeddings(random_set, tmp_path) -> None:
 
 
 def test_query_cli_uses_index_folder(tmp_path) -> None:
-    from dgl_deploy.backends.select import open_encoder
-    from dgl_deploy.checkpoint import save
+    from dgl_deploy.runtime.backends.select import open_encoder
+    from dgl_deploy.model.checkpoint import save
     from dgl_deploy.cli import app
-    from dgl_deploy.model import create_model
+    from dgl_deploy.model.model import create_model
 
     save(create_model("dgl-tiny", pretrained=None), tmp_path / "model.safetensors")
     encoder = open_encoder(tmp_path / "model.safetensors", backend="torch", log=None)

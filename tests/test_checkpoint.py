@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dgl_deploy import DGLError
-from dgl_deploy.checkpoint import load, read_config, read_metadata, save
-from dgl_deploy.model import create_model
-from dgl_deploy.reference import import_reference
+from dgl_deploy.model.checkpoint import load, read_config, read_metadata, save
+from dgl_deploy.model.model import create_model
+from dgl_deploy.model.reference import import_reference
 from tests.conftest import golden_case
 
 

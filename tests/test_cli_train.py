@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from dgl_deploy.cli import app
-from dgl_deploy.synthetic import make_synthetic
+from dgl_deploy.data.synthetic import make_synthetic
 
 
 def test_train_then_eval(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dgl_deploy.datasets import VALIDATION_SPLITS, load_dataset
+from dgl_deploy.data.datasets import VALIDATION_SPLITS, load_dataset
 from dgl_deploy.errors import DGLError
 from tests.conftest import REFERENCE as SHARED_REFERENCE
 

@@ -17,16 +17,16 @@ import torch
 from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
-from dgl_deploy.backends.select import open_encoder
-from dgl_deploy.checkpoint import save
+from dgl_deploy.runtime.backends.select import open_encoder
+from dgl_deploy.model.checkpoint import save
 from dgl_deploy.cli import app
-from dgl_deploy.discover import find_videos
-from dgl_deploy.embed import EmbedSettings, embed_videos
-from dgl_deploy.model import create_model
-from dgl_deploy.store import open_store
-from dgl_deploy.synthetic import make_synthetic, write_broken_files
-from dgl_deploy.video import read_frames
-from export.pipeline import export_model
+from dgl_deploy.data.discover import find_videos
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.store import open_store
+from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
+from dgl_deploy.data.video import read_frames
+from dgl_deploy.export.pipeline import export_model
 
 runner = CliRunner()
 
@@ -192,7 +192,7 @@ def test_fp16_store_halves_size_and_still_searches(workdir, tmp_path) -> None:
     a, b = open_store(tmp_path / "a.npy"), open_store(tmp_path / "b.npy")
     assert a.vectors.dtype == np.float32 and b.vectors.dtype == np.float16
     np.testing.assert_allclose(b.vectors.astype(np.float32), a.vectors, atol=2e-3)
-    from dgl_deploy.search import search
+    from dgl_deploy.retrieval.search import search
 
     query = np.asarray(a.vectors[3:4], dtype=np.float32)
     assert search(b, query, 1)[0][0].id == a.ids[3]

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
-from dgl_deploy.checkpoint import model_fingerprint, save
+from dgl_deploy.model.checkpoint import model_fingerprint, save
 from dgl_deploy.cli import app
-from dgl_deploy.manifest import FINGERPRINT_KEY, load_manifest
-from dgl_deploy.model import create_model
-from dgl_deploy.reference import import_reference
-from export import export_onnx
-from export import parity
+from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, load_manifest
+from dgl_deploy.model.model import create_model
+from dgl_deploy.model.reference import import_reference
+from dgl_deploy.export import export_onnx
+from dgl_deploy.export import parity
 from tests.conftest import golden_case
 
 

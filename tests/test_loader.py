@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dgl_deploy.loader as loader_module
-from dgl_deploy.datasets import VideoItem
-from dgl_deploy.frame_cache import FrameCache
-from dgl_deploy.loader import iter_video_batches
-from dgl_deploy.synthetic import make_synthetic, write_broken_files
-from dgl_deploy.video import decode_frames
+import dgl_deploy.data.loader as loader_module
+from dgl_deploy.data.datasets import VideoItem
+from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.data.loader import iter_video_batches
+from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
+from dgl_deploy.data.video import decode_frames
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dgl_deploy import DGLError
-from dgl_deploy.backends.onnxruntime import OnnxEncoder
-from dgl_deploy.manifest import (MANIFEST_FILE, Manifest, check_same_model, load_manifest, sha256_file,
+from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+from dgl_deploy.runtime.manifest import (MANIFEST_FILE, Manifest, check_same_model, load_manifest, sha256_file,
                                  verified_file, write_manifest)
 from test_export import exported_golden, exported_tiny
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgl_deploy import DGLError, metrics
-from dgl_deploy.metrics import retrieval_metrics, summarize_ranks, t2v_ranks, v2t_ranks
+from dgl_deploy import DGLError
+from dgl_deploy.evaluation import metrics
+from dgl_deploy.evaluation.metrics import retrieval_metrics, summarize_ranks, t2v_ranks, v2t_ranks
 from tests.conftest import REFERENCE as SHARED_REFERENCE
 
 REFERENCE = SHARED_REFERENCE / "msrvtt_1k_dgl_vit16_sims.npy"

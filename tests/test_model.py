@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dgl_deploy import DGLError
-from dgl_deploy.model import create_model
-from dgl_deploy.reference import import_reference
-from dgl_deploy.tokenizer import Tokenizer, tokenizer_for
+from dgl_deploy.model.model import create_model
+from dgl_deploy.model.reference import import_reference
+from dgl_deploy.model.tokenizer import Tokenizer, tokenizer_for
 from tests.conftest import golden_case
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from dgl_deploy import DGLError
-from dgl_deploy.backends.base import Encoder
-from dgl_deploy.backends.onnxruntime import OnnxEncoder
-from dgl_deploy.backends.torch_backend import TorchEncoder
-from dgl_deploy.checkpoint import model_fingerprint
-from dgl_deploy.runtime_tokenizer import BPETokenizer, open_clip_bpe_file
-from dgl_deploy.tokenizer import Tokenizer
-from export.parity import TOKENIZER_CORPUS, sample_frames
+from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
+from dgl_deploy.model.checkpoint import model_fingerprint
+from dgl_deploy.runtime.tokenizer import BPETokenizer, open_clip_bpe_file
+from dgl_deploy.model.tokenizer import Tokenizer
+from dgl_deploy.export.parity import TOKENIZER_CORPUS, sample_frames
 from test_export import exported_golden, exported_tiny
 
 EXTRA_CORPUS = (
@@ -90,7 +90,7 @@ def test_query_startup_does_not_import_torch() -> None:
     script = textwrap.dedent(f"""
         import json, sys, time
         start = time.perf_counter()
-        from dgl_deploy.backends.onnxruntime import OnnxEncoder
+        from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
         imported = time.perf_counter() - start
         out = OnnxEncoder({str(folder)!r}, device="cpu").encode_text(["a dog runs", "a cat"])
         print(json.dumps({{"torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules,

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgl_deploy.backends.select import open_encoder
-from dgl_deploy.checkpoint import save
-from dgl_deploy.embed import EmbedSettings, embed_videos
-from dgl_deploy.model import create_model
-from dgl_deploy.store import open_store
-from dgl_deploy.synthetic import make_synthetic, write_broken_files
+from dgl_deploy.runtime.backends.select import open_encoder
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.store import open_store
+from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a Ray cluster takes ~10 s to start on 2 cores
@@ -37,7 +37,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.mark.timeout(300)
 def test_ray_rows_equal_single_machine(workdir) -> None:
-    from dgl_deploy.ray_embed import RaySettings, embed_videos_ray
+    from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dgl_deploy import DGLError
-from dgl_deploy.metrics import evaluate, t2v_ranks
-from dgl_deploy.rerank import dual_softmax, qb_norm
+from dgl_deploy.evaluation.metrics import evaluate, t2v_ranks
+from dgl_deploy.evaluation.rerank import dual_softmax, qb_norm
 
 # Video 2 is a "hub": the closest video for every caption.
 HUB = np.array([[0.50, 0.10, 0.60], [0.10, 0.50, 0.60], [0.10, 0.10, 0.70]])

@@ -9,7 +9,7 @@ import av
 from typer.testing import CliRunner
 
 from dgl_deploy.cli import app
-from dgl_deploy.synthetic import frame_caption, make_synthetic
+from dgl_deploy.data.synthetic import frame_caption, make_synthetic
 
 
 def rows(annotations: Path) -> list[dict]:

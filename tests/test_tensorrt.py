@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from dgl_deploy import DGLError
-from dgl_deploy.backends.tensorrt import engine_mismatch, stale_onnx
-from dgl_deploy.manifest import EngineEntry, load_manifest, write_manifest
-from export import tensorrt as trt_export
-from export.tensorrt import Profile, TrtSettings
+from dgl_deploy.runtime.backends.tensorrt import engine_mismatch, stale_onnx
+from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manifest
+from dgl_deploy.export import tensorrt as trt_export
+from dgl_deploy.export.tensorrt import Profile, TrtSettings
 from test_export import exported_tiny
 
 HAS_GPU_TRT = importlib.util.find_spec("tensorrt") is not None and \
@@ -91,9 +91,9 @@ def test_mismatched_engines_refused_without_rebuild(tmp_path: Path, monkeypatch)
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAS_GPU_TRT, reason="needs tensorrt and a CUDA GPU")
 def test_build_and_run_engines(tmp_path: Path) -> None:
-    from dgl_deploy.backends.onnxruntime import OnnxEncoder
-    from dgl_deploy.backends.tensorrt import TensorRTEncoder
-    from export.parity import sample_frames
+    from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+    from dgl_deploy.runtime.backends.tensorrt import TensorRTEncoder
+    from dgl_deploy.export.parity import sample_frames
 
     folder = tmp_path / "ex"
     shutil.copytree(exported_tiny()[1], folder)

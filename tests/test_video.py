@@ -1,4 +1,4 @@
-"""Frame sampling, resizing, normalisation and error handling of dgl_deploy.video."""
+"""Frame sampling, resizing, normalisation and error handling of dgl_deploy.data.video."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from dgl_deploy.synthetic import COLORS, _write_video, make_synthetic, write_broken_files
-from dgl_deploy.video import DecodeProcess, VideoError, decode_frames, frame_indices, normalize, read_frames
+from dgl_deploy.data.synthetic import COLORS, _write_video, make_synthetic, write_broken_files
+from dgl_deploy.data.video import DecodeProcess, VideoError, decode_frames, frame_indices, read_frames
+from dgl_deploy.model.pixels import normalize
 
 STEP = 6  # gray level per frame index in ramp clips
 

@@ -17,10 +17,10 @@ import torch
 from open_clip.loss import ClipLoss
 from safetensors.torch import save_file
 
-from dgl_deploy.backbone import create_clip
+from dgl_deploy.model.backbone import create_clip
 from dgl_deploy.files import atomic_path
-from dgl_deploy.tokenizer import Tokenizer
-from dgl_deploy.video import normalize
+from dgl_deploy.model.tokenizer import Tokenizer
+from dgl_deploy.model.pixels import normalize
 
 
 @dataclass(frozen=True)

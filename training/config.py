@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dgl_deploy.datasets import KINDS
+from dgl_deploy.data.datasets import KINDS
 from dgl_deploy.errors import DGLError
 
 Amp = Literal["bf16", "fp16", "none"]

@@ -24,12 +24,12 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import DistributedSampler
 
-from dgl_deploy.datasets import VALIDATION_SPLITS, RetrievalDataset, VideoItem, load_dataset
+from dgl_deploy.data.datasets import VALIDATION_SPLITS, RetrievalDataset, VideoItem, load_dataset
 from dgl_deploy.errors import DGLError
-from dgl_deploy.frame_cache import FrameCache
-from dgl_deploy.loader import VideoFailure, iter_video_batches
+from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.data.loader import VideoFailure, iter_video_batches
 
-from .config import TrainConfig
+from dgl_deploy.training.config import TrainConfig
 
 TRAIN_SPLITS: dict[str, str | None] = {"msrvtt": "train9k", "vatex": "train", "lsmdc": "train", "activitynet": "train",
                                        "generic": None}

@@ -28,22 +28,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dgl_deploy import checkpoint
-from dgl_deploy.backends.torch_backend import TorchEncoder
+from dgl_deploy.model import checkpoint
+from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
 from dgl_deploy.errors import DGLError
-from dgl_deploy.evaluation import embed_dataset, similarity
+from dgl_deploy.evaluation.evaluate import embed_dataset, similarity
 from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.frame_cache import FrameCache
-from dgl_deploy.metrics import retrieval_metrics
-from dgl_deploy.model import DGLModel, create_model
-from dgl_deploy.tokenizer import tokenizer_for
-from dgl_deploy.video import normalize
+from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.evaluation.metrics import retrieval_metrics
+from dgl_deploy.model.model import DGLModel, create_model
+from dgl_deploy.model.tokenizer import tokenizer_for
+from dgl_deploy.model.pixels import normalize
 
-from .config import TrainConfig
-from .data import StepBatch, data_fingerprint, iter_steps, load_splits, steps_per_epoch
-from .distributed import DistInfo, gather_with_grad, global_count, init_distributed, sum_gradients
-from .log import RunLog, format_eta
-from .state import STATE_NAME, EpochRecord, Progress, load_state, save_state, set_rng_state
+from dgl_deploy.training.config import TrainConfig
+from dgl_deploy.training.data import StepBatch, data_fingerprint, iter_steps, load_splits, steps_per_epoch
+from dgl_deploy.training.distributed import DistInfo, gather_with_grad, global_count, init_distributed, sum_gradients
+from dgl_deploy.training.log import RunLog, format_eta
+from dgl_deploy.training.state import STATE_NAME, EpochRecord, Progress, load_state, save_state, set_rng_state
 
 FINAL_NAME = "model.safetensors"
 

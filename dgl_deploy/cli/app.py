@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import typer
 
-from .. import __version__
-from ..errors import DGLError
+from dgl_deploy import __version__
+from dgl_deploy.errors import DGLError
 
 app = typer.Typer(
     name="dgl",

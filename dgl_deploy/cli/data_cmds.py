@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .app import command
+from dgl_deploy.cli.app import command
 
 
 class DataKind(str, Enum):
@@ -26,6 +26,6 @@ def make_data(
     broken: bool = typer.Option(False, "--broken", help="Also write broken files into OUT/broken/ (for tests)."),
 ) -> None:
     """Generate a dataset; prints the annotations path."""
-    from ..synthetic import make_synthetic
+    from dgl_deploy.data.synthetic import make_synthetic
 
     typer.echo(make_synthetic(out, videos, seed=seed, size=(size, size), seconds=seconds, fps=fps, broken=broken))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .app import command
+from dgl_deploy.cli.app import command
 
 
 @command("demo")
@@ -19,7 +19,7 @@ def demo(
     """Offline end-to-end demo: synthetic videos -> tiny CLIP -> DGL tuning -> ONNX -> embed -> query -> eval."""
     from rich.console import Console
 
-    from ..demo import DemoConfig, run_demo
+    from dgl_deploy.cli.demo import DemoConfig, run_demo
 
     config = DemoConfig(out=str(out), workers=workers, seed=seed)
     console = Console(highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .app import command
+from dgl_deploy.cli.app import command
 
 EXIT_SOME_FAILED = 3  # `dgl embed` finished, but some files could not be embedded (see the errors file)
 
@@ -102,9 +102,9 @@ def embed(
     ray_encoders: int = typer.Option(1, "--ray-encoders", help="With --ray: encoder actors (each loads the model once)."),
 ) -> None:
     """Embed a folder of videos; resumable, skips and lists bad files (exit code 3 if any failed)."""
-    from ..backends.select import open_encoder
-    from ..embed import EmbedSettings, embed_videos
-    from ..store import StorePaths
+    from dgl_deploy.runtime.backends.select import open_encoder
+    from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+    from dgl_deploy.retrieval.store import StorePaths
 
     paths = StorePaths.of(out)
     if not resume and paths.parts.exists() and not overwrite:
@@ -120,7 +120,7 @@ def embed(
             result = embed_videos(videos, out, encoder, settings, update=update, overwrite=overwrite,
                                   reporter=reporter, model=str(model))
         else:
-            from ..ray_embed import RaySettings, embed_videos_ray
+            from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
 
             result = embed_videos_ray(videos, out, model, settings, RaySettings(
                 address=ray, encoders=ray_encoders, backend=backend, device=device), update=update,
@@ -165,7 +165,7 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Search embeddings with text (or a video); the query model must be the one that made them."""
-    from ..query import run_query
+    from dgl_deploy.retrieval.query import run_query
 
     results = run_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,
                         backend=backend, device=device)

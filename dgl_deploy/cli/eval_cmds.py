@@ -10,12 +10,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ..backends.select import BACKENDS
-from ..errors import DGLError
-from ..metrics import evaluate_similarity_file, format_metrics_table, load_npy, results_to_json
-from ..rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankMethod
-from .app import command
-from .train_cmds import DatasetKind
+from dgl_deploy.runtime.backends.select import BACKENDS
+from dgl_deploy.errors import DGLError
+from dgl_deploy.evaluation.metrics import evaluate_similarity_file, format_metrics_table, load_npy, results_to_json
+from dgl_deploy.evaluation.rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankMethod
+from dgl_deploy.cli.app import command
+from dgl_deploy.cli.train_cmds import DatasetKind
 
 Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 
@@ -73,7 +73,7 @@ def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Op
                     captions_to_videos: Optional[Path], rerank: Optional[RerankMethod], query_bank: Optional[Path],
                     options: dict) -> tuple[dict, str]:
     """--model mode: run `evaluation.evaluate_model`, report left-out videos on stderr; (metrics, table title)."""
-    from ..evaluation import evaluate_model
+    from dgl_deploy.evaluation.evaluate import evaluate_model
 
     if dataset is None or annotations is None or videos is None:
         raise DGLError("--model needs --dataset, --annotations and --videos")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import command
+from dgl_deploy.cli.app import command
 
 
 @command("export")
@@ -27,8 +27,8 @@ def export_command(
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild TensorRT engines made for another GPU/version."),
 ) -> None:
     """Export a trained model to standalone ONNX encoders; parity with PyTorch is checked before writing."""
-    from export.pipeline import export_model
-    from export.tensorrt import Profile, TrtSettings, with_profile
+    from dgl_deploy.export.pipeline import export_model
+    from dgl_deploy.export.tensorrt import Profile, TrtSettings, with_profile
 
     settings = None
     if trt:

@@ -1,4 +1,4 @@
-"""`dgl index build`: a FAISS index over an embedding set (see `dgl_deploy.ann_index`)."""
+"""`dgl index build`: a FAISS index over an embedding set (see `dgl_deploy.retrieval.ann_index`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, command
+from dgl_deploy.cli.app import app, command
 
 index_app = typer.Typer(help="Approximate-nearest-neighbour (FAISS) indexes over embeddings.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -31,7 +31,7 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Build a FAISS index; `dgl query --index DIR` and `dgl serve --index DIR` then use it."""
-    from ..ann_index import IndexSettings, build_index
+    from dgl_deploy.retrieval.ann_index import IndexSettings, build_index
 
     settings = IndexSettings(kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m, refine=refine, hnsw_m=hnsw_m,
                              ef_construction=ef_construction, ef_search=ef_search, recall_queries=recall_queries)

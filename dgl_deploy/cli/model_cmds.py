@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .app import command
+from dgl_deploy.cli.app import command
 
 
 @command("import-checkpoint")
@@ -18,8 +18,8 @@ def import_checkpoint(
     max_words: int = typer.Option(32, "--max-words", help="Text length W (tokens incl. SOT/EOT)."),
 ) -> None:
     """Import a DGL reference checkpoint; its frozen CLIP weights become the backbone (no other download)."""
-    from ..checkpoint import save
-    from ..reference import import_reference
+    from dgl_deploy.model.checkpoint import save
+    from dgl_deploy.model.reference import import_reference
 
     path = save(import_reference(reference, frames=frames, max_words=max_words), out)
     typer.echo(f"wrote {path}")
@@ -31,8 +31,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Print a model's config, backbone, and trainable / total parameter counts."""
-    from ..info import model_info
-    from ..loading import load_model
+    from dgl_deploy.model.info import model_info
+    from dgl_deploy.model.loading import load_model
 
     data = model_info(load_model(model))
     if as_json:

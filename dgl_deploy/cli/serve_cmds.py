@@ -1,4 +1,4 @@
-"""`dgl serve`: the HTTP search service (see `dgl_deploy.serve`)."""
+"""`dgl serve`: the HTTP search service (see `dgl_deploy.retrieval.serve`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import command
+from dgl_deploy.cli.app import command
 
 
 @command("serve")
@@ -28,7 +28,7 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve text -> video and video -> video search over HTTP (GET /search, POST /search/video, GET /health)."""
-    from ..serve import INSTALL_HINT, ServeSettings, create_app
+    from dgl_deploy.retrieval.serve import INSTALL_HINT, ServeSettings, create_app
 
     try:
         import uvicorn

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..datasets import KINDS
-from .app import command
+from dgl_deploy.data.datasets import KINDS
+from dgl_deploy.cli.app import command
 
 DatasetKind = Enum("DatasetKind", {kind: kind for kind in KINDS}, type=str)  # type: ignore[misc]
 
@@ -58,7 +58,7 @@ def train_command(
 ) -> None:
     """Train the prompts of a frozen CLIP; OUT/model.safetensors is the epoch best on validation."""
     options = dict(locals())  # every option, before any other local name exists
-    from training import build_config, train
+    from dgl_deploy.training import build_config, train
 
     for flag in ("config", "resume", "tensorboard", "quiet"):
         options.pop(flag)

@@ -1,0 +1,79 @@
+"""Which videos to embed: a folder (recursive), a file list (.txt) or a generic annotation file (.csv/.jsonl).
+
+Folders: common video extensions, hidden files and folders skipped, symlinks followed once (a folder
+reached twice through links is walked once), sorted by relative POSIX path, so the order is the same
+on every machine. Each video's id is its path relative to the folder (or as written in the list).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dgl_deploy.errors import DGLError
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv",
+                              ".3gp", ".ts", ".mts", ".ogv"})
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One video to embed."""
+
+    id: str  # stable identifier written to the ids sidecar (relative path)
+    path: Path  # where to read it
+
+
+def find_videos(source: Path | str) -> list[VideoSource]:
+    """Videos named by `source` (folder, .txt list, .csv/.jsonl annotations), in a deterministic order."""
+    source = Path(source)
+    if source.is_dir():
+        found = _walk(source)
+    elif source.is_file() and source.suffix.lower() == ".txt":
+        found = _from_list(source)
+    elif source.is_file() and source.suffix.lower() in (".csv", ".jsonl"):
+        found = _from_annotations(source)
+    elif source.exists():
+        raise DGLError(f"{source}: expected a folder of videos, a .txt file list or a .csv/.jsonl annotation file")
+    else:
+        raise DGLError(f"{source}: no such folder or file")
+    bad = [v.id for v in found if "\n" in v.id or "\r" in v.id]
+    if bad:
+        raise DGLError(f"{source}: file names with line breaks are not supported ({bad[0]!r})")
+    return found
+
+
+def _walk(root: Path) -> list[VideoSource]:
+    seen_dirs: set[str] = set()
+    found: list[VideoSource] = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:  # a link cycle or a second link to the same folder
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+                path = Path(folder) / name
+                found.append(VideoSource(path.relative_to(root).as_posix(), path))
+    return sorted(found, key=lambda v: v.id)
+
+
+def _from_list(listing: Path) -> list[VideoSource]:
+    lines = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()]
+    return _resolve(listing, [line for line in lines if line and not line.startswith("#")])
+
+
+def _from_annotations(annotations: Path) -> list[VideoSource]:
+    """The videos of a generic annotation file (paths relative to its folder); missing ones are warned about."""
+    from dgl_deploy.data.datasets import load_dataset
+
+    dataset = load_dataset("generic", annotations, annotations.parent, skip_missing=True)
+    return _resolve(annotations, [os.path.relpath(item.path, annotations.parent) for item in dataset.items])
+
+
+def _resolve(listing: Path, entries: list[str]) -> list[VideoSource]:
+    unique = list(dict.fromkeys(entries))  # keep the listed order, drop repeats
+    return [VideoSource(e, Path(e) if Path(e).is_absolute() else listing.parent / e) for e in unique]

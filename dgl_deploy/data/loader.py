@@ -1,0 +1,138 @@
+"""Parallel video loading: decode many files in worker processes, yield batches in input order.
+
+`workers` threads each drive one `DecodeProcess` (a crash-isolated decoder with a per-file time
+limit). At most `batch_size * (prefetch + 1)` files are in flight or decoded-but-unconsumed, so
+decoding overlaps with the consumer while memory stays bounded. A file that fails becomes a
+`VideoFailure` (path + reason) in the next yielded batch; loading goes on.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.data.video import DEFAULT_TIMEOUT_S, DecodeProcess, Segment, VideoError, decode_frames
+
+
+@dataclass(frozen=True)
+class VideoFailure:
+    """An input item that could not be decoded."""
+
+    index: int  # position in the `items` passed to the loader
+    path: Path
+    reason: str
+
+
+@dataclass
+class VideoBatch:
+    """Decoded items in input order. Only the last batch may have B = 0 (trailing failures only)."""
+
+    indices: list[int]  # positions in `items` of the rows of `frames`
+    frames: np.ndarray  # (B, T, S, S, 3) uint8
+    failures: list[VideoFailure] = field(default_factory=list)  # failed items since the previous batch
+
+
+def _source(item: Any) -> tuple[Path, Segment | None]:
+    """A path (str/Path) or any object with `.path` and optional `.segment` (e.g. datasets.VideoItem)."""
+    if isinstance(item, (str, Path)):
+        return Path(item), None
+    return Path(item.path), getattr(item, "segment", None)
+
+
+class _Decoders:
+    """A fixed set of decoders shared by the worker threads (checked out one per file)."""
+
+    def __init__(self, count: int, isolate: bool) -> None:
+        self._all = [DecodeProcess() for _ in range(count)] if isolate else []
+        self._free: queue.Queue[DecodeProcess] = queue.Queue()
+        for decoder in self._all:
+            self._free.put(decoder)
+
+    def decode(self, path: Path, num_frames: int, image_size: int, segment: Segment | None, timeout: float) -> np.ndarray:
+        if not self._all:
+            return decode_frames(path, num_frames, image_size, segment)
+        decoder = self._free.get()
+        try:
+            return decoder.decode(path, num_frames, image_size, segment, timeout)
+        finally:
+            self._free.put(decoder)
+
+    def close(self) -> None:
+        for decoder in self._all:
+            decoder.close()
+
+
+def iter_video_batches(
+    items: Sequence[Any],
+    num_frames: int,
+    image_size: int,
+    batch_size: int,
+    workers: int = 2,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    prefetch: int = 2,
+    cache: FrameCache | None = None,
+    isolate: bool = True,
+) -> Iterator[VideoBatch]:
+    """Yield `VideoBatch`es of up to `batch_size` decoded items, in the order of `items`.
+
+    items: paths or objects with `.path` / `.segment` (seconds). workers: decoding threads (each with
+    its own subprocess when `isolate`; `isolate=False` decodes in-thread: faster start, but no time
+    limit and a decoder segfault kills the caller). cache: read/write decoded frames there.
+    Closing the generator (break, exception, Ctrl-C) kills the decoders without waiting.
+    """
+    if batch_size < 1 or workers < 1:
+        raise ValueError("batch_size and workers must be >= 1")
+    sources = [_source(item) for item in items]
+    decoders = _Decoders(workers, isolate)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="dgl-load")
+
+    def load(index: int) -> np.ndarray:
+        path, segment = sources[index]
+        if cache is not None and (hit := cache.get(path, num_frames, image_size, segment)) is not None:
+            return hit
+        frames = decoders.decode(path, num_frames, image_size, segment, timeout)  # (T, S, S, 3)
+        if cache is not None:
+            cache.put(path, num_frames, image_size, segment, frames)
+        return frames
+
+    pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+    upcoming = iter(range(len(sources)))
+
+    def submit_next() -> None:
+        index = next(upcoming, None)
+        if index is not None:
+            pending.append((index, pool.submit(load, index)))
+
+    try:
+        for _ in range(max(workers, batch_size * (prefetch + 1))):  # the in-flight window
+            submit_next()
+        indices: list[int] = []
+        frames: list[np.ndarray] = []
+        failures: list[VideoFailure] = []
+        while pending:
+            index, future = pending.popleft()
+            submit_next()  # keep the window full while the consumer works
+            try:
+                frames.append(future.result())
+                indices.append(index)
+            except VideoError as exc:
+                failures.append(VideoFailure(index, exc.path, exc.reason))
+            if len(indices) == batch_size:
+                yield VideoBatch(indices, np.stack(frames), failures)
+                indices, frames, failures = [], [], []
+        if indices or failures:
+            empty = np.zeros((0, num_frames, image_size, image_size, 3), np.uint8)
+            yield VideoBatch(indices, np.stack(frames) if frames else empty, failures)
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        decoders.close()

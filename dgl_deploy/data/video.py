@@ -1,0 +1,260 @@
+"""Video frames for CLIP, without torch: uniform frame sampling with decord, CLIP-style resize + centre crop,
+uint8 out. This is the one preprocessing path of every backend and of training (CLIP normalisation happens
+after it, inside the exported graphs or `model.pixels.normalize`).
+
+Sampling formula (whole clip of N decodable frames, T wanted):
+    first, last = 0, N - 1
+    idx_i = rint(first + i * (last - first) / (T - 1)),  i = 0 … T-1      (np.linspace, round half to even)
+With a segment [start_s, end_s] (seconds, at the container's average fps):
+    first = clip(floor(start_s * fps), 0, N - 1),  last = clip(ceil(end_s * fps) - 1, first, N - 1)
+so a segment past the end of the clip clamps to its last frame. T = 1 takes `first`. Clips with fewer
+than T frames repeat frames (the linspace hits some indices twice).
+
+Pixels: resize the shorter side to `image_size` with Pillow's bicubic filter (antialiased; the filter of
+open_clip's own preprocessing, which resizes PIL images), then centre-crop to a square with torchvision's
+sizes: long side int(S * long / short), offsets round((side - S) / 2).
+
+Robustness: `decode_frames` runs decord in the calling process. `read_frames` and `DecodeProcess`
+run it in a separate process under a per-file time limit, so a hang or a segfault on a bad file
+becomes a `VideoError` for that file, never a dead or stuck caller.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import re
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import decord
+import numpy as np
+from PIL import Image
+
+from dgl_deploy.errors import DGLError
+from dgl_deploy.data.segments import Segment
+
+
+DEFAULT_TIMEOUT_S = 60.0
+_STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against the per-file limit
+
+
+class VideoError(DGLError):
+    """A video file that cannot be decoded; `path` names it and `reason` says why (one line)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def frame_indices(num_available: int, fps: float, num_frames: int, segment: Segment | None = None) -> np.ndarray:
+    """The `num_frames` frame indices to decode, int64 (T,); formula in the module docstring."""
+    first, last = 0, num_available - 1
+    if segment is not None:
+        start_s, end_s = segment
+        if not (fps > 0 and 0 <= start_s < end_s):
+            raise ValueError(f"invalid segment {segment} (fps {fps})")
+        first = min(max(math.floor(start_s * fps), 0), last)
+        last = min(max(math.ceil(end_s * fps) - 1, first), last)
+    return np.rint(np.linspace(first, last, num_frames)).astype(np.int64)
+
+
+def resize_center_crop(frames: np.ndarray, image_size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, S, S, 3) uint8: shorter side to S (bicubic, antialias), centre crop."""
+    _, height, width, _ = frames.shape
+    short, long = sorted((height, width))
+    long = int(image_size * long / short)
+    new_h, new_w = (image_size, long) if height <= width else (long, image_size)
+    top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
+    out = np.empty((len(frames), image_size, image_size, 3), np.uint8)  # (T, S, S, 3)
+    for i, frame in enumerate(frames):
+        resized = Image.fromarray(frame).resize((new_w, new_h), Image.Resampling.BICUBIC)
+        out[i] = np.asarray(resized)[top:top + image_size, left:left + image_size]
+    return out
+
+
+def _check_file(path: Path) -> None:
+    """Cheap checks before any decoder sees the file."""
+    if not path.exists():
+        raise VideoError(path, "file not found")
+    if not path.is_file():
+        raise VideoError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+
+
+def _decoder_message(exc: Exception) -> str:
+    """decord's first error line without its '[time] /src/file.cc:123:' prefix."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[\d:]+\] \S+: (Error: )?", "", line)[:160]
+
+
+def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None) -> np.ndarray:
+    """Decode and preprocess in this process (no time limit): (T, S, S, 3) uint8. Raises VideoError."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except decord.DECORDError as exc:
+        raise VideoError(path, f"corrupt or truncated video ({_decoder_message(exc)})") from None
+    except RuntimeError:  # decord's "Error reading <file>...": no demuxer/stream/index found
+        raise VideoError(path, "not a readable video (unknown format, no video stream, or missing index)") from None
+    count = len(reader)
+    if count == 0:
+        raise VideoError(path, "no video frames")
+    try:
+        indices = frame_indices(count, reader.get_avg_fps(), num_frames, segment)
+    except ValueError as exc:
+        raise VideoError(path, str(exc)) from None
+    try:
+        frames = reader.get_batch(indices).asnumpy()  # (T, H, W, 3)
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        raise VideoError(path, f"corrupt or truncated video ({_decoder_message(exc)})") from None
+    if frames.shape[0] != num_frames:
+        raise VideoError(path, f"truncated video (got {frames.shape[0]} of {num_frames} frames)")
+    return resize_center_crop(frames, image_size)
+
+
+def _serve(conn: mp.connection.Connection) -> None:
+    """Worker loop: receive (path, num_frames, image_size, segment), send ('ok', frames) or ('error', reason)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _silence_stderr()  # ffmpeg/decord print to fd 2; the reason of a failure travels back in the reply
+    conn.send(("ready", None))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", decode_frames(*request)))
+        except VideoError as exc:
+            conn.send(("error", exc.reason))
+        except Exception as exc:  # anything else the decoder throws is still this file's failure
+            conn.send(("error", f"decoder failed: {type(exc).__name__}: {_decoder_message(exc)}"))
+
+
+def _silence_stderr() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def _context() -> Any:
+    """forkserver: workers fork from a clean server that has imported this module once (fast restarts)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+class DecodeProcess:
+    """One decoding subprocess; `decode` enforces a time limit and restarts the process after a hang or crash.
+
+    Not thread-safe: use one per thread. `close` kills the process (also unblocks a pending `decode`).
+    """
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: mp.connection.Connection | None = None
+        self._closed = False
+
+    def _start(self) -> mp.connection.Connection:
+        if self._closed:
+            raise DGLError("DecodeProcess is closed")
+        ctx = _context()
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="dgl-decode")
+        try:
+            self._proc.start()
+        except RuntimeError as exc:  # multiprocessing re-imports an unguarded __main__ script
+            self._proc = None
+            raise DGLError("cannot start the video decoder process: put the calling script's code under "
+                           "`if __name__ == '__main__':` (Python multiprocessing rule)") from exc
+        finally:
+            child.close()
+        self._conn = parent
+        try:
+            if not parent.poll(_STARTUP_TIMEOUT_S):
+                raise TimeoutError
+            parent.recv()  # ('ready', None)
+        except (TimeoutError, EOFError, OSError):
+            code = self._stop()
+            raise DGLError(f"the video decoder process failed to start (exit code {code}); see its stderr") from None
+        return parent
+
+    def _stop(self) -> int | None:
+        """Kill the worker; returns its exit code (negative = signal)."""
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        code = None
+        if proc is not None and proc.pid is not None:  # kill first: a waiting thread then wakes up with EOF
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            code = proc.exitcode
+        if conn is not None:
+            conn.close()
+        return code
+
+    def decode(
+        self,
+        path: str | Path,
+        num_frames: int,
+        image_size: int,
+        segment: Segment | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> np.ndarray:
+        """Like `decode_frames`, in the subprocess, failing with VideoError after `timeout` seconds."""
+        path = Path(path)
+        _check_file(path)
+        conn = self._conn if self._proc is not None and self._proc.is_alive() else self._start()
+        try:
+            conn.send((str(path), num_frames, image_size, segment))
+            if not conn.poll(timeout):
+                self._stop()
+                raise VideoError(path, f"decoding timed out after {timeout:g} s")
+            status, payload = conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            code = self._stop()
+            raise VideoError(path, f"decoder process crashed (exit code {code})") from None
+        if status == "error":
+            raise VideoError(path, payload)
+        return payload
+
+    def close(self) -> None:
+        """Kill the subprocess; the object cannot be used afterwards."""
+        self._closed = True
+        self._stop()
+
+    def __enter__(self) -> DecodeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_shared: DecodeProcess | None = None
+_shared_lock = threading.Lock()
+
+
+def read_frames(
+    path: str | Path,
+    num_frames: int,
+    image_size: int,
+    segment: Segment | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> np.ndarray:
+    """T uniformly sampled frames of `path`, resized + centre-cropped: (T, S, S, 3) uint8.
+
+    Decodes in a shared background process (started on first use, ~3 s) under a `timeout` per file;
+    raises VideoError naming the file and the reason for missing, empty, non-video, corrupt,
+    truncated, hanging or crashing input. For many files use `loader.iter_video_batches`.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = DecodeProcess()
+        return _shared.decode(path, num_frames, image_size, segment, timeout)
