@@ -19,10 +19,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, exported_model  # noqa: E402
 
-from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder  # noqa: E402
-from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos  # noqa: E402
 from dgl_deploy.data.loader import iter_video_batches  # noqa: E402
 from dgl_deploy.data.synthetic import make_synthetic  # noqa: E402
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos  # noqa: E402
+from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder  # noqa: E402
 
 
 def clips(root: Path, videos: int, unique: int) -> Path:

@@ -12,18 +12,18 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dgl_deploy.runtime.backends.onnxruntime import make_session, physical_cores  # noqa: E402
-from dgl_deploy.model.model import create_model  # noqa: E402
 from dgl_deploy.export import export_onnx  # noqa: E402
 from dgl_deploy.export.parity import Sizes, compare, sample_input, torch_embed  # noqa: E402
+from dgl_deploy.model.model import create_model  # noqa: E402
+from dgl_deploy.runtime.backends.onnxruntime import make_session, physical_cores  # noqa: E402
 
 
 def throughput(fn: Callable[[], object], items: int, iters: int) -> float:
@@ -54,7 +54,7 @@ def bench_role(model, folder: Path, role: str, batch: int, iters: int) -> dict[s
         session = make_session(folder / f"{role}_encoder{ext}")
         name = session.get_inputs()[0].name
         out = session.run(None, {name: array})[0]
-        speed = throughput(lambda: session.run(None, {name: array}), batch, iters)
+        speed = throughput(lambda s=session, n=name: s.run(None, {n: array}), batch, iters)
         results[f"onnxruntime_{precision}"] = {"per_s": speed, "cosine": compare(reference, out)["min_cosine"]}
     base = results["torch_eager_fp32"]["per_s"]
     for entry in results.values():

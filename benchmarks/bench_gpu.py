@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -35,13 +35,13 @@ def throughput(fn: Callable[[], object], items: int, iters: int, sync: Callable[
 
 def encoders(args: argparse.Namespace, folder: Path) -> dict[str, object]:
     """Every backend under test, all on the same model."""
+    from dgl_deploy.export import export_onnx
+    from dgl_deploy.export.tensorrt import Profile, TrtSettings, build_engines
+    from dgl_deploy.model.checkpoint import model_fingerprint
+    from dgl_deploy.model.model import create_model
     from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
     from dgl_deploy.runtime.backends.tensorrt import TensorRTEncoder
     from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
-    from dgl_deploy.model.checkpoint import model_fingerprint
-    from dgl_deploy.model.model import create_model
-    from dgl_deploy.export import export_onnx
-    from dgl_deploy.export.tensorrt import Profile, TrtSettings, build_engines
 
     model = create_model(args.model, pretrained=None, frames=args.frames).eval()
     if not (folder / "manifest.json").is_file():
@@ -77,9 +77,9 @@ def main() -> None:
         row = {}
         for batch in VIDEO_BATCHES:
             frames = sample_frames(encoder.frames, encoder.image_size, batch, np.random.default_rng(batch))
-            row[f"videos_per_s_b{batch}"] = throughput(lambda: encoder.encode_videos(frames), batch, args.iters,
+            row[f"videos_per_s_b{batch}"] = throughput(lambda e=encoder, f=frames: e.encode_videos(f), batch, args.iters,
                                                        torch.cuda.synchronize)
-        row["texts_per_s"] = throughput(lambda: encoder.encode_text(texts), TEXT_BATCH, args.iters,
+        row["texts_per_s"] = throughput(lambda e=encoder: e.encode_text(texts), TEXT_BATCH, args.iters,
                                         torch.cuda.synchronize)
         results[name] = row
     print(json.dumps({"model": args.model, "frames": args.frames, "gpu": torch.cuda.get_device_name(0),

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import emit
 
 from dgl_deploy.retrieval.ann_index import ExactIndex, IndexSettings, build_index, open_ann_index
 from dgl_deploy.retrieval.search import CHUNK_ROWS
 from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest, open_store
-
-from common import emit
 
 
 def write_random_store(emb: Path, rows: int, dim: int, fingerprint: str, model: str | None = None,
@@ -105,7 +104,7 @@ def run_kind(root: Path, kind: str, args: argparse.Namespace, queries: np.ndarra
         index = open_ann_index(root / kind, nprobe=value if kind.startswith("ivf") else None,
                                ef_search=value if kind == "hnsw" else None)
         latency, found = latency_and_rows(index, queries)
-        recall = np.mean([len(f & t) / len(t) for f, t in zip(found, truth)])
+        recall = np.mean([len(f & t) / len(t) for f, t in zip(found, truth, strict=False)])
         params = {key: getattr(index.settings, key) for key in ("nlist", "nprobe", "pq_m", "ef_search")}
         runs.append({"kind": kind, "build_s": round(built.seconds, 1), "recall_at_10": round(float(recall), 4),
                      "build_recall_at_10": built.recall_at_10, **latency, "index_mb": round(

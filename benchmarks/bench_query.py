@@ -16,10 +16,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, exported_model  # noqa: E402
 
-from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder  # noqa: E402
 from dgl_deploy.files import atomic_write_text  # noqa: E402
 from dgl_deploy.retrieval.query import query_texts  # noqa: E402
 from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest, open_store  # noqa: E402
+from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder  # noqa: E402
 
 
 def fake_store(root: Path, rows: int, dim: int, fingerprint: str, model: Path) -> Path:

@@ -13,13 +13,13 @@ import tempfile
 from pathlib import Path
 
 import ray
-
 from common import emit
-from dgl_deploy.model.checkpoint import save
-from dgl_deploy.retrieval.embed import EmbedSettings
-from dgl_deploy.model.model import create_model
-from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
+
 from dgl_deploy.data.synthetic import make_synthetic
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.embed import EmbedSettings
+from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
 
 
 def run(root: Path, cpus: int, settings: EmbedSettings) -> dict[str, float]:

@@ -19,14 +19,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import uvicorn
-
 from bench_index import write_random_store
 from common import emit
-from dgl_deploy.retrieval.ann_index import IndexSettings, build_index
-from dgl_deploy.runtime.backends.select import open_encoder
+
 from dgl_deploy.model.checkpoint import save
 from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.ann_index import IndexSettings, build_index
 from dgl_deploy.retrieval.serve import create_app
+from dgl_deploy.runtime.backends.select import open_encoder
 
 
 def load(app, requests: int, concurrency: int) -> dict[str, float]:

@@ -7,9 +7,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def timeit(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -39,9 +40,9 @@ def emit(name: str, results: dict[str, Any]) -> None:
 
 def exported_model(workdir: Path, name: str = "ViT-B-32", precisions: tuple[str, ...] = ()) -> Path:
     """A random-init DGL model on `name`, saved and exported to ONNX under `workdir` (reused if there)."""
+    from dgl_deploy.export.pipeline import export_model
     from dgl_deploy.model.checkpoint import save
     from dgl_deploy.model.model import create_model
-    from dgl_deploy.export.pipeline import export_model
 
     workdir = Path(workdir)
     out = workdir / f"{name}-export"

@@ -18,28 +18,27 @@ import io
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import onnx
 import onnxslim
 import torch
 from torch import nn
 
-from dgl_deploy import __version__
-from dgl_deploy.model.checkpoint import model_fingerprint
+from dgl_deploy import __version__, defaults
 from dgl_deploy.errors import DGLError
-from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, GraphEntry, Manifest, TensorSpec, sha256_file, write_manifest
-from dgl_deploy.model.model import DGLModel
-from dgl_deploy.runtime.tokenizer import BPE_FILE, open_clip_bpe_file
-from dgl_deploy.model.tokenizer import VOCAB_SIZE
-from dgl_deploy.model.pixels import normalize
-
 from dgl_deploy.export.parity import check_parity, check_tokenizer
 from dgl_deploy.export.quantize import to_fp16, to_int8
+from dgl_deploy.model.checkpoint import model_fingerprint
+from dgl_deploy.model.model import DGLModel
+from dgl_deploy.model.pixels import normalize
+from dgl_deploy.model.tokenizer import VOCAB_SIZE
+from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, GraphEntry, Manifest, TensorSpec, sha256_file, write_manifest
+from dgl_deploy.runtime.tokenizer import BPE_FILE, open_clip_bpe_file
 
-OPSET = 18  # the dynamo exporter's minimum
+OPSET = defaults.OPSET
 GRAPH_FILES = {"text": "text_encoder", "video": "video_encoder"}
 Log = Callable[[str], None]
 

@@ -9,12 +9,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from dgl_deploy.runtime.backends.onnxruntime import make_session
 from dgl_deploy.errors import DGLError
 from dgl_deploy.model.model import DGLModel
-from dgl_deploy.runtime.tokenizer import BPETokenizer
-from dgl_deploy.model.tokenizer import Tokenizer
 from dgl_deploy.model.pixels import normalize
+from dgl_deploy.model.tokenizer import Tokenizer
+from dgl_deploy.runtime.backends.onnxruntime import make_session
+from dgl_deploy.runtime.tokenizer import BPETokenizer
 
 MAX_ABS_ERROR = 1e-4  # fp32 graphs vs PyTorch fp32, per embedding component
 MIN_COSINE = 0.9999
@@ -48,7 +48,7 @@ def sample_frames(frames: int, size: int, batch: int, rng: np.random.Generator) 
     return np.clip(base[None, :, :, :, None] + shift + noise, 0, 255).astype(np.uint8)
 
 
-def sample_input(sizes: "Sizes", role: str, batch: int, rng: np.random.Generator) -> np.ndarray:
+def sample_input(sizes: Sizes, role: str, batch: int, rng: np.random.Generator) -> np.ndarray:
     """A varied ids or frames batch for the sizes of a model or an export manifest."""
     if role == "text":
         return sample_ids(sizes.vocab_size, sizes.max_words, batch, rng)
@@ -64,7 +64,7 @@ class Sizes(NamedTuple):
     image_size: int
 
     @classmethod
-    def of(cls, model: DGLModel) -> "Sizes":
+    def of(cls, model: DGLModel) -> Sizes:
         return cls(int(model.clip.vocab_size), model.config.max_words, model.config.frames, model.image_size)
 
 
@@ -105,6 +105,6 @@ def check_tokenizer(bpe_path: Path, max_words: int) -> None:
     """DGLError unless the torch-free tokenizer gives open_clip's ids on TOKENIZER_CORPUS."""
     expected = Tokenizer(max_words)(list(TOKENIZER_CORPUS)).numpy()
     actual = BPETokenizer(bpe_path, max_words)(list(TOKENIZER_CORPUS))
-    bad = [text for text, a, b in zip(TOKENIZER_CORPUS, expected, actual) if not np.array_equal(a, b)]
+    bad = [text for text, a, b in zip(TOKENIZER_CORPUS, expected, actual, strict=False) if not np.array_equal(a, b)]
     if bad:
         raise DGLError(f"{bpe_path}: the runtime tokenizer differs from open_clip's on {bad[0]!r}; export aborted")

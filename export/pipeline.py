@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from dgl_deploy import defaults
 from dgl_deploy.errors import DGLError
-from dgl_deploy.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
-
 from dgl_deploy.export.onnx_export import export_onnx
 from dgl_deploy.export.tensorrt import TrtSettings, build_engines
+from dgl_deploy.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 
 Log = Callable[[str], None]
 
 
-def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = (), opset: int = 18,
+def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = (), opset: int = defaults.OPSET,
                  overwrite: bool = False, trt: TrtSettings | None = None, log: Log = print) -> Manifest:
     """Export checkpoint `model_path` to folder `out` (fp32 + `precisions`), then TensorRT engines if `trt`.
     With `trt.rebuild` and an existing export of the same model, only the engines are rebuilt."""

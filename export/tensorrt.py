@@ -10,19 +10,19 @@ checksum, which the backend checks before running it). `tensorrt` is imported la
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from dgl_deploy.errors import DGLError
+from dgl_deploy.export.parity import Sizes, compare, sample_input
+from dgl_deploy.files import atomic_path
 from dgl_deploy.runtime.backends.onnxruntime import make_session
 from dgl_deploy.runtime.backends.tensorrt import INSTALL_HINT, EngineRunner, current_gpu, engine_mismatch, stale_onnx
-from dgl_deploy.errors import DGLError
-from dgl_deploy.files import atomic_path
 from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, sha256_file, verified_file, write_manifest
-
-from dgl_deploy.export.parity import Sizes, compare, sample_input
 
 ENGINE_PRECISIONS = ("fp16", "fp32", "int8", "fp8")
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "fp8": 0.99}  # vs onnxruntime fp32
@@ -44,7 +44,7 @@ class Profile:
                            "<= max")
 
     @classmethod
-    def parse(cls, text: str) -> "Profile":
+    def parse(cls, text: str) -> Profile:
         """"1,32,128" or "1/32/128" -> Profile(1, 32, 128)."""
         parts = text.replace("/", ",").split(",")
         try:

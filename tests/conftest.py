@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 def _shared_dir() -> Path:
     """The project's shared/ folder: $DGL_SHARED_DIR, else ../shared beside the checkout, else /work/shared."""
     candidates = [os.environ.get("DGL_SHARED_DIR"), Path(__file__).resolve().parents[2] / "shared", "/work/shared"]

@@ -11,7 +11,14 @@ import torch
 from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
-from dgl_deploy.retrieval.ann_index import IndexSettings, build_index, choose_kind, open_ann_index, open_index, resolve_settings
+from dgl_deploy.retrieval.ann_index import (
+    IndexSettings,
+    build_index,
+    choose_kind,
+    open_ann_index,
+    open_index,
+    resolve_settings,
+)
 from dgl_deploy.retrieval.search import top_k
 from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest
 
@@ -66,13 +73,13 @@ def test_top1_matches_exact(random_set, kind, min_top1) -> None:
     _, exact = top_k(np.load(root / "emb.npy"), queries, 1)
     assert np.array_equal(exact[:, 0], targets)  # the perturbed row is still the true nearest neighbour
     hits = index.search(queries, 10)
-    top1 = np.mean([h[0].row == t for h, t in zip(hits, targets)])
+    top1 = np.mean([h[0].row == t for h, t in zip(hits, targets, strict=False)])
     print(f"{kind}: top-1 agreement with exact {top1:.3f}, build recall@10 {result.recall_at_10}")
     assert top1 >= min_top1
     assert result.recall_at_10 is not None and result.recall_at_10 > (0.99 if kind == "flat" else 0.3)
     assert json.loads((root / kind / "index.json").read_text())["recall_at_10"] == result.recall_at_10
     first = hits[0]
-    assert [h.rank for h in first] == list(range(1, 11)) and all(a.score >= b.score for a, b in zip(first, first[1:]))
+    assert [h.rank for h in first] == list(range(1, 11)) and all(a.score >= b.score for a, b in zip(first, first[1:], strict=False))
     assert first[0].id == f"v{targets[0]:06d}.mp4"
 
 
@@ -120,10 +127,10 @@ def test_index_moves_with_its_embeddings(random_set, tmp_path) -> None:
 
 
 def test_query_cli_uses_index_folder(tmp_path) -> None:
-    from dgl_deploy.runtime.backends.select import open_encoder
-    from dgl_deploy.model.checkpoint import save
     from dgl_deploy.cli import app
+    from dgl_deploy.model.checkpoint import save
     from dgl_deploy.model.model import create_model
+    from dgl_deploy.runtime.backends.select import open_encoder
 
     save(create_model("dgl-tiny", pretrained=None), tmp_path / "model.safetensors")
     encoder = open_encoder(tmp_path / "model.safetensors", backend="torch", log=None)

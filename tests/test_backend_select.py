@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_export import exported_tiny
 
 from dgl_deploy import DGLError
-from dgl_deploy.runtime.backends import select, tensorrt
 from dgl_deploy.model.checkpoint import save
+from dgl_deploy.runtime.backends import select, tensorrt
 from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manifest
-from test_export import exported_tiny
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

@@ -17,16 +17,16 @@ import torch
 from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
-from dgl_deploy.runtime.backends.select import open_encoder
-from dgl_deploy.model.checkpoint import save
 from dgl_deploy.cli import app
 from dgl_deploy.data.discover import find_videos
-from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
-from dgl_deploy.model.model import create_model
-from dgl_deploy.retrieval.store import open_store
 from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 from dgl_deploy.data.video import read_frames
 from dgl_deploy.export.pipeline import export_model
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.retrieval.store import open_store
+from dgl_deploy.runtime.backends.select import open_encoder
 
 runner = CliRunner()
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dgl_deploy.data.datasets import load_dataset
+from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
+from dgl_deploy.evaluation.evaluate import embed_dataset, evaluate_model, similarity
 from dgl_deploy.model import checkpoint
 from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
-from dgl_deploy.data.datasets import load_dataset
-from dgl_deploy.evaluation.evaluate import embed_dataset, evaluate_model, similarity
-from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,12 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
-from dgl_deploy.model.checkpoint import model_fingerprint, save
 from dgl_deploy.cli import app
-from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, load_manifest
+from dgl_deploy.export import export_onnx, parity
+from dgl_deploy.model.checkpoint import model_fingerprint, save
 from dgl_deploy.model.model import create_model
 from dgl_deploy.model.reference import import_reference
-from dgl_deploy.export import export_onnx
-from dgl_deploy.export import parity
+from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, load_manifest
 from tests.conftest import golden_case
 
 
@@ -38,7 +37,7 @@ def _scratch() -> Path:
     return folder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exported_tiny() -> tuple:
     """(model, folder, manifest): one fp32 export of a seeded dgl-tiny model, shared by the export test modules
     (exports take seconds; the files are only read)."""
@@ -48,7 +47,7 @@ def exported_tiny() -> tuple:
     return model, out, export_onnx(model, out, log=_quiet)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exported_golden(latent: str) -> tuple:
     """(model, folder, manifest) of an imported golden reference checkpoint."""
     pth, cfg, _ = golden_case(latent)

@@ -7,12 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_export import exported_golden, exported_tiny
 
 from dgl_deploy import DGLError
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
-from dgl_deploy.runtime.manifest import (MANIFEST_FILE, Manifest, check_same_model, load_manifest, sha256_file,
-                                 verified_file, write_manifest)
-from test_export import exported_golden, exported_tiny
+from dgl_deploy.runtime.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    check_same_model,
+    load_manifest,
+    sha256_file,
+    verified_file,
+    write_manifest,
+)
 
 
 def _copy_export(tmp_path: Path) -> Path:

@@ -10,16 +10,16 @@ import textwrap
 
 import numpy as np
 import pytest
+from test_export import exported_golden, exported_tiny
 
 from dgl_deploy import DGLError
+from dgl_deploy.export.parity import TOKENIZER_CORPUS, sample_frames
+from dgl_deploy.model.checkpoint import model_fingerprint
+from dgl_deploy.model.tokenizer import Tokenizer
 from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
 from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
-from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.runtime.tokenizer import BPETokenizer, open_clip_bpe_file
-from dgl_deploy.model.tokenizer import Tokenizer
-from dgl_deploy.export.parity import TOKENIZER_CORPUS, sample_frames
-from test_export import exported_golden, exported_tiny
 
 EXTRA_CORPUS = (
     "The quick brown fox jumps over the lazy dog", "a   man\n\n   cooks pasta", "I'M HERE!!! ...", "2024-01-01 at 10:30pm",

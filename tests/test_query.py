@@ -9,13 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dgl_deploy.runtime.backends.select import open_encoder
-from dgl_deploy.model.checkpoint import save
 from dgl_deploy.cli import app
-from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
-from dgl_deploy.model.model import create_model
-from dgl_deploy.retrieval.search import top_k
 from dgl_deploy.data.synthetic import make_synthetic
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.retrieval.search import top_k
+from dgl_deploy.runtime.backends.select import open_encoder
 
 runner = CliRunner()
 
@@ -77,8 +77,8 @@ def test_query_bad_inputs(index, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def trained_export(tmp_path_factory):
     """A tiny DGL model overfitted on 8 synthetic clips (one caption each), exported, its clips embedded."""
-    from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
     from dgl_deploy.export.pipeline import export_model
+    from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
     from dgl_deploy.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("trained")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgl_deploy.runtime.backends.select import open_encoder
-from dgl_deploy.model.checkpoint import save
-from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
-from dgl_deploy.model.model import create_model
-from dgl_deploy.retrieval.store import open_store
 from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.retrieval.store import open_store
+from dgl_deploy.runtime.backends.select import open_encoder
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a Ray cluster takes ~10 s to start on 2 cores

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from dgl_deploy import DGLError
-from dgl_deploy.runtime.backends.select import open_encoder
-from dgl_deploy.model.checkpoint import save
-from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
-from dgl_deploy.model.model import create_model
-from dgl_deploy.retrieval.serve import ServeSettings, create_app
 from dgl_deploy.data.synthetic import make_synthetic
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.retrieval.serve import ServeSettings, create_app
+from dgl_deploy.runtime.backends.select import open_encoder
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")

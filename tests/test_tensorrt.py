@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export import exported_tiny
 
 from dgl_deploy import DGLError
-from dgl_deploy.runtime.backends.tensorrt import engine_mismatch, stale_onnx
-from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manifest
 from dgl_deploy.export import tensorrt as trt_export
 from dgl_deploy.export.tensorrt import Profile, TrtSettings
-from test_export import exported_tiny
+from dgl_deploy.runtime.backends.tensorrt import engine_mismatch, stale_onnx
+from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manifest
 
 HAS_GPU_TRT = importlib.util.find_spec("tensorrt") is not None and \
     __import__("torch").cuda.is_available()
@@ -91,9 +91,9 @@ def test_mismatched_engines_refused_without_rebuild(tmp_path: Path, monkeypatch)
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAS_GPU_TRT, reason="needs tensorrt and a CUDA GPU")
 def test_build_and_run_engines(tmp_path: Path) -> None:
+    from dgl_deploy.export.parity import sample_frames
     from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
     from dgl_deploy.runtime.backends.tensorrt import TensorRTEncoder
-    from dgl_deploy.export.parity import sample_frames
 
     folder = tmp_path / "ex"
     shutil.copytree(exported_tiny()[1], folder)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dgl_deploy.runtime.backends.torch_backend import TorchEncoder, open_torch_encoder
 from dgl_deploy.data.datasets import load_dataset
+from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 from dgl_deploy.evaluation.evaluate import embed_dataset, similarity
 from dgl_deploy.evaluation.metrics import retrieval_metrics
-from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
+from dgl_deploy.runtime.backends.torch_backend import TorchEncoder, open_torch_encoder
 from dgl_deploy.training import TrainConfig, build_config, train
 from dgl_deploy.training.data import epoch_order, holdout, iter_steps, load_splits
 from dgl_deploy.training.loop import Trainer

@@ -57,7 +57,7 @@ def test_shape_colour_and_position(tmp_path: Path) -> None:
         meta = row["meta"]
         frames = read_frames(tmp_path / row["video"], 4, 64).astype(int)  # (T, 64, 64, 3), no resize
         color = np.array(COLORS[meta["color"]])
-        for frame, index in zip(frames, frame_indices(meta["num_frames"], meta["fps"], 4)):
+        for frame, index in zip(frames, frame_indices(meta["num_frames"], meta["fps"], 4), strict=False):
             ys, xs = np.nonzero(np.abs(frame - color).max(-1) < 40)
             t = index / (meta["num_frames"] - 1)
             expected = (1 - t) * np.array(meta["start"]) + t * np.array(meta["end"])

@@ -8,19 +8,19 @@ freezes it like any pretrained CLIP (`--pretrained PATH`). Images come from the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from open_clip.loss import ClipLoss
 from safetensors.torch import save_file
 
-from dgl_deploy.model.backbone import create_clip
 from dgl_deploy.files import atomic_path
-from dgl_deploy.model.tokenizer import Tokenizer
+from dgl_deploy.model.backbone import create_clip
 from dgl_deploy.model.pixels import normalize
+from dgl_deploy.model.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

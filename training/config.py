@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
+
+from dgl_deploy import defaults
 from dgl_deploy.data.datasets import KINDS
 from dgl_deploy.errors import DGLError
 
@@ -28,8 +30,8 @@ class TrainConfig:
     model_name: str = "ViT-B-32"  # open_clip tower name ("ViT-B-32", "ViT-B-16", "dgl-tiny", ...)
     pretrained: str | None = "openai"  # open_clip tag, weights file, or None ("none") for random init
     latent: str = "transformer"  # shared latent space: "transformer" or "linear"
-    frames: int = 12  # [T] frames sampled uniformly per video
-    max_words: int = 32  # [W] caption tokens incl. SOT/EOT
+    frames: int = defaults.FRAMES  # [T] frames sampled uniformly per video
+    max_words: int = defaults.MAX_WORDS  # [W] caption tokens incl. SOT/EOT
     # --- data ---
     dataset: str = "generic"  # dataset kind (datasets.KINDS)
     annotations: str = ""  # annotation file, or the directory holding the standard files
@@ -80,11 +82,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "training config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "training config") -> TrainConfig:
         """Build from a mapping of field names; unknown names raise DGLError naming `where`."""
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

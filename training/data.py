@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from torch.utils.data import DistributedSampler
 
 from dgl_deploy.data.datasets import VALIDATION_SPLITS, RetrievalDataset, VideoItem, load_dataset
-from dgl_deploy.errors import DGLError
 from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.data.loader import VideoFailure, iter_video_batches
-
+from dgl_deploy.errors import DGLError
 from dgl_deploy.training.config import TrainConfig
 
 TRAIN_SPLITS: dict[str, str | None] = {"msrvtt": "train9k", "vatex": "train", "lsmdc": "train", "activitynet": "train",
@@ -119,7 +118,7 @@ def iter_steps(
                                 workers=cfg.workers, prefetch=2 * per_rank, cache=cache)
     step = StepBatch([], [], [])  # frames are collected as a list, stacked when the step is complete
     for batch in stream:  # batch_size=1: each yields <= 1 video plus the failures before it, in order
-        entries = [(f.index, f) for f in batch.failures] + list(zip(batch.indices, batch.frames))
+        entries = [(f.index, f) for f in batch.failures] + list(zip(batch.indices, batch.frames, strict=False))
         for pos, entry in sorted(entries, key=lambda e: e[0]):
             if isinstance(entry, VideoFailure):
                 step.failures.append(VideoFailure(order[pos], entry.path, entry.reason))

@@ -56,7 +56,7 @@ def gather_with_grad(local: torch.Tensor, world: int) -> torch.Tensor:
     padded[: local.shape[0]] = local.detach()
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    parts = [part[:count] for part, count in zip(parts, counts)]
+    parts = [part[:count] for part, count in zip(parts, counts, strict=False)]
     parts[dist.get_rank()] = local  # the local rows keep their autograd history
     return torch.cat(parts)
 

@@ -28,17 +28,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dgl_deploy.model import checkpoint
-from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
+from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.evaluate import embed_dataset, similarity
-from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.evaluation.metrics import retrieval_metrics
+from dgl_deploy.files import atomic_path, atomic_write_text
+from dgl_deploy.model import checkpoint
 from dgl_deploy.model.model import DGLModel, create_model
-from dgl_deploy.model.tokenizer import tokenizer_for
 from dgl_deploy.model.pixels import normalize
-
+from dgl_deploy.model.tokenizer import tokenizer_for
+from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
 from dgl_deploy.training.config import TrainConfig
 from dgl_deploy.training.data import StepBatch, data_fingerprint, iter_steps, load_splits, steps_per_epoch
 from dgl_deploy.training.distributed import DistInfo, gather_with_grad, global_count, init_distributed, sum_gradients

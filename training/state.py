@@ -48,7 +48,7 @@ class Progress:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Progress":
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
         history = [EpochRecord(**record) for record in data.pop("history")]
         return cls(history=history, **data)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -16,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[ray]" or "[the kind's test split]" must print as written
 )
 
 
@@ -44,10 +47,20 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
             except DGLError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
+            except OSError as exc:  # full disk, read-only or missing folder, permissions: one line, no chain
+                typer.echo(f"error: {os_error_line(exc)}", err=True)
+                raise typer.Exit(1) from None
 
         return (group or app).command(*args, **kwargs)(wrapped)
 
     return register
+
+
+def os_error_line(exc: OSError) -> str:
+    """`<file>: <reason>` of an OSError (ENOSPC, EROFS, EACCES, ...), without the chained traceback."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = " (free some space, or write elsewhere)" if exc.errno == errno.ENOSPC else ""
+    return f"{exc.filename}: {reason}{hint}" if exc.filename else f"{reason}{hint}"
 
 
 def main() -> None:

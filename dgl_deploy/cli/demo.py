@@ -16,9 +16,9 @@ Every step calls the library functions behind the `dgl` commands; the artifacts 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class DemoConfig:
     workers: int = 2  # decoding processes
     seed: int = 0  # data, init and order
 
-    def quick(self) -> "DemoConfig":
+    def quick(self) -> DemoConfig:
         return replace(self, train_videos=48, test_videos=16, pretrain_steps=30, epochs=2, batch_size=16)
 
 
@@ -84,7 +84,7 @@ def _frame_pairs(annotations: Path, config: DemoConfig) -> tuple[np.ndarray, lis
     frames, captions = [], []
     for batch in iter_video_batches([annotations.parent / r["video"] for r in rows], config.frames, image_size,
                                     32, config.workers):
-        for index, stack in zip(batch.indices, batch.frames):
+        for index, stack in zip(batch.indices, batch.frames, strict=False):
             meta = rows[index]["meta"]
             picked = frame_indices(meta["num_frames"], meta["fps"], config.frames)
             frames.append(stack)  # (T, H, W, 3)
@@ -121,11 +121,11 @@ def _r1(evaluation) -> dict:  # noqa: ANN001
 def _baselines(out: Path, test_ann: Path, clip_path: Path, config: DemoConfig, log: Log) -> dict:
     import torch
 
+    from dgl_deploy.evaluation.evaluate import evaluate_encoder
+    from dgl_deploy.model.checkpoint import model_fingerprint
+    from dgl_deploy.model.model import create_model
     from dgl_deploy.runtime.backends.meanpool import open_meanpool_encoder
     from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
-    from dgl_deploy.model.checkpoint import model_fingerprint
-    from dgl_deploy.evaluation.evaluate import evaluate_encoder
-    from dgl_deploy.model.model import create_model
 
     log(f"[3/6] baselines on {config.test_videos} held-out videos (frozen CLIP, no tuning)")
     dataset = _test_set(test_ann)
@@ -172,9 +172,9 @@ def _export(out: Path, model_path: Path, log: Log) -> Path:
 
 
 def _embed_and_query(out: Path, export_dir: Path, test_ann: Path, config: DemoConfig, log: Log) -> list[dict]:
-    from dgl_deploy.runtime.backends.select import open_encoder
     from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
     from dgl_deploy.retrieval.query import run_query
+    from dgl_deploy.runtime.backends.select import open_encoder
 
     log(f"[6/6] dgl embed {test_ann.parent} (ONNX Runtime), then dgl query")
     encoder = open_encoder(export_dir, backend="onnxruntime", device="cpu")
@@ -185,7 +185,7 @@ def _embed_and_query(out: Path, export_dir: Path, test_ann: Path, config: DemoCo
     picks = [rows[i] for i in range(0, len(rows), max(1, len(rows) // 3))][:3]
     results = run_query(out / "emb.npy", [row["caption"][0] for row in picks], k=3, backend="onnxruntime",
                         device="cpu")
-    for row, result in zip(picks, results):
+    for row, result in zip(picks, results, strict=False):
         hits = ", ".join(f"{h['id']} ({h['score']:.2f})" for h in result["results"])
         log(f"      {result['query']!r} (true: {row['video']}) -> {hits}")
     return results

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
 
 
@@ -13,7 +14,7 @@ from dgl_deploy.cli.app import command
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for every artifact of the demo."),
     quick: bool = typer.Option(False, "--quick", help="A much smaller run (CI smoke test; numbers mean little)."),
-    workers: int = typer.Option(2, "--workers", "-j", help="Decoding processes."),
+    workers: int = opt.workers(2),
     seed: int = typer.Option(0, "--seed", help="Seed of data, initialisation and order."),
 ) -> None:
     """Offline end-to-end demo: synthetic videos -> tiny CLIP -> DGL tuning -> ONNX -> embed -> query -> eval."""

@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
+from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
+from dgl_deploy.cli.options import Backend, Precision
 
 EXIT_SOME_FAILED = 3  # `dgl embed` finished, but some files could not be embedded (see the errors file)
 
@@ -86,25 +88,28 @@ def embed(
     videos: Path = typer.Argument(..., help="Folder of videos (recursive), a .txt file list, or a .csv/.jsonl annotation file."),
     out: Path = typer.Option(..., "--out", "-o", help="Embeddings file to write (.npy); ids, manifest and errors go beside it."),
     model: Path = typer.Option(..., "--model", "-m", help="Export folder (ONNX/TensorRT) or checkpoint (.safetensors/.pth)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | tensorrt | onnxruntime | torch."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Videos per encoder call."),
-    workers: int = typer.Option(2, "--workers", "-j", help="Decoding worker processes."),
-    chunk_size: int = typer.Option(256, "--chunk-size", help="Videos per resumable chunk."),
+    backend: Backend = opt.backend(),
+    device: str = opt.device(),
+    precision: Precision = opt.precision(),
+    batch_size: int = opt.batch_size(16),
+    workers: int = opt.workers(2),
+    chunk_size: int = typer.Option(256, "--chunk-size", min=1, max=1_000_000, help="Videos per resumable chunk."),
     fp16: bool = typer.Option(False, "--fp16", help="Store float16 embeddings (half the size)."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds allowed to decode one file."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted job (default; rerunning the same command does the same)."),
+    timeout: float = opt.timeout(60.0, "--timeout", "one file"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted job (the default)."),
     update: bool = typer.Option(False, "--update", help="Add only videos the existing embeddings do not have."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing embeddings (and any unfinished job)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     json_log: bool = typer.Option(False, "--json-log", help="Progress and summary as JSON lines (stderr / stdout)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' (start one here), 'auto' (the running cluster) or ray://host:port. Needs pip install 'dgl-deploy[ray]'."),
-    ray_encoders: int = typer.Option(1, "--ray-encoders", help="With --ray: encoder actors (each loads the model once)."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run on Ray: 'local' (start one here), 'auto' (the running cluster) or ray://host:port. "
+                            "Needs pip install 'dgl-deploy[ray]'."),
+    ray_encoders: int = typer.Option(1, "--ray-encoders", min=1, max=1024, help="With --ray: encoder actors (each loads the model once)."),
 ) -> None:
     """Embed a folder of videos; resumable, skips and lists bad files (exit code 3 if any failed)."""
-    from dgl_deploy.runtime.backends.select import open_encoder
     from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
     from dgl_deploy.retrieval.store import StorePaths
+    from dgl_deploy.runtime.backends.select import open_encoder
 
     paths = StorePaths.of(out)
     if not resume and paths.parts.exists() and not overwrite:
@@ -113,7 +118,7 @@ def embed(
     settings = EmbedSettings(batch_size=batch_size, workers=workers, chunk_size=chunk_size, fp16=fp16, timeout=timeout)
     if ray is None:
         # open_encoder says which backend it chose (one stderr line), except in quiet / JSON-log mode
-        encoder = open_encoder(model, backend=backend, device=device, **({"log": None} if quiet or json_log else {}))
+        encoder = open_encoder(model, backend=backend.value, device=device, precision=precision.value, **({"log": None} if quiet or json_log else {}))
     reporter = _reporter(quiet, json_log)
     try:
         if ray is None:
@@ -123,7 +128,8 @@ def embed(
             from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
 
             result = embed_videos_ray(videos, out, model, settings, RaySettings(
-                address=ray, encoders=ray_encoders, backend=backend, device=device), update=update,
+                address=ray, encoders=ray_encoders, backend=backend.value, device=device,
+                precision=precision.value), update=update,
                 overwrite=overwrite, reporter=reporter)
     except KeyboardInterrupt:
         reporter.close()
@@ -157,18 +163,19 @@ def query(
     texts: Optional[list[str]] = typer.Argument(None, help="Query texts (several allowed)."),
     index: Path = typer.Option(..., "--index", "-i", help="Embeddings (.npy) written by `dgl embed`, or an index folder from `dgl index build`."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model to encode queries (default: the one that made the index)."),
-    k: int = typer.Option(10, "-k", "--top-k", help="Results per query."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, max=100_000, help="Results per query."),
     queries_file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read more queries from a file, one per line."),
     video: Optional[Path] = typer.Option(None, "--video", help="Search with a video instead of text (video -> video)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | tensorrt | onnxruntime | torch."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    backend: Backend = opt.backend(),
+    device: str = opt.device(),
+    precision: Precision = opt.precision(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Search embeddings with text (or a video); the query model must be the one that made them."""
     from dgl_deploy.retrieval.query import run_query
 
     results = run_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,
-                        backend=backend, device=device)
+                        backend=backend.value, device=device, precision=precision.value)
     if as_json:
         typer.echo(json.dumps(results, indent=1))
         return

@@ -3,35 +3,33 @@ optionally with labelled re-ranked rows."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from dgl_deploy.runtime.backends.select import BACKENDS
+from dgl_deploy.cli import options as opt
+from dgl_deploy.cli.app import command
+from dgl_deploy.cli.options import Backend, DatasetKind, Precision
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate_similarity_file, format_metrics_table, load_npy, results_to_json
 from dgl_deploy.evaluation.rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankMethod
-from dgl_deploy.cli.app import command
-from dgl_deploy.cli.train_cmds import DatasetKind
-
-Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 
 
 @command("eval")
 def eval_command(
     sims: Optional[Path] = typer.Option(None, "--sims", help="(num_captions, num_videos) float .npy similarity matrix."),
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (.safetensors/.pth) or export folder to evaluate."),
-    dataset: Optional[DatasetKind] = typer.Option(None, "--dataset", help="--model: annotation format."),
+    dataset: Optional[DatasetKind] = opt.dataset("--model: "),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="--model: annotation file or directory."),
     videos: Optional[Path] = typer.Option(None, "--videos", help="--model: directory of the video files."),
     split: Optional[str] = typer.Option(None, "--split", help="--model: split of an annotations directory [the kind's test split]."),
-    backend: Backend = typer.Option("auto", "--backend", help="--model: inference backend."),
-    device: str = typer.Option("auto", "--device", help="--model: auto, cpu, cuda, cuda:N."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="--model: videos per batch."),
-    workers: int = typer.Option(4, "--workers", min=1, help="--model: video decoding processes."),
+    backend: Backend = opt.backend("--model: "),
+    device: str = opt.device("--model: "),
+    precision: Precision = opt.precision("--model: "),
+    batch_size: int = opt.batch_size(32, "--model: "),
+    workers: int = opt.workers(4, "--model: "),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="--model: leave out annotated videos whose file is missing."),
     captions_to_videos: Optional[Path] = typer.Option(
         None, "--captions-to-videos", help="(num_captions,) int .npy: each caption's ground-truth video (default: diagonal)."
@@ -60,8 +58,8 @@ def eval_command(
         results = evaluate_similarity_file(sims, captions_to_videos, rerank, query_bank, **options)
         title = f"Retrieval metrics: {sims.name}"
     else:
-        results, title = _evaluate_model(model, dataset, annotations, videos, split, backend.value, device, batch_size,
-                                         workers, skip_missing, captions_to_videos, rerank, query_bank, options)
+        results, title = _evaluate_model(model, dataset, annotations, videos, split, backend.value, device, precision.value,
+                                         batch_size, workers, skip_missing, captions_to_videos, rerank, query_bank, options)
     if as_json:
         typer.echo(results_to_json(results))
     else:
@@ -69,7 +67,7 @@ def eval_command(
 
 
 def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Optional[Path], videos: Optional[Path],
-                    split: Optional[str], backend: str, device: str, batch_size: int, workers: int, skip_missing: bool,
+                    split: Optional[str], backend: str, device: str, precision: str, batch_size: int, workers: int, skip_missing: bool,
                     captions_to_videos: Optional[Path], rerank: Optional[RerankMethod], query_bank: Optional[Path],
                     options: dict) -> tuple[dict, str]:
     """--model mode: run `evaluation.evaluate_model`, report left-out videos on stderr; (metrics, table title)."""
@@ -81,7 +79,7 @@ def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Op
         raise DGLError("--captions-to-videos is for --sims; with --model the dataset gives each caption's video")
     bank = None if query_bank is None else load_npy(query_bank, "query bank")
     report = evaluate_model(model, dataset.value, annotations, videos, split, backend=backend, device=device,
-                            batch_size=batch_size, workers=workers, skip_missing=skip_missing, rerank=rerank,
+                            precision=precision, batch_size=batch_size, workers=workers, skip_missing=skip_missing, rerank=rerank,
                             query_bank=bank, **options)
     for failure in report.failures:
         typer.echo(f"warning: left out (with its captions): {failure.path}: {failure.reason}", err=True)

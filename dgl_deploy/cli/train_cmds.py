@@ -8,10 +8,9 @@ from typing import Optional
 
 import typer
 
-from dgl_deploy.data.datasets import KINDS
+from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
-
-DatasetKind = Enum("DatasetKind", {kind: kind for kind in KINDS}, type=str)  # type: ignore[misc]
+from dgl_deploy.cli.options import DatasetKind
 
 
 class Latent(str, Enum):
@@ -29,14 +28,14 @@ class Amp(str, Enum):
 def train_command(
     model_name: Optional[str] = typer.Option(None, "--model-name", help="open_clip tower: ViT-B-32, ViT-B-16, dgl-tiny, ... [ViT-B-32]"),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="CLIP weights: open_clip tag (openai), a file, or none. [openai]"),
-    dataset: Optional[DatasetKind] = typer.Option(None, "--dataset", help="Annotation format. [generic]"),
+    dataset: Optional[DatasetKind] = opt.dataset(),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Annotation file, or the directory of the standard files."),
     videos: Optional[Path] = typer.Option(None, "--videos", help="Directory of the video files."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (checkpoints, state.pt, log.jsonl)."),
     split: Optional[str] = typer.Option(None, "--split", help="Training split of an annotations directory [the kind's train split]."),
     latent: Optional[Latent] = typer.Option(None, "--latent", help="Shared latent space. [transformer]"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="[5]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch in videos. [128]"),
+    batch_size: Optional[int] = opt.batch_size(None, what="Global batch in videos. [128]"),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW peak learning rate. [2e-3]"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[0.2]"),
     warmup: Optional[float] = typer.Option(None, "--warmup", help="Warm-up fraction of all steps (then cosine). [0.1]"),
@@ -44,12 +43,12 @@ def train_command(
     max_words: Optional[int] = typer.Option(None, "--max-words", min=2, help="Caption tokens incl. SOT/EOT. [32]"),
     accum_steps: Optional[int] = typer.Option(None, "--accum-steps", min=1, help="Micro-batches per step (each its own InfoNCE). [1]"),
     amp: Optional[Amp] = typer.Option(None, "--amp", help="CUDA mixed precision; CPU runs fp32. [bf16]"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Video decoding processes. [4]"),
+    workers: Optional[int] = opt.workers(None, "[4] "),
     frame_cache: Optional[Path] = typer.Option(None, "--frame-cache", help="Cache decoded frames in this directory."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split for model selection [the kind's own]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Held-out slice of train without a val split (0: none). [0.05]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="[0]"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N. [auto]"),
+    device: Optional[str] = opt.device("[auto] ", default=None),
     save_every: Optional[int] = typer.Option(None, "--save-every", min=0, help="Also save state.pt every N steps. [0: epoch ends]"),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML file of settings (flags override it)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its state.pt."),

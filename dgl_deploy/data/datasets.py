@@ -32,12 +32,13 @@ import csv
 import io
 import json
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from dgl_deploy.errors import DGLError
 from dgl_deploy.data.segments import Segment
+from dgl_deploy.errors import DGLError
 
 VALIDATION_SPLITS: dict[str, str | None] = {
     "msrvtt": None,  # 9k/7k have no val split: training holds out a slice of train

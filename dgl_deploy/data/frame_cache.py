@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dgl_deploy.files import atomic_path
 from dgl_deploy.data.video import Segment
+from dgl_deploy.files import atomic_path
 
 _FORMAT = 1  # bump when the decoded pixels change (sampling formula, resize), to miss old entries
 

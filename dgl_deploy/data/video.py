@@ -35,9 +35,8 @@ import decord
 import numpy as np
 from PIL import Image
 
-from dgl_deploy.errors import DGLError
 from dgl_deploy.data.segments import Segment
-
+from dgl_deploy.errors import DGLError
 
 DEFAULT_TIMEOUT_S = 60.0
 _STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against the per-file limit

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from dgl_deploy.runtime.backends.base import Encoder
-from dgl_deploy.runtime.backends.select import open_encoder
 from dgl_deploy.data.datasets import RetrievalDataset, load_dataset
-from dgl_deploy.errors import DGLError
 from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.data.loader import VideoFailure, iter_video_batches
+from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate
 from dgl_deploy.evaluation.rerank import RerankMethod
+from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.backends.select import open_encoder
 
 TEXT_BATCH = 256  # captions per encode_text call
 
@@ -97,6 +97,7 @@ def evaluate_model(
     split: str | None = None,
     *,
     backend: str = "auto",
+    precision: str = "auto",
     device: str = "auto",
     batch_size: int = 32,
     workers: int = 4,
@@ -112,7 +113,7 @@ def evaluate_model(
     dataset = load_dataset(kind, annotations, videos, split, skip_missing=skip_missing)
     if not dataset.items:
         raise DGLError(f"{annotations}: the {kind} split {dataset.split or ''} has no videos")
-    encoder = open_encoder(model, backend, device)
+    encoder = open_encoder(model, backend, device, precision)
     return evaluate_encoder(encoder, dataset, batch_size=batch_size, workers=workers, rerank=rerank,
                             query_bank=query_bank, **rerank_options)
 

@@ -7,8 +7,9 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import open_clip
 import torch
@@ -16,8 +17,8 @@ from open_clip.model import CLIP
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from dgl_deploy.model.config import BackboneSpec
 from dgl_deploy.errors import DGLError
+from dgl_deploy.model.config import BackboneSpec
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # registers the tiny test/demo towers like real ones

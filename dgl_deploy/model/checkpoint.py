@@ -11,10 +11,10 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dgl_deploy.model.backbone import create_clip, load_checked
-from dgl_deploy.model.config import BackboneSpec, DGLConfig
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path
+from dgl_deploy.model.backbone import create_clip, load_checked
+from dgl_deploy.model.config import BackboneSpec, DGLConfig
 from dgl_deploy.model.model import DGLModel
 
 FORMAT = "dgl-deploy/1"

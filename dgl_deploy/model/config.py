@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dgl_deploy import defaults
 from dgl_deploy.errors import DGLError
 
 LatentSpace = Literal["transformer", "linear"]
@@ -17,8 +18,8 @@ class DGLConfig:
     """DGL prompt settings (DGL_SPEC.md symbols in brackets). Tower sizes come from the backbone."""
 
     latent: LatentSpace = "transformer"  # shared latent space that generates text + frame prompts
-    frames: int = 12  # [T] frames per video
-    max_words: int = 32  # [W] text context length incl. SOT/EOT, zero padded
+    frames: int = defaults.FRAMES  # [T] frames per video
+    max_words: int = defaults.MAX_WORDS  # [W] text context length incl. SOT/EOT, zero padded
     text_prompts: int = 8  # [Lt] text prompt tokens, half prefix, half postfix (linear: 2 * local_prompts)
     local_prompts: int = 4  # [Ll] prompt tokens inserted after each frame's CLS
     global_prompts: int = 4  # [G] global video prompt tokens, prepended once per video
@@ -40,7 +41,7 @@ class DGLConfig:
         if self.max_words < 2:
             raise DGLError("max_words must leave room for SOT and EOT (>= 2)")
 
-    def replace(self, **changes: Any) -> "DGLConfig":
+    def replace(self, **changes: Any) -> DGLConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -48,7 +49,7 @@ class DGLConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DGLConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DGLConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -69,5 +70,5 @@ class BackboneSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "BackboneSpec":
+    def from_json(cls, text: str) -> BackboneSpec:
         return cls(**json.loads(text))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgl_deploy.model.checkpoint import load
 from dgl_deploy.errors import DGLError
+from dgl_deploy.model.checkpoint import load
 from dgl_deploy.model.model import DGLModel
 
 

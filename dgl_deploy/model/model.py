@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
 
+from dgl_deploy.errors import DGLError
 from dgl_deploy.model.attention import causal_block, global_local_block
 from dgl_deploy.model.backbone import PRESETS, create_clip
 from dgl_deploy.model.config import BackboneSpec, DGLConfig
-from dgl_deploy.errors import DGLError
 from dgl_deploy.model.prompts import LinearLatent, TransformerLatent, prompt_init_bound
 
 Prompts = tuple[torch.Tensor, torch.Tensor]  # text (K, Lt, Dt), frame (K, T, Ll, Dv)
@@ -53,7 +53,7 @@ class DGLModel(nn.Module):
         """The trainable parameters, by name (what a DGL checkpoint stores)."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("clip.")}
 
-    def train(self, mode: bool = True) -> "DGLModel":
+    def train(self, mode: bool = True) -> DGLModel:
         super().train(mode)
         self.clip.eval()  # the frozen towers never switch to training behaviour
         return self

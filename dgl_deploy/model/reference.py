@@ -10,9 +10,16 @@ from pathlib import Path
 
 import torch
 
-from dgl_deploy.model.backbone import arch_of, clip_from_state_dict, fingerprint, freeze, load_checked, load_weights_file
-from dgl_deploy.model.config import BackboneSpec, DGLConfig
 from dgl_deploy.errors import DGLError
+from dgl_deploy.model.backbone import (
+    arch_of,
+    clip_from_state_dict,
+    fingerprint,
+    freeze,
+    load_checked,
+    load_weights_file,
+)
+from dgl_deploy.model.config import BackboneSpec, DGLConfig
 from dgl_deploy.model.model import DGLModel
 
 # reference key (after the `clip.` prefix) -> our parameter name, per latent space

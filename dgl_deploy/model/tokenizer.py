@@ -3,7 +3,7 @@ Uses open_clip's CLIP BPE tokenizer; truncation keeps EOT as the last token."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
@@ -31,6 +31,6 @@ class Tokenizer:
         return self._bpe(list(texts), context_length=self.max_words)  # (B, W) int64
 
 
-def tokenizer_for(model: "torch.nn.Module") -> Tokenizer:
+def tokenizer_for(model: torch.nn.Module) -> Tokenizer:
     """The tokenizer matching a DGLModel's max_words and vocabulary."""
     return Tokenizer(model.config.max_words, model.clip.vocab_size)

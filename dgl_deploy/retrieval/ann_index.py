@@ -32,10 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from dgl_deploy.errors import DGLError
-from dgl_deploy.runtime.manifest import check_same_model
 from dgl_deploy.files import atomic_path, atomic_write_text
 from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, search, top_k
 from dgl_deploy.retrieval.store import EmbeddingStore, ids_digest, open_store
+from dgl_deploy.runtime.manifest import check_same_model
 
 FORMAT = "dgl-deploy-ann-index/1"
 INDEX_FILE = "index.faiss"
@@ -114,7 +114,7 @@ class AnnIndex:
         fetch = min(n, k * (self.settings.refine if self.settings.kind == "ivf-pq" else 1))
         params = _search_params(self.settings, fetch)  # per call, not on the index: safe across threads
         _, rows = self.faiss_index.search(queries, fetch, params=params)  # (Q, fetch), -1 where fewer found
-        return [self._rescore(query, found[found >= 0], k) for query, found in zip(queries, rows)]
+        return [self._rescore(query, found[found >= 0], k) for query, found in zip(queries, rows, strict=False)]
 
     def _rescore(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:
         rows = np.unique(rows)  # sorted: a forward pass over the memory map
@@ -222,7 +222,7 @@ def measure_recall(index: SearchIndex, queries: int = 200, k: int = 10, seed: in
     sample = np.asarray(vectors[_sample_rows(vectors.shape[0], queries, seed)], dtype=np.float32)
     _, exact = top_k(vectors, sample, k)
     found = index.search(sample, k)
-    hits = [len(set(map(int, truth)) & {h.row for h in got}) for truth, got in zip(exact, found)]
+    hits = [len(set(map(int, truth)) & {h.row for h in got}) for truth, got in zip(exact, found, strict=False)]
     return round(float(np.sum(hits)) / exact.size, 4)
 
 

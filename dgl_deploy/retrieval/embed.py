@@ -16,19 +16,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.data.discover import VideoSource, find_videos
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.runtime.manifest import check_same_model
 from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest, open_store
+from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.manifest import check_same_model
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def _encoded_chunks(todo: list[VideoSource], positions: list[int], chunks: list[
     for batch in batches:
         result.decode_wait_seconds += time.perf_counter() - waited
         events = [(f.index, None, f.reason) for f in batch.failures]
-        events += [(i, stack, None) for i, stack in zip(batch.indices, batch.frames)]
+        events += [(i, stack, None) for i, stack in zip(batch.indices, batch.frames, strict=False)]
         for local, stack, reason in sorted(events, key=lambda e: e[0]):
             position = positions[local]
             k = chunk_of[position]
@@ -246,7 +247,7 @@ def _merge(paths: StorePaths, job: dict, existing_rows: np.ndarray | None, exist
     chunks = list(_read_chunks(paths.parts, -(-len(todo) // settings.chunk_size)))
     blocks = ([existing_rows.astype(dtype)] if existing_rows is not None else []) + [c["rows"] for c in chunks]
     new_ids = [str(i) for c in chunks for i in c["ids"]]
-    result.failures = [(str(i), str(r)) for c in chunks for i, r in zip(c["failed_ids"], c["failed_reasons"])]
+    result.failures = [(str(i), str(r)) for c in chunks for i, r in zip(c["failed_ids"], c["failed_reasons"], strict=False)]
     result.embedded = len(new_ids)
     ids = existing_ids + new_ids
     rows = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype)

@@ -6,16 +6,16 @@ ONNX session plus a memory map of the embeddings."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
-from dgl_deploy.retrieval.ann_index import ExactIndex, SearchIndex, open_index
-from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.errors import DGLError
-from dgl_deploy.runtime.manifest import check_same_model
+from dgl_deploy.retrieval.ann_index import ExactIndex, SearchIndex, open_index
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.store import EmbeddingStore, open_store
+from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.manifest import check_same_model
 
 
 def resolve_model(store: EmbeddingStore, model: str | Path | None) -> str:
@@ -56,11 +56,12 @@ def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Pa
 
 
 def hits_to_dicts(queries: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list[dict]:
-    return [{"query": q, "results": [asdict(h) for h in hs]} for q, hs in zip(queries, hits)]
+    return [{"query": q, "results": [asdict(h) for h in hs]} for q, hs in zip(queries, hits, strict=False)]
 
 
 def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
               queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
+              precision: str = "auto",
               device: str = "auto") -> list[dict]:
     """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search,
     return JSON-ready results."""
@@ -70,7 +71,8 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
     queries = list(texts) + (_read_queries(Path(queries_file)) if queries_file else [])
     if bool(queries) == bool(video):
         raise DGLError("give query texts (arguments or --file) or --video, not both / neither")
-    encoder = open_encoder(resolve_model(searchable.store, model), backend=backend, device=device)
+    encoder = open_encoder(resolve_model(searchable.store, model), backend=backend, device=device,
+                           precision=precision)
     if video:
         return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k)])
     return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k))

@@ -17,9 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from dgl_deploy.retrieval.embed import (EmbedResult, EmbedSettings, Reporter, SilentReporter, chunk_file, finish_job, plan_job,
-                    write_chunk)
 from dgl_deploy.errors import DGLError
+from dgl_deploy.retrieval.embed import (
+    EmbedResult,
+    EmbedSettings,
+    Reporter,
+    SilentReporter,
+    chunk_file,
+    finish_job,
+    plan_job,
+    write_chunk,
+)
 
 INSTALL_HINT = "Ray is not installed: pip install 'dgl-deploy[ray]'"
 
@@ -32,6 +40,7 @@ class RaySettings:
     num_cpus: int | None = None  # CPUs of a local cluster (default: all)
     encoders: int = 1  # encoder actors (each holds one model)
     backend: str = "auto"
+    precision: str = "auto"  # export graph precision (see backends.select.open_encoder)
     device: str = "auto"
 
 
@@ -42,7 +51,8 @@ def embed_videos_ray(source: Path | str, out: Path | str, model: Path | str, set
     from dgl_deploy.runtime.backends.select import open_encoder
 
     ray = _ray()
-    encoder = open_encoder(model, backend=ray_settings.backend, device=ray_settings.device, log=None)
+    encoder = open_encoder(model, backend=ray_settings.backend, device=ray_settings.device,
+                           precision=ray_settings.precision, log=None)
     job = plan_job(source, out, encoder, settings, update=update, overwrite=overwrite, model=str(model),
                    backend=f"ray: {encoder.describe()}")
     started = time.perf_counter()
@@ -77,6 +87,7 @@ def _run_chunks(todo: list, model: str, encoder: Any, settings: EmbedSettings, r
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))
                .map(decode, num_cpus=1)
                .map_batches(_Encode, fn_constructor_kwargs={"model": model, "backend": ray_settings.backend,
+                                                            "precision": ray_settings.precision,
                                                             "device": ray_settings.device},
                             batch_size=settings.batch_size, num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(size=ray_settings.encoders)))
@@ -116,10 +127,10 @@ class _Decode:
 class _Encode:
     """Ray Data actor: opens the model once, encodes the decoded videos of each batch."""
 
-    def __init__(self, model: str, backend: str, device: str) -> None:
+    def __init__(self, model: str, backend: str, device: str, precision: str = "auto") -> None:
         from dgl_deploy.runtime.backends.select import open_encoder
 
-        self.encoder = open_encoder(model, backend=backend, device=device, log=None)
+        self.encoder = open_encoder(model, backend=backend, device=device, precision=precision, log=None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["error"] == ""

@@ -53,5 +53,5 @@ def search(store: EmbeddingStore, queries: np.ndarray, k: int = 10) -> list[list
     if store.vectors.shape[0] == 0:
         return [[] for _ in range(queries.shape[0])]
     scores, rows = top_k(store.vectors, queries.astype(np.float32), k)
-    return [[Hit(r + 1, float(s), int(row), store.ids[row]) for r, (s, row) in enumerate(zip(qs, qr))]
-            for qs, qr in zip(scores, rows)]
+    return [[Hit(r + 1, float(s), int(row), store.ids[row]) for r, (s, row) in enumerate(zip(qs, qr, strict=False))]
+            for qs, qr in zip(scores, rows, strict=False)]

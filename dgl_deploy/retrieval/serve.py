@@ -17,16 +17,17 @@ import os  # no `from __future__ import annotations`: FastAPI reads the routes' 
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
-from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.data.discover import VIDEO_EXTENSIONS
 from dgl_deploy.errors import DGLError
+from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
 from dgl_deploy.retrieval.query import check_encoder, hits_to_dicts
+from dgl_deploy.runtime.backends.base import Encoder
 
 INSTALL_HINT = "the HTTP service needs FastAPI and uvicorn: pip install 'dgl-deploy[serve]'"
 
@@ -94,21 +95,21 @@ class SearchService:
 
 
 def open_service(model: str | Path, index: str | Path, settings: ServeSettings = ServeSettings(), *,
-                 backend: str = "auto", device: str = "auto", nprobe: int | None = None,
+                 backend: str = "auto", device: str = "auto", precision: str = "auto", nprobe: int | None = None,
                  ef_search: int | None = None) -> SearchService:
     """Open the index and the encoder (checked to be the model that made the index)."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
     searchable = open_index(index, nprobe=nprobe, ef_search=ef_search)
     kind = searchable.settings.kind if isinstance(searchable, AnnIndex) else "exact"
-    return SearchService(open_encoder(model, backend=backend, device=device), searchable, settings, kind)
+    return SearchService(open_encoder(model, backend=backend, device=device, precision=precision), searchable, settings, kind)
 
 
 def create_app(model: str | Path, index: str | Path, settings: ServeSettings = ServeSettings(), *,
-               backend: str = "auto", device: str = "auto", nprobe: int | None = None,
+               backend: str = "auto", device: str = "auto", precision: str = "auto", nprobe: int | None = None,
                ef_search: int | None = None) -> Any:
     """The FastAPI app serving `model` over `index` (see the module docstring)."""
-    service = open_service(model, index, settings, backend=backend, device=device, nprobe=nprobe,
+    service = open_service(model, index, settings, backend=backend, device=device, precision=precision, nprobe=nprobe,
                            ef_search=ef_search)
     return build_app(service)
 

@@ -28,7 +28,7 @@ class StorePaths:
     parts: Path
 
     @classmethod
-    def of(cls, emb: Path | str) -> "StorePaths":
+    def of(cls, emb: Path | str) -> StorePaths:
         emb = Path(emb)
         if emb.suffix != ".npy":
             raise DGLError(f"{emb}: embeddings are written as .npy (e.g. emb.npy)")

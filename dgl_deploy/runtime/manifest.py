@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
@@ -22,6 +23,7 @@ FORMAT = "dgl-deploy-export/1"
 MANIFEST_FILE = "manifest.json"
 ROLES = ("text", "video")
 PRECISIONS = ("fp32", "fp16", "int8")
+REDUCED_MIN_COSINE = 0.999  # fp16/int8 graphs are picked by `auto` only at this export parity or better
 FINGERPRINT_KEY = "dgl.fingerprint"  # ONNX metadata_props key holding the source model fingerprint
 
 
@@ -89,7 +91,7 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
         data["inputs"] = {k: _spec(v) for k, v in data["inputs"].items()}
         data["outputs"] = {k: _spec(v) for k, v in data["outputs"].items()}
@@ -106,10 +108,16 @@ class Manifest:
         raise DGLError(f"this export has no {precision} {role} graph (it has: {have}); re-export with "
                        f"`dgl export ... --{precision}`")
 
+    def parity_held(self, precision: str, min_cosine: float = REDUCED_MIN_COSINE) -> bool:
+        """Both towers exist at `precision` and matched PyTorch fp32 at export (cosine >= `min_cosine`)."""
+        entries = [g for g in self.graphs if g.precision == precision]
+        return {g.role for g in entries} == {"text", "video"} and \
+            all(g.parity.get("min_cosine", 0.0) >= min_cosine for g in entries)
+
     def precisions(self, role: str) -> list[str]:
         return [g.precision for g in self.graphs if g.role == role]
 
-    def with_engines(self, engines: tuple[EngineEntry, ...]) -> "Manifest":
+    def with_engines(self, engines: tuple[EngineEntry, ...]) -> Manifest:
         return dataclasses.replace(self, engines=engines)
 
 

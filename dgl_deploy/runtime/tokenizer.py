@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import ftfy
 import numpy as np
@@ -46,7 +46,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, chars)))
+    return dict(zip(printable, map(chr, chars), strict=False))
 
 
 def _clean(text: str) -> str:
@@ -99,7 +99,7 @@ class BPETokenizer:
         """Greedy lowest-rank pair merging; the last symbol carries the end-of-word marker."""
         word = tuple(token[:-1]) + (token[-1] + "</w>",)
         while len(word) > 1:
-            pairs = set(zip(word, word[1:]))
+            pairs = set(zip(word, word[1:], strict=False))
             best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
             if best not in self.ranks:
                 break

@@ -3,15 +3,15 @@ mean of the L2-normalised frame embeddings (CLIP4Clip's zero-shot "meanP", clip-
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 
-from dgl_deploy.model.tokenizer import Tokenizer
 from dgl_deploy.model.pixels import normalize
+from dgl_deploy.model.tokenizer import Tokenizer
 
 
 class MeanPoolEncoder:

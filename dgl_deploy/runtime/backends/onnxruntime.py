@@ -8,8 +8,9 @@ so a text-only consumer never loads (or hashes) the video graph.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -91,10 +92,11 @@ class OnnxEncoder:
         self._tokenizer: Any = None
 
     def _pick_precision(self, precision: str) -> str:
-        """auto: fp16 on a GPU provider when exported, else fp32; an explicit one must be in the export."""
+        """auto: fp16 on a GPU provider, int8 on CPU, where the export has both towers at that precision and
+        their parity held (manifest.REDUCED_MIN_COSINE), else fp32; an explicit one must be in the export."""
         if precision == "auto":
-            have = set(self.manifest.precisions("text")) & set(self.manifest.precisions("video"))
-            precision = "fp16" if self.on_gpu and "fp16" in have else "fp32"
+            reduced = "fp16" if self.on_gpu else "int8"
+            precision = reduced if self.manifest.parity_held(reduced) else "fp32"
         for role in ("text", "video"):
             self.manifest.graph(role, precision)  # raises naming what the export has
         return precision

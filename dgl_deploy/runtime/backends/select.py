@@ -9,8 +9,8 @@ names what is missing; nothing falls back silently.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.runtime.backends.base import Encoder

@@ -12,8 +12,9 @@ execution of chunk i. Outputs stay on the device until one device->host copy at 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

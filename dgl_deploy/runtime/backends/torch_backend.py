@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from dgl_deploy.model.model import DGLModel
-from dgl_deploy.model.tokenizer import tokenizer_for
 from dgl_deploy.model.pixels import normalize
+from dgl_deploy.model.tokenizer import tokenizer_for
 
 
 class TorchEncoder:

@@ -1,0 +1,70 @@
+"""One definition of each option that several commands share (`--backend`, `--device`, `--precision`,
+`--workers`, `--batch-size`, `--dataset`, ...): same names, choices, bounds and help everywhere.
+
+Each is a function returning a fresh `typer.Option`, so commands can set their own default and help prefix.
+Numeric options carry their bounds, so a bad value is a one-line usage error before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any
+
+import typer
+
+from dgl_deploy.data.datasets import KINDS
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+DatasetKind = Enum("DatasetKind", {kind: kind for kind in KINDS}, type=str)  # type: ignore[misc]
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and not _DEVICE.fullmatch(value):
+        raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def backend(prefix: str = "") -> Any:
+    return typer.Option(Backend.auto, "--backend", help=f"{prefix}Inference backend (auto: the fastest available).")
+
+
+def device(prefix: str = "", default: str | None = "auto") -> Any:
+    return typer.Option(default, "--device", callback=_check_device, help=f"{prefix}auto, cpu, cuda or cuda:N.")
+
+
+def precision(prefix: str = "") -> Any:
+    return typer.Option(Precision.auto, "--precision", help=f"{prefix}Export graph precision (auto: int8 on CPU, "
+                        "fp16 on CUDA where the export has it and its parity held, else fp32; the choice is printed).")
+
+
+def workers(default: int | None, prefix: str = "") -> Any:
+    return typer.Option(default, "--workers", "-j", min=1, max=256, help=f"{prefix}Video decoding processes.")
+
+
+def batch_size(default: int | None, prefix: str = "", what: str = "Videos per encoder call.") -> Any:
+    return typer.Option(default, "--batch-size", "-b", min=1, max=65536, help=f"{prefix}{what}")
+
+
+def dataset(prefix: str = "") -> Any:
+    return typer.Option(None, "--dataset", help=f"{prefix}Annotation format.")
+
+
+def timeout(default: float, flag: str, what: str) -> Any:
+    return typer.Option(default, flag, min=0.001, max=86400.0, help=f"Seconds allowed to decode {what}.")
