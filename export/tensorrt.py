@@ -91,7 +91,7 @@ def build_engines(folder: Path | str, settings: TrtSettings = TrtSettings(), log
     trt = import_tensorrt()
     gpu = current_gpu()
     if gpu is None:
-        raise DGLError("--trt needs a CUDA GPU (torch.cuda.is_available() is False)")
+        raise DGLError(f"--trt needs a CUDA GPU and cuda-python ({INSTALL_HINT}); none was found")
     manifest = load_manifest(folder)
     if manifest.engines and not settings.rebuild:
         problems = [engine_mismatch(e, gpu, trt.__version__) or stale_onnx(folder, manifest, e)

@@ -15,11 +15,11 @@ from test_export import exported_tiny
 from dgl_deploy import DGLError
 from dgl_deploy.export import tensorrt as trt_export
 from dgl_deploy.export.tensorrt import Profile, TrtSettings
-from dgl_deploy.runtime.backends.tensorrt import engine_mismatch, stale_onnx
+from dgl_deploy.runtime.backends.tensorrt import chunk_spans, current_gpu, engine_mismatch, stale_onnx, \
+    tensorrt_unavailable
 from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manifest
 
-HAS_GPU_TRT = importlib.util.find_spec("tensorrt") is not None and \
-    __import__("torch").cuda.is_available()
+HAS_GPU_TRT = importlib.util.find_spec("tensorrt") is not None and current_gpu() is not None
 
 
 def _entry(**changes) -> EngineEntry:
@@ -61,6 +61,21 @@ def test_stale_onnx_detected() -> None:
     _, folder, manifest = exported_tiny()
     assert stale_onnx(folder, manifest, _entry()) is None
     assert "built from another video_encoder.onnx" in stale_onnx(folder, manifest, _entry(onnx_sha256="f" * 64))
+
+
+def test_chunk_spans_cover_the_batch_in_order() -> None:
+    assert chunk_spans(20, 8) == [(0, 8), (8, 16), (16, 20)]
+    assert chunk_spans(8, 8) == [(0, 8)] and chunk_spans(1, 32) == [(0, 1)] and chunk_spans(0, 4) == []
+
+
+@pytest.mark.skipif(HAS_GPU_TRT, reason="tensorrt and a GPU are present")
+def test_unavailable_backend_says_why(tmp_path: Path) -> None:
+    folder = tmp_path / "ex"
+    shutil.copytree(exported_tiny()[1], folder)
+    assert "has no TensorRT engines" in tensorrt_unavailable(folder, load_manifest(folder))
+    write_manifest(folder, load_manifest(folder).with_engines((_entry(),)))
+    reason = tensorrt_unavailable(folder, load_manifest(folder))
+    assert "not installed: pip install 'dgl-deploy[gpu]'" in reason or "no CUDA GPU" in reason
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")

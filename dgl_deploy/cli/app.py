@@ -47,6 +47,9 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
             except DGLError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1) from None
+            except ImportError as exc:  # an optional dependency of this command is not installed
+                typer.echo(f"error: {missing_extra_line(exc)}", err=True)
+                raise typer.Exit(1) from None
             except OSError as exc:  # full disk, read-only or missing folder, permissions: one line, no chain
                 typer.echo(f"error: {os_error_line(exc)}", err=True)
                 raise typer.Exit(1) from None
@@ -54,6 +57,24 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
         return (group or app).command(*args, **kwargs)(wrapped)
 
     return register
+
+
+# top-level module -> the install profile (extra) that provides it
+EXTRAS = {"torch": "train", "torchvision": "train", "open_clip": "train", "safetensors": "train", "av": "train",
+          "onnx": "export", "onnxslim": "export", "onnxscript": "export", "onnxruntime": "cpu", "tensorrt": "gpu",
+          "faiss": "index", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "ray": "ray"}
+
+
+def missing_extra_line(exc: ImportError) -> str:
+    """One line naming the missing package and the extra that installs it."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return f"cannot import {exc.name or exc}: {exc}"
+    needs = {"train": "training, checkpoints and the torch backend", "export": "dgl export",
+             "cpu": "running exported models", "gpu": "TensorRT", "index": "FAISS indexes",
+             "serve": "dgl serve", "ray": "--ray"}[extra]
+    return f"{module} is not installed ({needs} need it): pip install 'dgl-deploy[{extra}]'"
 
 
 def os_error_line(exc: OSError) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import regex
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.runtime.manifest import Manifest, verified_file
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2  # open_clip reads merges[1 : 49152 - 256 - 2 + 1]
@@ -119,3 +120,11 @@ def _join_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
             merged.append(word[i])
             i += 1
     return tuple(merged)
+
+
+def export_tokenizer(folder: Path, manifest: Manifest) -> BPETokenizer:
+    """The verified tokenizer of an export folder."""
+    if manifest.tokenizer is None or manifest.tokenizer_sha256 is None:
+        raise DGLError(f"{folder}: this model's text tower has a {manifest.vocab_size}-token vocabulary, not "
+                       "CLIP's: it takes token ids, not captions")
+    return BPETokenizer(verified_file(folder, manifest.tokenizer, manifest.tokenizer_sha256), manifest.max_words)

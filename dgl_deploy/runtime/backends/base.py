@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from dgl_deploy.errors import DGLError
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -30,3 +32,12 @@ class Encoder(Protocol):
     def describe(self) -> str:
         """One line: backend, device/provider, precision."""
         ...
+
+
+def check_frames(frames: np.ndarray, num_frames: int, image_size: int) -> None:
+    """DGLError unless `frames` is the (B, T, S, S, 3) uint8 batch a video encoder takes."""
+    want = (num_frames, image_size, image_size, 3)
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 5 or \
+            tuple(frames.shape[1:]) != want:
+        got = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise DGLError(f"video frames must be uint8 (B, {', '.join(map(str, want))}) = (B, T, H, W, 3), got {got}")

@@ -1,12 +1,14 @@
-"""The TensorRT backend: serialized engines of an export folder, run with PyTorch CUDA tensors as buffers.
+"""The TensorRT backend: serialized engines of an export folder, run with CUDA buffers from cuda-python.
 
-Everything TensorRT-specific is imported lazily: this module imports without tensorrt, torch or CUDA, so
-`tensorrt_unavailable` can explain on any machine why the backend cannot run.
+Everything TensorRT- and CUDA-specific is imported lazily: this module imports without tensorrt, cuda-python,
+torch or a GPU, so `tensorrt_unavailable` can explain on any machine why the backend cannot run. The backend
+needs no torch: device memory, streams and events come from cuda-python's runtime bindings (the `gpu` extra).
 
-Data path (no pycuda): the host batch is staged once in pinned memory, then split into chunks of the
-engine's optimisation-profile `opt` batch. Each chunk's host->device copy is issued on a copy stream and
-the engine runs on a compute stream that waits on a per-chunk event, so the copy of chunk i+1 overlaps the
-execution of chunk i. Outputs stay on the device until one device->host copy at the end.
+Data path: the host batch is page-locked in place (cudaHostRegister), then split into chunks of the engine's
+optimisation-profile `opt` batch (`chunk_spans`). Each chunk's host->device copy is issued on a copy stream
+into one of two input buffers; the engine runs on a compute stream that waits on the chunk's copy event, so
+the copy of chunk i+1 overlaps the execution of chunk i, and a buffer is refilled only after the engine that
+read it has finished. Outputs stay on the device until one device->host copy at the end.
 """
 
 from __future__ import annotations
@@ -19,19 +21,47 @@ from typing import Any
 import numpy as np
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.runtime.backends.base import check_frames
 from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, verified_file
 
 INSTALL_HINT = "pip install 'dgl-deploy[gpu]'"
 
 
-def current_gpu() -> tuple[str, str] | None:
-    """(GPU name, compute capability "major.minor") of CUDA device 0, or None without CUDA."""
-    import torch
+def _cudart() -> Any:
+    """cuda-python's runtime module (new and old package layouts), or None when it is not installed."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
 
-    if not torch.cuda.is_available():
+
+def _call(result: Any) -> Any:
+    """Unpack a cuda-python call `(err, *values)`: DGLError on a CUDA error, else the value(s)."""
+    cudart = _cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise DGLError(f"CUDA error: {cudart.cudaGetErrorString(err)[1].decode()}")
+    return values[0] if len(values) == 1 else tuple(values) or None
+
+
+def current_gpu() -> tuple[str, str] | None:
+    """(GPU name, compute capability "major.minor") of CUDA device 0, or None without cuda-python or a GPU."""
+    cudart = _cudart()
+    if cudart is None:
         return None
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        return None
+    props = _call(cudart.cudaGetDeviceProperties(0))
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.rstrip("\x00"), f"{props.major}.{props.minor}"
+
+
+def chunk_spans(batch: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of a `batch` cut into pieces of at most `chunk` rows."""
+    return [(start, min(start + chunk, batch)) for start in range(0, batch, chunk)]
 
 
 def engine_mismatch(entry: EngineEntry, gpu: tuple[str, str], tensorrt_version: str) -> str | None:
@@ -57,11 +87,12 @@ def tensorrt_unavailable(folder: Path, manifest: Manifest) -> str | None:
     """None when the export's engines can run here, else the reason (cheapest checks first)."""
     if not manifest.engines:
         return f"{folder} has no TensorRT engines (build them with `dgl export MODEL --out {folder} --trt`)"
-    if importlib.util.find_spec("tensorrt") is None:
-        return f"the `tensorrt` package is not installed: {INSTALL_HINT}"
+    for package, module in (("tensorrt", "tensorrt"), ("cuda-python", "cuda")):
+        if importlib.util.find_spec(module) is None:
+            return f"the `{package}` package is not installed: {INSTALL_HINT}"
     gpu = current_gpu()
     if gpu is None:
-        return "no CUDA GPU is available (torch.cuda.is_available() is False)"
+        return "no CUDA GPU is available (cudaGetDeviceCount found none)"
     import tensorrt as trt
 
     for entry in manifest.engines:
@@ -69,6 +100,24 @@ def tensorrt_unavailable(folder: Path, manifest: Manifest) -> str | None:
         if reason:
             return f"{reason}; rebuild with `dgl export MODEL --out {folder} --trt --rebuild`"
     return None
+
+
+class _DeviceBuffer:
+    """A cudaMalloc'd block that grows on demand (never shrinks) and is freed with the runner."""
+
+    def __init__(self) -> None:
+        self.ptr, self.nbytes = 0, 0
+
+    def at_least(self, nbytes: int) -> int:
+        if nbytes > self.nbytes:
+            self.free()
+            self.ptr, self.nbytes = _call(_cudart().cudaMalloc(nbytes)), nbytes
+        return self.ptr
+
+    def free(self) -> None:
+        if self.ptr:
+            _call(_cudart().cudaFree(self.ptr))
+        self.ptr, self.nbytes = 0, 0
 
 
 class EngineRunner:
@@ -86,35 +135,50 @@ class EngineRunner:
         self.output = next(n for n in names if n != self.input)
         _, opt, biggest = self.engine.get_tensor_profile_shape(self.input, 0)
         self.chunk, self.max_batch = int(opt[0]), int(biggest[0])
+        self.embed_dim = int(self.engine.get_tensor_shape(self.output)[-1])
+        cudart = _cudart()
+        self._copy_stream = _call(cudart.cudaStreamCreate())
+        self._compute_stream = _call(cudart.cudaStreamCreate())
+        flags = cudart.cudaEventDisableTiming
+        self._copied = [_call(cudart.cudaEventCreateWithFlags(flags)) for _ in range(2)]  # input buffer i filled
+        self._consumed = [_call(cudart.cudaEventCreateWithFlags(flags)) for _ in range(2)]  # engine done with it
+        self._inputs = [_DeviceBuffer(), _DeviceBuffer()]  # double buffer
+        self._output = _DeviceBuffer()
 
     def run(self, host: np.ndarray) -> np.ndarray:
         """(B, ...) host batch -> (B, E) float32, pipelined in profile-opt chunks (see module docstring)."""
-        import torch
+        cudart = _cudart()
+        host = np.ascontiguousarray(host)
+        row_bytes = host[0].nbytes if len(host) else 0
+        result = np.empty((len(host), self.embed_dim), np.float32)  # (B, E)
+        out_ptr = self._output.at_least(max(result.nbytes, 1))
+        _call(cudart.cudaHostRegister(host.ctypes.data, max(host.nbytes, 1), cudart.cudaHostRegisterDefault))
+        try:
+            for i, (start, stop) in enumerate(chunk_spans(len(host), self.chunk)):
+                slot = i % 2
+                buffer = self._inputs[slot].at_least(self.chunk * row_bytes)
+                _call(cudart.cudaStreamWaitEvent(self._copy_stream, self._consumed[slot], 0))
+                _call(cudart.cudaMemcpyAsync(buffer, host.ctypes.data + start * row_bytes, (stop - start) * row_bytes,
+                                             cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._copy_stream))
+                _call(cudart.cudaEventRecord(self._copied[slot], self._copy_stream))
+                _call(cudart.cudaStreamWaitEvent(self._compute_stream, self._copied[slot], 0))
+                self.context.set_input_shape(self.input, (stop - start, *host.shape[1:]))
+                self.context.set_tensor_address(self.input, buffer)
+                self.context.set_tensor_address(self.output, out_ptr + start * self.embed_dim * 4)
+                if not self.context.execute_async_v3(int(self._compute_stream)):
+                    raise DGLError("TensorRT failed to enqueue the engine")
+                _call(cudart.cudaEventRecord(self._consumed[slot], self._compute_stream))
+            _call(cudart.cudaMemcpyAsync(result.ctypes.data, out_ptr, result.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._compute_stream))
+            _call(cudart.cudaStreamSynchronize(self._compute_stream))
+        finally:
+            _call(cudart.cudaHostUnregister(host.ctypes.data))
+        return result
 
-        device = torch.device("cuda")
-        copy_stream, compute_stream = torch.cuda.Stream(), torch.cuda.Stream()
-        staged = torch.from_numpy(np.ascontiguousarray(host)).pin_memory()  # (B, ...) pinned
-        outputs = []
-        for chunk in staged.split(self.chunk):
-            with torch.cuda.stream(copy_stream):
-                dev_in = chunk.to(device, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record(copy_stream)
-            compute_stream.wait_event(ready)
-            dev_in.record_stream(compute_stream)  # freed only after the engine has read it
-            with torch.cuda.stream(compute_stream):
-                dev_out = torch.empty(self._output_shape(chunk.shape), dtype=torch.float32, device=device)
-            self.context.set_input_shape(self.input, tuple(chunk.shape))
-            self.context.set_tensor_address(self.input, dev_in.data_ptr())
-            self.context.set_tensor_address(self.output, dev_out.data_ptr())
-            if not self.context.execute_async_v3(compute_stream.cuda_stream):
-                raise DGLError("TensorRT failed to enqueue the engine")
-            outputs.append(dev_out)
-        compute_stream.synchronize()
-        return torch.cat(outputs).cpu().numpy()  # (B, E)
-
-    def _output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        return (int(input_shape[0]), int(self.engine.get_tensor_shape(self.output)[-1]))
+    def __del__(self) -> None:
+        for buffer in (*getattr(self, "_inputs", ()), getattr(self, "_output", None)):
+            if buffer is not None:
+                buffer.free()
 
 
 class TensorRTEncoder:
@@ -135,7 +199,7 @@ class TensorRTEncoder:
         self.precision = m.engines[0].precision
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engines: dict[str, EngineRunner] = {}
-        self._tokens: Any = None  # the onnxruntime encoder's tokenizer (shared, torch-free)
+        self._tokenizer: Any = None
 
     def engine(self, role: str) -> EngineRunner:
         """The verified engine of tower `role`, deserialized on first use."""
@@ -148,17 +212,14 @@ class TensorRTEncoder:
         return self._engines[role]
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        if self._tokens is None:
-            from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+        if self._tokenizer is None:
+            from dgl_deploy.runtime.tokenizer import export_tokenizer
 
-            self._tokens = OnnxEncoder(self.folder, device="cpu", precision="fp32")
-        return self.engine("text").run(self._tokens.tokenize(texts))
+            self._tokenizer = export_tokenizer(self.folder, self.manifest)
+        return self.engine("text").run(self._tokenizer(texts))
 
     def encode_videos(self, frames: np.ndarray) -> np.ndarray:
-        want = (self.frames, self.image_size, self.image_size, 3)
-        if frames.dtype != np.uint8 or frames.ndim != 5 or tuple(frames.shape[1:]) != want:
-            raise DGLError(f"video frames must be uint8 (B, {', '.join(map(str, want))}), got {frames.dtype} "
-                           f"{frames.shape}")
+        check_frames(frames, self.frames, self.image_size)
         return self.engine("video").run(frames)
 
     def describe(self) -> str:
