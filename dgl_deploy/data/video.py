@@ -64,16 +64,20 @@ def frame_indices(num_available: int, fps: float, num_frames: int, segment: Segm
 
 
 def resize_center_crop(frames: np.ndarray, image_size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, S, S, 3) uint8: shorter side to S (bicubic, antialias), centre crop."""
+    """(T, H, W, 3) uint8 -> (T, S, S, 3) uint8: shorter side to S (bicubic, antialias), centre crop.
+
+    Pillow resamples only the source box that the crop keeps (the same filter centres and support as a full
+    resize followed by the crop, a third less work on 16:9 frames)."""
     _, height, width, _ = frames.shape
     short, long = sorted((height, width))
     long = int(image_size * long / short)
     new_h, new_w = (image_size, long) if height <= width else (long, image_size)
     top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
+    sy, sx = height / new_h, width / new_w  # source pixels per resized pixel
+    box = (left * sx, top * sy, (left + image_size) * sx, (top + image_size) * sy)
     out = np.empty((len(frames), image_size, image_size, 3), np.uint8)  # (T, S, S, 3)
     for i, frame in enumerate(frames):
-        resized = Image.fromarray(frame).resize((new_w, new_h), Image.Resampling.BICUBIC)
-        out[i] = np.asarray(resized)[top:top + image_size, left:left + image_size]
+        out[i] = Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BICUBIC, box=box)
     return out
 
 
