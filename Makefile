@@ -1,23 +1,32 @@
-# The README's two commands: `make demo` (offline end-to-end demo) and `make test` (set up + tests).
+# The README's two commands: `make demo` (offline end-to-end demo) and `make test` (set up + lint + tests).
+# Each target installs the profile it needs into one virtualenv (.venv):
+#   demo: the runtime + training + export profiles; test: everything the tests use.
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-$(BIN)/dgl: pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[cpu,test]"
-	touch $(BIN)/dgl
 
-setup: $(BIN)/dgl
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[cpu,export]"
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@ $(VENV)/.demo
+
+setup: $(VENV)/.test
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-demo: setup
+demo: $(VENV)/.demo
 	$(BIN)/dgl demo --out demo_out
 
 bench: setup
