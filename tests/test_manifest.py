@@ -1,4 +1,5 @@
-"""Export manifest: round trip, damaged files, checksum and model-identity checks."""
+"""Export manifest: round trip, damaged and untrusted manifests (types, sizes, file names, links), checksum,
+model-identity and graph-signature checks."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import json
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 from test_export import exported_golden, exported_tiny
 
 from dgl_deploy import DGLError
+from dgl_deploy.export.onnx_export import stamp_metadata
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
 from dgl_deploy.runtime.manifest import (
+    FINGERPRINT_KEY,
     MANIFEST_FILE,
     Manifest,
     check_same_model,
+    graph_signature,
     load_manifest,
     sha256_file,
     verified_file,
@@ -64,21 +69,117 @@ def test_changed_graph_refused_by_checksum(tmp_path: Path) -> None:
         verified_file(folder, entry.file, entry.sha256)
 
 
-def test_graph_of_another_model_refused(tmp_path: Path) -> None:
-    """A graph exported from another model, placed next to this manifest, is refused: first by its checksum,
-    and, if someone also edits the checksum in the manifest, by the fingerprint inside the graph."""
-    folder = _copy_export(tmp_path)
-    foreign = exported_golden("transformer")[1] / "text_encoder.onnx"
-    shutil.copyfile(foreign, folder / "text_encoder.onnx")
-    with pytest.raises(DGLError, match="checksum"):
-        OnnxEncoder(folder, device="cpu").session("text")
+def _edit_manifest(folder: Path, edit) -> None:
     data = json.loads((folder / MANIFEST_FILE).read_text())
-    for graph in data["graphs"]:
-        if graph["file"] == "text_encoder.onnx":
-            graph["sha256"] = sha256_file(foreign)
+    edit(data)
     (folder / MANIFEST_FILE).write_text(json.dumps(data))
-    with pytest.raises(DGLError, match="exported from model .* describes model"):
-        OnnxEncoder(folder, device="cpu").session("text")
+
+
+def test_graph_of_another_model_refused(tmp_path: Path) -> None:
+    """A graph exported from another model, placed next to this manifest, is refused: by its declared shapes when
+    they differ (at open), by its checksum, and, if someone also edits the checksum in the manifest, by the
+    fingerprint inside the graph."""
+    folder = _copy_export(tmp_path)
+    shutil.copyfile(exported_golden("transformer")[1] / "text_encoder.onnx", folder / "text_encoder.onnx")
+    with pytest.raises(DGLError, match=r"text_encoder.onnx: the graph maps int64 \('batch', 8\).*says int64 \('B', 16\)"):
+        OnnxEncoder(folder, device="cpu")
+    shutil.copyfile(exported_tiny()[1] / "text_encoder.onnx", folder / "text_encoder.onnx")
+    same_shapes = onnx.load(str(exported_tiny()[1] / "video_encoder.onnx"))
+    stamp_metadata(same_shapes, {FINGERPRINT_KEY: "0123456789abcdef"})  # as if exported from another model
+    onnx.save(same_shapes, str(folder / "video_encoder.onnx"))
+    with pytest.raises(DGLError, match="checksum"):
+        OnnxEncoder(folder, device="cpu").session("video")
+    _edit_manifest(folder, lambda data: [g.update(sha256=sha256_file(folder / g["file"])) for g in data["graphs"]])
+    with pytest.raises(DGLError, match="exported from model 0123456789abcdef but .* describes model"):
+        OnnxEncoder(folder, device="cpu", precision="fp32").session("video")
+
+
+def _set(path: str, value):
+    """An edit of the manifest JSON setting the key at dotted `path` (list items by index)."""
+    def edit(data: dict) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[int(key)] if isinstance(data, list) else data[key]
+        data[int(last) if isinstance(data, list) else last] = value
+    return edit
+
+
+@pytest.mark.parametrize("path, value, match", [
+    ("image_size", 20000, "image_size must be an integer in 16..1024, got 20000"),
+    ("frames", 0, "frames must be an integer in 1..1024"),
+    ("max_words", 4096, "max_words must be an integer in 2..1024"),
+    ("embed_dim", 10**9, "embed_dim must be an integer"),
+    ("frames", 2.5, "manifest.frames: expected int, got 2.5"),
+    ("frames", "4", "manifest.frames: expected int"),
+    ("frames", True, "manifest.frames: expected int, got true"),
+    ("frames", 8, r"inputs .* disagree with frames=8"),
+    ("inputs", [], "manifest.inputs: expected dict"),
+    ("inputs.video.shape", "B,4", "manifest.inputs.video.shape: expected tuple"),
+    ("graphs", {"a": 1}, "manifest.graphs: expected tuple"),
+    ("graphs.0", "text_encoder.onnx", r"manifest.graphs\[0\]: expected an object"),
+    ("graphs.0.parity", {"min_cosine": "high"}, "parity.min_cosine: expected float"),
+    ("graphs.0.role", "audio", "unknown role/precision 'audio'"),
+    ("graphs.0.sha256", "abc", "recorded sha256 'abc' is not 64 hex digits"),
+    ("graphs.0.file", "../outside/text_encoder.onnx", "'../outside/text_encoder.onnx' is not a plain file name"),
+    ("graphs.0.file", "/etc/passwd", "'/etc/passwd' is not a plain file name"),
+    ("graphs.0.file", "..", "'..' is not a plain file name"),
+    ("tokenizer", "sub/bpe.txt.gz", "'sub/bpe.txt.gz' is not a plain file name"),
+    ("tokenizer_sha256", None, "bpe_simple_vocab_16e6.txt.gz: recorded sha256 None"),
+    ("graphs.0.surprise", 1, "manifest.graphs\\[0\\]: unknown key 'surprise'"),
+])
+def test_untrusted_manifest_fields_refused(tmp_path: Path, path: str, value, match: str) -> None:
+    folder = _copy_export(tmp_path)
+    _edit_manifest(folder, _set(path, value))
+    with pytest.raises(DGLError, match=f"manifest.json: damaged manifest \\(.*{match}"):
+        load_manifest(folder)
+
+
+def test_missing_key_and_non_object_manifest(tmp_path: Path) -> None:
+    folder = _copy_export(tmp_path)
+    _edit_manifest(folder, lambda data: data.pop("graphs"))
+    with pytest.raises(DGLError, match="damaged manifest \\(manifest: missing key 'graphs'\\)"):
+        load_manifest(folder)
+    (folder / MANIFEST_FILE).write_text("[1, 2]")
+    with pytest.raises(DGLError, match="not a dgl-deploy export manifest"):
+        load_manifest(folder)
+
+
+def test_sizes_edited_consistently_are_refused_at_open(tmp_path: Path) -> None:
+    """frames edited in both the sizes and the signatures still disagree with the graph: refused when the export
+    is opened (before any video is decoded at the edited size), not by an onnxruntime traceback later."""
+    folder = _copy_export(tmp_path)
+
+    def edit(data: dict) -> None:
+        data["frames"] = 8
+        data["inputs"]["video"]["shape"][1] = 8
+    _edit_manifest(folder, edit)
+    with pytest.raises(DGLError, match=r"video_encoder.onnx: the graph maps uint8 \('batch', 4, 32, 32, 3\)"):
+        OnnxEncoder(folder, device="cpu")
+
+
+def test_symlink_out_of_the_folder_refused(tmp_path: Path) -> None:
+    folder = _copy_export(tmp_path)
+    outside = tmp_path / "outside.onnx"
+    (folder / "text_encoder.onnx").rename(outside)
+    (folder / "text_encoder.onnx").symlink_to(outside)
+    with pytest.raises(DGLError, match="text_encoder.onnx: links outside the export folder"):
+        OnnxEncoder(folder, device="cpu")
+
+
+def test_graph_signature_reads_declared_shapes() -> None:
+    folder = exported_tiny()[1]
+    ids, embedding = graph_signature(folder / "text_encoder.onnx")
+    assert (ids.name, ids.dtype, ids.shape[1:]) == ("ids", "int64", (16,))
+    assert (embedding.dtype, embedding.shape[1:]) == ("float32", (64,))
+    frames = graph_signature(folder / "video_encoder.onnx")[0]
+    assert (frames.dtype, frames.shape[1:]) == ("uint8", (4, 32, 32, 3)) and isinstance(frames.shape[0], str)
+
+
+def test_not_an_onnx_file_is_one_line(tmp_path: Path) -> None:
+    folder = _copy_export(tmp_path)
+    (folder / "video_encoder.onnx").write_bytes(b"\xff" * 64)
+    with pytest.raises(DGLError, match="video_encoder.onnx: not a readable ONNX graph"):
+        OnnxEncoder(folder, device="cpu")
 
 
 def test_check_same_model() -> None:

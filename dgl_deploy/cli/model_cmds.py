@@ -4,25 +4,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from dgl_deploy.cli.app import command
+from dgl_deploy.errors import DGLError
+from dgl_deploy.model.config import SIZE_LIMITS
+
+FRAMES, WORDS = SIZE_LIMITS["frames"], SIZE_LIMITS["max_words"]
 
 
 @command("import-checkpoint")
 def import_checkpoint(
-    reference: Path = typer.Argument(..., help="DGL reference checkpoint (torch.save dict with `state_dict`)."),
+    reference: Path = typer.Argument(..., help="DGL reference checkpoint (torch.save dict with `state_dict`), or a "
+                                     "dgl-deploy checkpoint whose backbone is not beside it (with --backbone)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dgl-deploy checkpoint (.safetensors)."),
-    frames: int = typer.Option(12, "--frames", help="Frames per video T the reference model was trained with."),
-    max_words: int = typer.Option(32, "--max-words", help="Text length W (tokens incl. SOT/EOT)."),
+    frames: int = typer.Option(12, "--frames", min=FRAMES[0], max=FRAMES[1],
+                               help="Frames per video T the reference model was trained with."),
+    max_words: int = typer.Option(32, "--max-words", min=WORDS[0], max=WORDS[1], help="Text length W (tokens incl. SOT/EOT)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="dgl-deploy checkpoints: the CLIP weights it was "
+                                           "trained on (open_clip tag or weights file), stored beside --out."),
 ) -> None:
-    """Import a DGL reference checkpoint; its frozen CLIP weights become the backbone (no other download)."""
-    from dgl_deploy.model.checkpoint import save
+    """Import a DGL reference checkpoint (its frozen CLIP weights become the backbone, no other download), or
+    re-save a dgl-deploy checkpoint with the backbone weights passed explicitly stored beside it."""
+    from dgl_deploy.model.checkpoint import load, save
     from dgl_deploy.model.reference import import_reference
 
-    path = save(import_reference(reference, frames=frames, max_words=max_words), out)
-    typer.echo(f"wrote {path}")
+    if reference.suffix == ".safetensors":
+        model = load(reference, backbone=backbone)
+    elif backbone is not None:
+        raise DGLError(f"{reference}: --backbone is for dgl-deploy checkpoints (.safetensors); a reference "
+                       "checkpoint carries its own CLIP weights")
+    else:
+        model = import_reference(reference, frames=frames, max_words=max_words)
+    typer.echo(f"wrote {save(model, out)}")
 
 
 @command("info")

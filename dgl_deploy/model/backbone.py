@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import pickle
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTrans
 from torch import nn
 
 from dgl_deploy.errors import DGLError
-from dgl_deploy.model.config import BackboneSpec
+from dgl_deploy.model.config import TOWER_SHAPE_KEYS, BackboneSpec, check_arch
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # registers the tiny test/demo towers like real ones
@@ -35,13 +37,14 @@ def create_clip(name: str, pretrained: str | None = None) -> tuple[CLIP, Backbon
     """A frozen open_clip CLIP plus its identity. `pretrained` is an open_clip tag, a weights file, or None.
 
     For a weights file the tower config comes from, in order: the file's own metadata (backbones saved by
-    dgl-deploy), the open_clip config `name` (use the `-quickgelu` names for OpenAI weights, as open_clip
-    does), or, for an unknown name, the shapes in the file with OpenAI's QuickGELU (as the DGL reference).
+    dgl-deploy, checked against the file's tensor shapes), the open_clip config `name` (use the `-quickgelu`
+    names for OpenAI weights, as open_clip does), or, for an unknown name, the shapes in the file with
+    OpenAI's QuickGELU (as the DGL reference).
     """
     if pretrained and _looks_like_path(pretrained):
         path = Path(pretrained)
         state = load_weights_file(path)
-        arch = _saved_arch(path)
+        arch = _saved_arch(path, state)
         if arch is None and name in open_clip.list_models():
             model = _create_open_clip(name, None)  # the named architecture, random init, weights loaded below
             check_openai_vit(model, name)
@@ -57,15 +60,43 @@ def create_clip(name: str, pretrained: str | None = None) -> tuple[CLIP, Backbon
     return model, BackboneSpec(name=name, pretrained=pretrained, arch=arch_of(model), fingerprint=fingerprint(model))
 
 
-def _saved_arch(path: Path) -> dict[str, Any] | None:
-    """The tower config stored in the metadata of a backbone file written by `checkpoint.save`."""
+def _saved_arch(path: Path, state: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """The tower config stored in the metadata of a backbone file written by `checkpoint.save`, after checking
+    it is well-formed and fits the file's own tensor shapes (a forged config cannot build a bigger model)."""
     if path.suffix != ".safetensors":
         return None
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        arch = (handle.metadata() or {}).get("arch")
-    return json.loads(arch) if arch else None
+        text = (handle.metadata() or {}).get("arch")
+    if not text:
+        return None
+    try:
+        arch = check_arch(json.loads(text), f"{path}: arch")
+    except ValueError as exc:
+        raise DGLError(f"{path}: arch metadata is not JSON ({exc})") from None
+    claimed, actual = _shape_keys(arch), _shape_keys(infer_arch(state))
+    if claimed != actual:
+        raise DGLError(f"{path}: arch metadata does not fit the file's tensors ({arch_diff(actual, claimed)})")
+    return arch
+
+
+def _shape_keys(arch: dict[str, Any]) -> dict[str, Any]:
+    """The part of a tower config that the tensor shapes determine."""
+    return {"embed_dim": arch["embed_dim"], **{tower: {k: arch[tower][k] for k in keys}
+                                              for tower, keys in TOWER_SHAPE_KEYS.items()}}
+
+
+def arch_diff(want: dict[str, Any], got: dict[str, Any]) -> str:
+    """The first few differences between two tower configs, as `key got != want`."""
+    diffs = []
+    for tower in ("vision_cfg", "text_cfg"):
+        for key in sorted(set(want.get(tower, {})) | set(got.get(tower, {}))):
+            if want.get(tower, {}).get(key) != got.get(tower, {}).get(key):
+                diffs.append(f"{tower}.{key} {got.get(tower, {}).get(key)} != {want.get(tower, {}).get(key)}")
+    if want.get("embed_dim") != got.get("embed_dim"):
+        diffs.append(f"embed_dim {got.get('embed_dim')} != {want.get('embed_dim')}")
+    return ", ".join(diffs[:4]) or "activation differs"
 
 
 def _looks_like_path(value: str) -> bool:
@@ -195,17 +226,21 @@ def clip_from_state_dict(state: dict[str, torch.Tensor], source: str) -> CLIP:
     return model
 
 
-def load_checked(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `state` into the tensors of `target` (e.g. a module's state_dict), checking every key and shape
-    and naming what does not fit instead of raising a wall of text."""
+def check_shapes(target: dict[str, tuple[int, ...]], state: dict[str, tuple[int, ...]], source: str) -> None:
+    """DGLError naming what does not fit when the tensor names/shapes `state` are not exactly `target`'s."""
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in target.items()
-             if k in state and state[k].shape != v.shape]
+    wrong = [f"{k} {state[k]} != {v}" for k, v in target.items() if k in state and state[k] != v]
     problems = [f"{label} {names[:3]}{'...' if len(names) > 3 else ''}"
                 for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong)) if names]
     if problems:
         raise DGLError(f"{source}: weights do not match the model: {'; '.join(problems)}")
+
+
+def load_checked(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` into the tensors of `target` (e.g. a module's state_dict), checking every key and shape
+    and naming what does not fit instead of raising a wall of text."""
+    check_shapes({k: tuple(v.shape) for k, v in target.items()}, {k: tuple(v.shape) for k, v in state.items()}, source)
     with torch.no_grad():
         for key, tensor in target.items():
             tensor.copy_(state[key].to(tensor.dtype))
@@ -216,14 +251,19 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise DGLError(f"{path}: no such file")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt archive, JIT archive, pickle with objects: all refused the same way
-        raise DGLError(f"{path}: cannot read weights ({_first_line(exc)})") from None
+                state: Any = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # pickled objects besides tensors (or not a torch archive at all)
+        raise DGLError(f"{path}: not a safe checkpoint: not a plain archive of tensors, and pickled code is never "
+                       "loaded; save its state dict as .safetensors (or a dict of tensors) where it was made") from None
+    except Exception as exc:  # corrupt archive, JIT archive, truncated file: refused the same way
+        raise DGLError(f"{path}: cannot read weights ({_first_line(exc)[:200]})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

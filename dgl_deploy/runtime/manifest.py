@@ -2,7 +2,10 @@
 signatures, settings, checksums and the parity measured when they were made.
 
 Every consumer of an export (backends, embed, query, eval) goes through `load_manifest` and `verified_file`:
-a graph whose checksum or embedded model fingerprint disagrees with the manifest is refused.
+a graph whose checksum or embedded model fingerprint disagrees with the manifest is refused. The manifest
+itself is untrusted input: `load_manifest` checks the type of every field, the sizes against sane bounds
+and the recorded graph signatures, and that every file it names is a plain file name inside the folder;
+`check_graph_signature` reads a graph's declared input/output shapes from the file (no session needed).
 Torch-free on purpose (imported at query start-up).
 """
 
@@ -11,13 +14,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+import mmap
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
+from dgl_deploy.model.config import SIZE_LIMITS, check_number
 
 FORMAT = "dgl-deploy-export/1"
 MANIFEST_FILE = "manifest.json"
@@ -25,6 +32,7 @@ ROLES = ("text", "video")
 PRECISIONS = ("fp32", "fp16", "int8")
 REDUCED_MIN_COSINE = 0.999  # fp16/int8 graphs are picked by `auto` only at this export parity or better
 FINGERPRINT_KEY = "dgl.fingerprint"  # ONNX metadata_props key holding the source model fingerprint
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -91,13 +99,9 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        data = dict(data)
-        data["inputs"] = {k: _spec(v) for k, v in data["inputs"].items()}
-        data["outputs"] = {k: _spec(v) for k, v in data["outputs"].items()}
-        data["graphs"] = tuple(GraphEntry(**g) for g in data["graphs"])
-        data["engines"] = tuple(EngineEntry(**{**e, "profile": tuple(e["profile"])}) for e in data.get("engines", ()))
-        return cls(**data)
+    def from_dict(cls, data: Any) -> Manifest:
+        """From parsed JSON, every field type-checked; ValueError naming the first bad field."""
+        return _parse(data, cls, "manifest")
 
     def graph(self, role: str, precision: str) -> GraphEntry:
         """The graph for `role` at `precision`, or a DGLError listing what the export has."""
@@ -121,8 +125,80 @@ class Manifest:
         return dataclasses.replace(self, engines=engines)
 
 
-def _spec(data: Mapping[str, Any]) -> TensorSpec:
-    return TensorSpec(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+def _parse(value: Any, hint: Any, where: str) -> Any:
+    """JSON `value` as the type `hint` (a dataclass, dict[str, X], tuple, X | Y, str, int, float, bool or Any),
+    or ValueError naming `where` (e.g. `manifest.graphs[1].file`)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _parse_dataclass(value, hint, where)
+    if origin in (Union, UnionType):
+        for arg in args:
+            try:
+                return _parse(value, arg, where)
+            except ValueError:
+                pass
+    elif origin is dict and isinstance(value, dict):
+        return {key: _parse(item, args[1], f"{where}.{key}") for key, item in value.items()}
+    elif origin is tuple and isinstance(value, list) and (args[-1] is Ellipsis or len(args) == len(value)):
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_parse(item, kind, f"{where}[{i}]") for i, (item, kind) in enumerate(zip(value, kinds, strict=True)))
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint in (str, int, bool, type(None)) and type(value) is hint:
+        return value
+    raise ValueError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {json.dumps(value)[:60]}")
+
+
+def _parse_dataclass(value: Any, cls: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {json.dumps(value)[:60]}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
+    missing = [name for name, f in fields.items() if name not in value and
+               f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if unknown or missing:
+        raise ValueError(f"{where}: {'unknown' if unknown else 'missing'} key {(unknown or missing)[0]!r}")
+    return cls(**{name: _parse(item, hints[name], f"{where}.{name}") for name, item in value.items()})
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """DGLError unless the sizes are in bounds, the recorded graph signatures agree with them, and every file
+    named is a plain file name with a sha256."""
+    m = manifest
+    for name in ("frames", "image_size", "max_words", "embed_dim"):
+        check_number(name, getattr(m, name), *SIZE_LIMITS[name])
+    check_number("vocab_size", m.vocab_size, 1, 1 << 20)
+    size = m.image_size
+    expected = {"inputs": {"text": ("int64", ("B", m.max_words)), "video": ("uint8", ("B", m.frames, size, size, 3))},
+                "outputs": {role: ("float32", ("B", m.embed_dim)) for role in ROLES}}
+    for kind, specs in expected.items():
+        recorded = {role: (spec.dtype, spec.shape) for role, spec in getattr(m, kind).items()}
+        if recorded != specs:
+            raise DGLError(f"{kind} {recorded} disagree with frames={m.frames}, image_size={size}, "
+                           f"max_words={m.max_words}, embed_dim={m.embed_dim}")
+    files = [(g.file, g.sha256) for g in m.graphs] + [(e.file, e.sha256) for e in m.engines] + \
+        [(e.onnx_file, e.onnx_sha256) for e in m.engines]
+    if m.tokenizer is not None or m.tokenizer_sha256 is not None:
+        files.append((m.tokenizer, m.tokenizer_sha256))
+    for file, digest in files:
+        _check_file_name(file)
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+            raise DGLError(f"{file}: recorded sha256 {digest!r:.80} is not 64 hex digits")
+    for entry in (*m.graphs, *m.engines):
+        if entry.role not in ROLES or entry.precision not in PRECISIONS:
+            raise DGLError(f"{entry.file}: unknown role/precision {entry.role!r}/{entry.precision!r}")
+    for entry in m.engines:
+        if not 1 <= entry.profile[0] <= entry.profile[1] <= entry.profile[2] <= 65536:
+            raise DGLError(f"{entry.file}: batch profile {entry.profile} is not 1 <= min <= opt <= max <= 65536")
+
+
+def _check_file_name(name: Any) -> None:
+    """DGLError unless `name` is a plain file name (no folder part, not `..`, not absolute)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise DGLError(f"file name {name!r:.80} is not a plain file name inside the export folder")
 
 
 def sha256_file(path: Path | str) -> str:
@@ -142,7 +218,8 @@ def write_manifest(folder: Path | str, manifest: Manifest) -> Path:
 
 
 def load_manifest(folder: Path | str) -> Manifest:
-    """Read and validate `folder/manifest.json` (format, fields); file checksums are checked per use."""
+    """Read and validate `folder/manifest.json` (format, field types, sizes, file names); file checksums are
+    checked per use."""
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise DGLError(f"{folder}: not an export folder (no {MANIFEST_FILE}); create one with `dgl export`")
@@ -154,16 +231,27 @@ def load_manifest(folder: Path | str) -> Manifest:
         raise DGLError(f"{path}: not a dgl-deploy export manifest (format "
                        f"{data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
     try:
-        return Manifest.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
+        manifest = Manifest.from_dict(data)
+        check_manifest(manifest)
+    except (ValueError, DGLError) as exc:
         raise DGLError(f"{path}: damaged manifest ({exc})") from None
+    return manifest
+
+
+def export_file(folder: Path | str, file: str) -> Path:
+    """`folder/file`, refused unless it exists inside the folder once links are resolved."""
+    _check_file_name(file)
+    path = Path(folder) / file
+    if not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise DGLError(f"{path}: links outside the export folder; an export's files must be inside it")
+    if not path.is_file():
+        raise DGLError(f"{path}: listed in {MANIFEST_FILE} but missing")
+    return path
 
 
 def verified_file(folder: Path | str, file: str, sha256: str) -> Path:
-    """`folder/file` after checking it exists and has the checksum the manifest recorded."""
-    path = Path(folder) / file
-    if not path.is_file():
-        raise DGLError(f"{path}: listed in {MANIFEST_FILE} but missing")
+    """`folder/file` after checking it is inside the folder, exists and has the checksum the manifest recorded."""
+    path = export_file(folder, file)
     actual = sha256_file(path)
     if actual != sha256:
         raise DGLError(f"{path}: checksum {actual[:12]} does not match {MANIFEST_FILE} ({sha256[:12]}); the file was "
@@ -179,6 +267,92 @@ def check_graph_metadata(path: Path | str, metadata: Mapping[str, str], manifest
                        f"{manifest.fingerprint}; do not mix files of different exports")
 
 
+def check_graph_signature(folder: Path | str, manifest: Manifest, entry: GraphEntry) -> None:
+    """Refuse a graph whose declared input (dtype, sizes after the batch) or output width is not what the
+    manifest records: frames, image_size, max_words and embed_dim must be the graph's own."""
+    path = export_file(folder, entry.file)
+    try:
+        found_in, found_out = graph_signature(path)
+    except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise DGLError(f"{path}: not a readable ONNX graph ({exc})") from None
+    want_in, want_out = manifest.inputs[entry.role], manifest.outputs[entry.role]
+    if (found_in.dtype, found_in.shape[1:], found_out.shape[1:]) != (want_in.dtype, want_in.shape[1:], want_out.shape[1:]):
+        raise DGLError(f"{path}: the graph maps {found_in.dtype} {found_in.shape} -> {found_out.shape}, but "
+                       f"{MANIFEST_FILE} says {want_in.dtype} {want_in.shape} -> {want_out.shape}; do not edit the "
+                       "manifest's sizes or mix files of different exports")
+
+
+ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
+
+
+def graph_signature(path: Path | str) -> tuple[TensorSpec, TensorSpec]:
+    """The first input and output an ONNX file declares (symbolic dims as their names), read from the protobuf
+    without loading the weights: ModelProto.graph (7) -> GraphProto.input (11) / output (12)."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        graph = _field(buf, (0, len(buf)), 7)
+        return _value_info(buf, _field(buf, graph, 11)), _value_info(buf, _field(buf, graph, 12))
+
+
+def _value_info(buf: mmap.mmap, span: tuple[int, int]) -> TensorSpec:
+    """ValueInfoProto: name (1), type (2) -> tensor_type (1) -> elem_type (1), shape (2) -> dim (1)*."""
+    tensor = _field(buf, _field(buf, span, 2), 1)
+    elem = next((value for number, value in _fields(buf, tensor) if number == 1 and isinstance(value, int)), 0)
+    dims = tuple(_dim(buf, value) for number, value in _fields(buf, _field(buf, tensor, 2)) if number == 1)
+    return TensorSpec(_text(buf, _field(buf, span, 1)), ONNX_TYPES.get(elem, f"onnx type {elem}"), dims)
+
+
+def _dim(buf: mmap.mmap, span: Any) -> int | str:
+    """TensorShapeProto.Dimension: dim_value (1) or dim_param (2); "?" when neither is set."""
+    for number, value in _fields(buf, span):
+        if number in (1, 2):
+            return value if number == 1 else _text(buf, value)
+    return "?"
+
+
+def _text(buf: mmap.mmap, span: tuple[int, int]) -> str:
+    return bytes(buf[span[0]:span[1]]).decode()
+
+
+def _field(buf: mmap.mmap, span: tuple[int, int], number: int) -> tuple[int, int]:
+    """The span of the first length-delimited field `number` of the message in `buf[span]`."""
+    found = next((value for n, value in _fields(buf, span) if n == number and isinstance(value, tuple)), None)
+    if found is None:
+        raise ValueError(f"protobuf field {number} not found")
+    return found
+
+
+def _fields(buf: mmap.mmap, span: tuple[int, int]) -> Iterator[tuple[int, int | tuple[int, int]]]:
+    """(field number, value) of the protobuf message in `buf[span]`: varints as ints, length-delimited fields as
+    (start, end) spans (not read); fixed-size fields are skipped."""
+    pos, end = span
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield key >> 3, value
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise ValueError("truncated protobuf message")
+            yield key >> 3, (pos, pos + length)
+            pos += length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def _varint(buf: mmap.mmap, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = buf[pos]
+        value, pos = value | (byte & 0x7F) << shift, pos + 1
+        if byte < 0x80:
+            return value, pos
+    raise ValueError("malformed protobuf varint")
+
+
 def check_same_model(a_fingerprint: str, b_fingerprint: str, what: str, fix: str = "re-embed with one model") -> None:
     """Refuse to combine `what` (embeddings, an index, an encoder) made by two different models."""
     if a_fingerprint != b_fingerprint:
@@ -186,5 +360,6 @@ def check_same_model(a_fingerprint: str, b_fingerprint: str, what: str, fix: str
                        f"another model are not comparable ({fix})")
 
 
-__all__ = ["Manifest", "GraphEntry", "EngineEntry", "TensorSpec", "load_manifest", "write_manifest",
-           "verified_file", "check_graph_metadata", "check_same_model", "sha256_file", "FINGERPRINT_KEY"]
+__all__ = ["Manifest", "GraphEntry", "EngineEntry", "TensorSpec", "load_manifest", "write_manifest", "check_manifest",
+           "export_file", "verified_file", "check_graph_metadata", "check_graph_signature", "graph_signature",
+           "check_same_model", "sha256_file", "FINGERPRINT_KEY"]

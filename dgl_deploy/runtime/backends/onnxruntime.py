@@ -1,8 +1,10 @@
 """The ONNX Runtime backend: an export folder's graphs on TensorRT EP / CUDA / CPU.
 
 Imports neither torch nor open_clip (query start-up): the text path uses the torch-free BPE tokenizer
-saved in the export folder. Sessions are created on first use per tower, after the manifest check,
-so a text-only consumer never loads (or hashes) the video graph.
+saved in the export folder. Opening an export checks the manifest and both graphs' declared input/output
+shapes against it (read from the files, cheap), so sizes that disagree with the graphs fail at once, before
+any video is decoded. Sessions are created on first use per tower, after the checksum check, so a text-only
+consumer never loads (or hashes) the video graph.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import numpy as np
 import onnxruntime as ort
 
 from dgl_deploy.errors import DGLError
-from dgl_deploy.runtime.manifest import Manifest, check_graph_metadata, load_manifest, verified_file
+from dgl_deploy.runtime.manifest import (
+    ROLES,
+    Manifest,
+    check_graph_metadata,
+    check_graph_signature,
+    load_manifest,
+    verified_file,
+)
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = PROVIDER_ORDER[:2]
@@ -85,6 +94,8 @@ class OnnxEncoder:
         self.providers = providers_for(device)
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
         self.precision = self._pick_precision(precision)
+        for role in ROLES:
+            check_graph_signature(self.folder, self.manifest, self.manifest.graph(role, self.precision))
         m = self.manifest
         self.fingerprint, self.frames, self.image_size = m.fingerprint, m.frames, m.image_size
         self.max_words, self.embed_dim = m.max_words, m.embed_dim
@@ -97,7 +108,7 @@ class OnnxEncoder:
         if precision == "auto":
             reduced = "fp16" if self.on_gpu else "int8"
             precision = reduced if self.manifest.parity_held(reduced) else "fp32"
-        for role in ("text", "video"):
+        for role in ROLES:
             self.manifest.graph(role, precision)  # raises naming what the export has
         return precision
 
