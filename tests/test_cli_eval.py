@@ -88,3 +88,14 @@ def test_errors_are_one_line(tmp_path: Path, make_args, message: str) -> None:
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_model_must_be_a_checkpoint_or_an_export_folder(tmp_path: Path) -> None:
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "manifest.json").write_text("{}")
+    (tmp_path / "export" / "video.onnx").write_bytes(b"onnx")
+    result = _invoke("--model", str(tmp_path / "export" / "video.onnx"), "--dataset", "generic",
+                     "--annotations", str(tmp_path / "a.csv"), "--videos", str(tmp_path))
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "must be a checkpoint file (.safetensors/.pth) or an export folder containing manifest.json" in result.output
+    assert f"({tmp_path / 'export'} is one: pass it); a .onnx file alone is not enough" in result.output

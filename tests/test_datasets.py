@@ -90,7 +90,7 @@ def test_generic_groups_captions_and_segments(tmp_path: Path, name: str) -> None
 
 def test_missing_videos_one_summary(tmp_path: Path) -> None:
     videos = touch(tmp_path, "video9002.mp4")
-    with pytest.raises(DGLError, match=r"2 of 3 videos .* not found \(video9001\.mp4, video9003\.mp4\)"):
+    with pytest.raises(DGLError, match=r"MSRVTT_JSFUSION_test\.csv: 2 of 3 videos not found under .* \(video9001\.mp4, video9003\.mp4\)"):
         load_dataset("msrvtt", FIXTURES / "msrvtt" / "MSRVTT_JSFUSION_test.csv", videos)
     with pytest.warns(UserWarning, match="2 of 3 videos"):
         ds = load_dataset("msrvtt", FIXTURES / "msrvtt" / "MSRVTT_JSFUSION_test.csv", videos, skip_missing=True)
@@ -112,3 +112,64 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_validation_splits_documented() -> None:
     assert VALIDATION_SPLITS == {"msrvtt": None, "vatex": "val", "lsmdc": "val", "activitynet": "val_1", "generic": None}
+
+
+GENERIC_BAD = [
+    ("x.jsonl", '{"video": "a.mp4", "caption": "x"}\n[1, 2]\n', r"x\.jsonl line 2: expected an object, got an array"),
+    ("x.jsonl", '"a.mp4 a dog"\n', r"x\.jsonl line 1: expected an object, got a string"),
+    ("x.jsonl", '{"video": "a.mp4", "caption": "x"}\n\n{"video": "a.mp4"}\n', r"x\.jsonl line 3: no 'caption' \(fields: video\)"),
+    ("x.jsonl", '{"video": "a.mp4", "caption": null}\n', r"line 1: 'caption' must be a string, got null"),
+    ("x.jsonl", '{"video": "a.mp4", "caption": 7}\n', r"line 1: 'caption' must be a string, got a number"),
+    ("x.jsonl", '{"video": "a.mp4", "caption": ["ok", 7]}\n', r"line 1: 'caption' must be a string or a non-empty list"),
+    ("x.jsonl", '{"video": "a.mp4", "caption": "x", "start": "abc", "end": 2}\n', r"line 1: 'start' must be a number of seconds >= 0, got 'abc'"),
+    ("x.jsonl", '{"video": "a.mp4", "caption": "x", "start": 1}\n', r"line 1: give both 'start' and 'end'"),
+    ("x.jsonl", '{"video": "a.mp4", "caption": "x", "start": 3, "end": 2}\n', r"line 1: 'start' \(3\) must be before 'end' \(2\)"),
+    ("x.csv", "video,caption\na.mp4,x\na.mp4\n", r"x\.csv line 3: 1 field\(s\) where the header has 2 \(video, caption\)"),
+    ("x.csv", "video,caption\na.mp4,x,y\n", r"x\.csv line 2: 3 field\(s\) where the header has 2"),
+    ("x.csv", "video,caption\na.mp4,\n", r"x\.csv line 2: 'caption' is empty"),
+    ("x.csv", 'video,caption\na.mp4,"a dog\na.mp4,a cat\na.mp4,a cow\n', r"x\.csv line 2: a quote opened here is still open at line 4"),
+    ("x.csv", 'video,caption\na.mp4,"a dog\na.mp4,a cat"\na.mp4,a cow\n', r"x\.csv line 2: a quoted field runs over lines 2-3"),
+    ("x.csv", 'video,caption\na.mp4,"a dog\na.mp4,"a cat"\n', r"x\.csv line 2: a quote opened here is still open at line 3"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), GENERIC_BAD)
+def test_bad_generic_rows_name_file_and_line(tmp_path: Path, name: str, text: str, message: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DGLError, match=message) as info:
+        load_dataset("generic", tmp_path / name, touch(tmp_path, "a.mp4"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "text", "message"),
+    [
+        ("vatex", "v.json", '[{"videoID": "a", "enCap": ["x"]}, {"videoID": "b"}]', r"v\.json \[1\]: no 'enCap'"),
+        ("vatex", "v.json", '{"videoID": "a"}', r"v\.json: expected an array of \{videoID, enCap\}, got an object"),
+        ("activitynet", "a.json", '{"v_a": {"sentences": [" x"]}, "v_b": []}', r"a\.json \['v_b'\]: expected an object, got an array"),
+        ("lsmdc", "l.csv", "a_1\t0\t1\t0\t1\tx\nb_1\tonly\n", r"l\.csv line 2: expected tab-separated clip_id"),
+        ("msrvtt", "m.csv", "key,vid_key,video_id,sentence\nr,m,video1,x\nr,m,video2\n", r"m\.csv line 3: 3 field\(s\)"),
+    ],
+)
+def test_bad_rows_of_public_formats(tmp_path: Path, kind: str, name: str, text: str, message: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DGLError, match=message):
+        load_dataset(kind, tmp_path / name, tmp_path)
+
+
+def test_utf8_bom_is_skipped(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("\ufeffvideo,caption\na.mp4,x\n", encoding="utf-8")
+    bad.write_text("\ufefffile,caption\na.mp4,x\n", encoding="utf-8")
+    assert load_dataset("generic", good, touch(tmp_path, "a.mp4")).items[0].captions == ["x"]
+    with pytest.raises(DGLError, match=r"missing column\(s\) video \(found file, caption\)$"):
+        load_dataset("generic", bad, tmp_path)
+
+
+def test_same_video_and_duplicate_captions_count_once(tmp_path: Path) -> None:
+    annotations = tmp_path / "x.csv"
+    annotations.write_text("video,caption\n./a.mp4,a dog\na.mp4,a dog\nsub//b.mp4,a cat\na.mp4,a dog runs\nsub/b.mp4,a cat\n")
+    with pytest.warns(UserWarning, match=r"x\.csv: dropped 2 duplicate \(video, caption\) pair\(s\)"):
+        ds = load_dataset("generic", annotations, touch(tmp_path, "a.mp4", "sub/b.mp4"))
+    assert [(i.video_id, i.captions) for i in ds.items] == [("a", ["a dog", "a dog runs"]), ("sub/b", ["a cat"])]
+    assert ds.items[0].path == tmp_path / "a.mp4" and ds.num_captions == 3

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -86,10 +87,22 @@ def test_normalize_matches_clip_constants() -> None:
     assert torch.equal(normalize(frames.numpy()), out)
 
 
+def audio_only(path: Path) -> Path:
+    """An mp4 holding one second of silent AAC audio and no video stream."""
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for index in range(16):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, index * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.mark.timeout(60)
 def test_broken_files_raise_one_line_video_errors(tmp_path: Path) -> None:
     expected = write_broken_files(tmp_path)
-    expected |= {"missing.mp4": "file not found"}
+    expected |= {"missing.mp4": "file not found", audio_only(tmp_path / "audio.mp4").name: "no video stream (audio-only"}
     for name, reason in expected.items():
         if reason is None:
             assert read_frames(tmp_path / name, 4, 32).shape == (4, 32, 32, 3)

@@ -17,9 +17,10 @@ from dgl_deploy.errors import DGLError
 
 Amp = Literal["bf16", "fp16", "none"]
 
-# Fields that only change how a run executes, not what it computes: a resumed run may change them.
+# Fields that only change how a run executes, not what it computes: a resumed run may change them
+# (skip_missing only decides whether a missing file is an error; the training data is checked on resume).
 RUNTIME_FIELDS = frozenset({"out", "workers", "frame_cache", "resume", "save_every", "val_batch_size", "tensorboard", "quiet",
-                            "stop_after", "device"})
+                            "stop_after", "device", "skip_missing"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TrainConfig:
     split: str | None = None  # training split of an annotations directory (None: the kind's train split)
     val_split: str | None = None  # validation split (None: the kind's own, else a held-out slice of train)
     val_fraction: float = 0.05  # held-out slice of train when there is no validation split (0 = no selection)
+    skip_missing: bool = False  # leave out annotated videos whose file is missing (one warning) instead of failing
     frame_cache: str | None = None  # directory of decoded frames (decode each video once, mmap afterwards)
     workers: int = 4  # decoding processes
     # --- optimisation (reference recipe) ---
@@ -57,7 +59,7 @@ class TrainConfig:
     save_every: int = 0  # also save state.pt every N optimizer steps (0: only at epoch ends)
     val_batch_size: int = 32  # videos per batch when embedding the validation split
     tensorboard: bool = False  # also log to out/tensorboard (skipped if tensorboard is not installed)
-    quiet: bool = False  # no per-step progress lines
+    quiet: bool = False  # no per-step progress lines (the per-epoch summary lines are still printed)
     stop_after: int | None = None  # interrupt after this many optimizer steps (state saved; for tests/demos)
 
     def __post_init__(self) -> None:

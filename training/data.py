@@ -49,12 +49,12 @@ def load_splits(cfg: TrainConfig) -> tuple[RetrievalDataset, RetrievalDataset | 
     """(train, validation); validation is None when `val_fraction` is 0 and there is no validation split."""
     annotations = Path(cfg.annotations)
     split = cfg.split or (TRAIN_SPLITS[cfg.dataset] if annotations.is_dir() else None)
-    train = load_dataset(cfg.dataset, annotations, cfg.videos, split)
+    train = load_dataset(cfg.dataset, annotations, cfg.videos, split, skip_missing=cfg.skip_missing)
     val_split = cfg.val_split or (VALIDATION_SPLITS[cfg.dataset] if annotations.is_dir() else None)
     if val_split is not None:
         if "test" in val_split:
             raise DGLError(f"{annotations}: validation split {val_split!r} is a test split; select models on val/train data")
-        return train, load_dataset(cfg.dataset, annotations, cfg.videos, val_split)
+        return train, load_dataset(cfg.dataset, annotations, cfg.videos, val_split, skip_missing=cfg.skip_missing)
     if cfg.val_fraction == 0:
         return train, None
     return holdout(train, cfg.val_fraction)

@@ -1,5 +1,6 @@
 """Run logging: one JSON object per line in `RUN_DIR/log.jsonl` (appended and flushed per record, so a
-crash loses at most the line being written), plain progress lines on stderr, optional TensorBoard."""
+crash loses at most the line being written), plain progress lines on stderr (per step unless quiet, per
+epoch always), optional TensorBoard."""
 
 from __future__ import annotations
 
@@ -33,8 +34,13 @@ class RunLog:
                     self._board.add_scalar(f"{event}/{key}", value, fields["step"])
 
     def say(self, line: str) -> None:
-        """A progress line (main rank, unless quiet)."""
-        if self.main and not self.quiet:
+        """A per-step progress line (main rank, unless quiet)."""
+        if not self.quiet:
+            self.summary(line)
+
+    def summary(self, line: str) -> None:
+        """A start, per-epoch or final line (main rank, also when quiet: a few lines per run)."""
+        if self.main:
             print(line, file=sys.stderr, flush=True)
 
     def warn(self, line: str) -> None:

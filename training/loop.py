@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,23 @@ def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DGLError(f"device {name!r}: CUDA is not available on this machine")
     return device
+
+
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Torch's deterministic kernels inside the block (same seed on the same machine: same prompts), the
+    caller's settings after it. A kernel without a deterministic version warns instead of failing. cuBLAS
+    reads its workspace setting when first used in the process: it is set here unless the environment has one."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
 class Trainer:
@@ -202,11 +221,16 @@ class Trainer:
     def run(self) -> TrainResult:
         progress = self.start()
         self._warned.update(progress.skipped)
+        self._clock = (time.monotonic(), progress.global_step)  # this session's start: for the per-epoch ETA
         self.log = RunLog(self.run_dir, main=self.dist.main, quiet=self.cfg.quiet, tensorboard=self.cfg.tensorboard)
         try:
+            val_videos = len(self.val_set.items) if self.val_set else 0
             self.log.record("start", resume=self.cfg.resume, step=progress.global_step, train_videos=len(self.train_set.items),
-                            val_videos=len(self.val_set.items) if self.val_set else 0, steps_per_epoch=self.steps,
+                            val_videos=val_videos, steps_per_epoch=self.steps,
                             device=str(self.device), amp=self.amp, world=self.dist.world)
+            what = f"resuming at epoch {progress.epoch + 1}" if self.cfg.resume else "training"
+            self.log.summary(f"{what}: {len(self.train_set.items)} videos ({val_videos} for validation), "
+                             f"{self.cfg.epochs} epochs of {self.steps} steps, {self.device}")
             while progress.epoch < self.cfg.epochs:
                 if not self._run_epoch(progress):
                     return self._result(progress, completed=False)
@@ -267,7 +291,16 @@ class Trainer:
         progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = number, 0, 0.0
         self.save(progress)
         self.log.record("epoch", step=progress.global_step, epoch=number, loss=loss, val_r1=val_r1, checkpoint=name)
-        self.log.say(f"epoch {number}: mean loss {loss:.4f}" + ("" if val_r1 is None else f", validation t2v R@1 {val_r1:.1f}"))
+        self.log.summary(self._epoch_line(progress, loss, val_r1))
+
+    def _epoch_line(self, progress: Progress, loss: float, val_r1: float | None) -> str:
+        """`epoch i/N: loss, validation R@1, elapsed, ETA` (time per step so far in this session, validation included)."""
+        started, first_step = self._clock
+        elapsed = time.monotonic() - started
+        left = elapsed / max(1, progress.global_step - first_step) * (self.steps * self.cfg.epochs - progress.global_step)
+        validation = "no validation" if val_r1 is None else f"val t2v R@1 {val_r1:.1f}"
+        return (f"epoch {progress.epoch}/{self.cfg.epochs}: loss {loss:.4f}, {validation}, "
+                f"{format_eta(elapsed)} elapsed, ETA {format_eta(left)}")
 
     def _finish(self, progress: Progress) -> TrainResult:
         """Copy the selected epoch's checkpoint to model.safetensors."""
@@ -276,8 +309,8 @@ class Trainer:
             with atomic_path(self.run_dir / FINAL_NAME) as tmp:
                 tmp.write_bytes((self.run_dir / best.checkpoint).read_bytes())
             self.log.record("done", step=progress.global_step, best_epoch=best.epoch, val_r1=best.val_r1)
-            self.log.say(f"done: {self.run_dir / FINAL_NAME} = epoch {best.epoch}"
-                         + ("" if best.val_r1 is None else f" (validation t2v R@1 {best.val_r1:.1f})"))
+            self.log.summary(f"done: {self.run_dir / FINAL_NAME} = epoch {best.epoch}"
+                             + ("" if best.val_r1 is None else f" (validation t2v R@1 {best.val_r1:.1f})"))
         return self._result(progress, completed=True, best=best.epoch)
 
     def _result(self, progress: Progress, completed: bool, best: int | None = None) -> TrainResult:
@@ -298,5 +331,7 @@ def _json(data: dict[str, Any]) -> str:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or with `cfg.resume`, continue) the prompt-tuning run described by `cfg`."""
-    return Trainer(cfg).run()
+    """Train (or with `cfg.resume`, continue) the prompt-tuning run described by `cfg`, with deterministic
+    kernels: data order, caption choice and prompt init already follow `cfg.seed`."""
+    with deterministic_kernels():
+        return Trainer(cfg).run()

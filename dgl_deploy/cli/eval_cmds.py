@@ -20,7 +20,7 @@ from dgl_deploy.evaluation.rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankM
 @command("eval")
 def eval_command(
     sims: Optional[Path] = typer.Option(None, "--sims", help="(num_captions, num_videos) float .npy similarity matrix."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (.safetensors/.pth) or export folder to evaluate."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (.safetensors/.pth) or export folder (with manifest.json) to evaluate."),
     dataset: Optional[DatasetKind] = opt.dataset("--model: "),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="--model: annotation file or directory."),
     videos: Optional[Path] = typer.Option(None, "--videos", help="--model: directory of the video files."),

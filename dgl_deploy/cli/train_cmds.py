@@ -47,21 +47,23 @@ def train_command(
     frame_cache: Optional[Path] = typer.Option(None, "--frame-cache", help="Cache decoded frames in this directory."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split for model selection [the kind's own]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Held-out slice of train without a val split (0: none). [0.05]"),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Leave out annotated videos whose file is missing."),
     seed: Optional[int] = typer.Option(None, "--seed", help="[0]"),
     device: Optional[str] = opt.device("[auto] ", default=None),
     save_every: Optional[int] = typer.Option(None, "--save-every", min=0, help="Also save state.pt every N steps. [0: epoch ends]"),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML file of settings (flags override it)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its state.pt."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to OUT/tensorboard (if installed)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No per-step progress lines."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-step progress lines (one line per epoch remains)."),
 ) -> None:
     """Train the prompts of a frozen CLIP; OUT/model.safetensors is the epoch best on validation."""
     options = dict(locals())  # every option, before any other local name exists
     from dgl_deploy.training import build_config, train
 
-    for flag in ("config", "resume", "tensorboard", "quiet"):
-        options.pop(flag)
+    # on/off flags: an unset one is "not given" (None), so a --config file may still turn it on
+    switches = {flag: options.pop(flag) or None for flag in ("resume", "tensorboard", "quiet", "skip_missing")}
+    options.pop("config")
     options = {k: (v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v) for k, v in options.items()}
-    cfg = build_config(config, **options, resume=resume or None, tensorboard=tensorboard or None, quiet=quiet or None)
+    cfg = build_config(config, **options, **switches)
     result = train(cfg)
     typer.echo(result.checkpoint if result.completed else f"stopped after step {result.steps}; resume with --resume")

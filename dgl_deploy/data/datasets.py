@@ -24,6 +24,14 @@ LSMDC assumptions: clips are distributed pre-cut (one .avi per clip_id), so item
 timestamps in the csv (hh.mm.ss.mmm into the movie) are ignored. The public test file's sentences are
 the ground truth of the 1000-clip retrieval test. Its clip ids are unique per row, so one item = one caption.
 MSVD and DiDeMo are not supported (convert them to the generic format).
+
+Validation (every kind): files are read as UTF-8 (a BOM is skipped); CSV is parsed strictly (a row with
+more or fewer fields than the header, or a quote left open, is an error); every row must be an object
+with the fields above, captions non-empty strings, start/end numbers of seconds given together. Errors
+are one DGLError naming the file and line (JSON: the index, e.g. `val_1.json ['v_x']`).
+Merging: generic video paths are normalised (`./a.mp4`, `a//b.mp4` -> `a.mp4`, `a/b.mp4`); rows of the
+same file (and segment) form one item, and exact duplicate (video, caption) pairs are dropped with one
+warning that counts them, so a video is never counted twice.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import posixpath
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.errors import DGLError
@@ -76,8 +86,9 @@ class RetrievalDataset:
 
 
 def _read_text(path: Path) -> str:
+    """The file as text (UTF-8; a leading BOM is dropped)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DGLError(f"{path}: cannot read annotations ({exc})") from None
 
@@ -89,15 +100,135 @@ def _read_json(path: Path) -> Any:
         raise DGLError(f"{path}: invalid JSON ({exc})") from None
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a comma-separated file with a header line."""
-    return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
+def _json_type(value: Any) -> str:
+    """JSON's name for the type of a parsed value ("an array", "null", ...)."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _require_columns(path: Path, rows: list[dict[str, str]], columns: Iterable[str]) -> None:
-    missing = [c for c in columns if rows and c not in rows[0]]
+@dataclass(frozen=True)
+class _Row:
+    """One annotation record and where it is (`<file> line 3`, `<file> [2]`): every check names the place."""
+
+    where: str
+    data: dict[str, Any]
+
+    def fail(self, cause: str) -> NoReturn:
+        raise DGLError(f"{self.where}: {cause}")
+
+    def text(self, name: str) -> str:
+        """Field `name`, a non-blank string."""
+        if name not in self.data:
+            self.fail(f"no {name!r} (fields: {', '.join(map(str, self.data)) or 'none'})")
+        value = self.data[name]
+        if not isinstance(value, str):
+            self.fail(f"{name!r} must be a string, got {_json_type(value)}")
+        if not value.strip():
+            self.fail(f"{name!r} is empty")
+        return value
+
+    def texts(self, name: str) -> list[str]:
+        """Field `name`, a non-blank string or a non-empty list of them."""
+        value = self.data.get(name)
+        if not isinstance(value, list):
+            return [self.text(name)]
+        if not value or not all(isinstance(v, str) and v.strip() for v in value):
+            self.fail(f"{name!r} must be a string or a non-empty list of non-empty strings")
+        return value
+
+    def seconds(self, name: str) -> float | None:
+        """Optional field `name`, a number of seconds >= 0 (absent, null or an empty CSV cell: None)."""
+        value = self.data.get(name)
+        if value is None or value == "":
+            return None
+        try:
+            number = math.nan if isinstance(value, bool) else float(value)  # JSON true is no number
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number >= 0):
+            self.fail(f"{name!r} must be a number of seconds >= 0, got {value!r}")
+        return number
+
+    def segment(self) -> Segment | None:
+        """(start, end) in seconds from the optional `start` / `end` fields, None when both are absent."""
+        start, end = self.seconds("start"), self.seconds("end")
+        if start is None and end is None:
+            return None
+        if start is None or end is None:
+            self.fail("give both 'start' and 'end' (seconds) or neither")
+        if start >= end:
+            self.fail(f"'start' ({start:g}) must be before 'end' ({end:g})")
+        return start, end
+
+
+def _row(where: str, value: Any) -> _Row:
+    """A parsed JSON value as a _Row; it must be an object."""
+    if not isinstance(value, dict):
+        raise DGLError(f"{where}: expected an object, got {_json_type(value)}")
+    return _Row(where, value)
+
+
+def _json_entries(path: Path, data: Any, container: type, what: str) -> list[tuple[Any, _Row]]:
+    """(index or key, entry) of a JSON array (`container` list) or object (dict) whose entries are objects."""
+    if not isinstance(data, container):
+        raise DGLError(f"{path}: expected {_json_type(container())} of {what}, got {_json_type(data)}")
+    pairs = data.items() if isinstance(data, dict) else enumerate(data)
+    return [(key, _row(f"{path} [{key!r}]", value)) for key, value in pairs]
+
+
+def _read_jsonl(path: Path) -> list[_Row]:
+    """One object per non-blank line."""
+    rows = []
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
+        if line.strip():
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise DGLError(f"{path} line {number}: invalid JSON ({exc})") from None
+            rows.append(_row(f"{path} line {number}", value))
+    return rows
+
+
+def _csv_lines(path: Path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each non-blank record. Comma files use CSV quoting, parsed strictly;
+    tab files (LSMDC) have none. A quote left open (the file ends inside it, or it swallows a line break
+    and a delimiter, i.e. the next rows) is an error naming the line where it opened."""
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    end = 0
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader, None)
+        except csv.Error as exc:
+            cause = (f"a quote opened here is still open at line {reader.line_num} ({exc}): unterminated quote?"
+                     if reader.line_num > start else f"malformed CSV ({exc})")
+            raise DGLError(f"{path} line {start}: {cause}") from None
+        if fields is None:
+            return
+        end = reader.line_num
+        if any("\n" in value and delimiter in value.split("\n", 1)[1] for value in fields):
+            raise DGLError(f"{path} line {start}: a quoted field runs over lines {start}-{end} and holds "
+                           f"{delimiter!r} (rows merged by an unterminated quote?)")
+        if fields:
+            yield start, fields
+
+
+def _read_csv(path: Path, columns: list[str]) -> list[_Row]:
+    """Rows of a comma-separated file with a header line that holds `columns` (and maybe more)."""
+    lines = _csv_lines(path)
+    _, header = next(lines, (0, []))
+    header = [name.strip() for name in header]
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise DGLError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(rows[0])})")
+        raise DGLError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(header) or 'an empty file'})")
+    rows = []
+    for number, fields in lines:
+        if len(fields) != len(header):
+            raise DGLError(f"{path} line {number}: {len(fields)} field(s) where the header has {len(header)} "
+                           f"({', '.join(header)})")
+        rows.append(_Row(f"{path} line {number}", dict(zip(header, fields, strict=True))))
+    return rows
 
 
 def _first_existing(candidates: list[Path]) -> Path:
@@ -106,17 +237,17 @@ def _first_existing(candidates: list[Path]) -> Path:
 
 
 def _msrvtt(annotations: Path, videos: Path) -> list[VideoItem]:
-    rows = _read_csv(annotations)
-    if rows and "sentence" in rows[0]:  # 1k-A test: one caption per row/video
-        _require_columns(annotations, rows, ["video_id", "sentence"])
-        pairs = [(r["video_id"], [r["sentence"]]) for r in rows]
+    rows = _read_csv(annotations, ["video_id"])
+    if rows and "sentence" in rows[0].data:  # 1k-A test: one caption per row/video
+        pairs = [(row.text("video_id"), [row.text("sentence")]) for row in rows]
     else:  # train ids + MSRVTT_data.json captions
-        _require_columns(annotations, rows, ["video_id"])
-        data = _read_json(annotations.parent / "MSRVTT_data.json")
+        data_path = annotations.parent / "MSRVTT_data.json"
+        data = _read_json(data_path)
+        sentences = data.get("sentences") if isinstance(data, dict) else None
         captions: dict[str, list[str]] = {}
-        for sentence in data["sentences"]:
-            captions.setdefault(sentence["video_id"], []).append(sentence["caption"])
-        pairs = [(r["video_id"], captions.get(r["video_id"], [])) for r in rows]
+        for _, sentence in _json_entries(data_path, sentences, list, "'sentences' ({video_id, caption})"):
+            captions.setdefault(sentence.text("video_id"), []).append(sentence.text("caption"))
+        pairs = [(vid, captions.get(vid, [])) for vid in (row.text("video_id") for row in rows)]
         uncaptioned = [vid for vid, caps in pairs if not caps]
         if uncaptioned:
             raise DGLError(f"{annotations}: {len(uncaptioned)} videos have no captions in MSRVTT_data.json (e.g. {uncaptioned[0]})")
@@ -124,61 +255,66 @@ def _msrvtt(annotations: Path, videos: Path) -> list[VideoItem]:
 
 
 def _vatex(annotations: Path, videos: Path) -> list[VideoItem]:
-    return [VideoItem(videos / f"{e['videoID']}.mp4", list(e["enCap"]), None, e["videoID"]) for e in _read_json(annotations)]
+    items = []
+    for _, row in _json_entries(annotations, _read_json(annotations), list, "{videoID, enCap}"):
+        vid = row.text("videoID")
+        items.append(VideoItem(videos / f"{vid}.mp4", row.texts("enCap"), None, vid))
+    return items
 
 
 def _lsmdc(annotations: Path, videos: Path) -> list[VideoItem]:
     items = []
-    for row in csv.reader(io.StringIO(_read_text(annotations), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE):
-        if len(row) < 4:
-            raise DGLError(f"{annotations}: expected tab-separated clip_id, start, end, …, sentence; got {row!r}")
-        clip_id, sentence = row[0], row[-1]
+    for number, fields in _csv_lines(annotations, delimiter="\t"):
+        row = _Row(f"{annotations} line {number}", {"clip_id": fields[0], "sentence": fields[-1]})
+        if len(fields) < 4:
+            row.fail(f"expected tab-separated clip_id, start, end, …, sentence; got {len(fields)} field(s)")
+        clip_id = row.text("clip_id")
         movie = clip_id.rsplit("_", 1)[0]
         path = _first_existing([videos / movie / f"{clip_id}.avi", videos / f"{clip_id}.avi"])
-        items.append(VideoItem(path, [sentence.strip()], None, clip_id))
+        items.append(VideoItem(path, [row.text("sentence").strip()], None, clip_id))
     return items
 
 
 def _activitynet(annotations: Path, videos: Path) -> list[VideoItem]:
     items = []
-    for key, entry in _read_json(annotations).items():
+    for key, row in _json_entries(annotations, _read_json(annotations), dict, "{v_<id>: {sentences}}"):
         bare = key.removeprefix("v_")
         names = [f"{stem}{ext}" for stem in (key, bare, f"v_{bare}") for ext in (".mp4", ".mkv", ".webm")]
-        paragraph = " ".join(s.strip() for s in entry["sentences"])
+        paragraph = " ".join(s.strip() for s in row.texts("sentences"))
         items.append(VideoItem(_first_existing([videos / n for n in names]), [paragraph], None, key))
     return items
 
 
-def _generic_rows(annotations: Path) -> list[dict[str, Any]]:
-    if annotations.suffix.lower() == ".csv":
-        rows: list[dict[str, Any]] = list(_read_csv(annotations))
-    else:
-        try:
-            rows = [json.loads(line) for line in _read_text(annotations).splitlines() if line.strip()]
-        except ValueError as exc:
-            raise DGLError(f"{annotations}: invalid JSON line ({exc})") from None
-    _require_columns(annotations, rows, ["video", "caption"])
-    return rows
-
-
-def _generic_segment(row: dict[str, Any]) -> Segment | None:
-    start, end = row.get("start"), row.get("end")
-    return (float(start), float(end)) if start not in (None, "") and end not in (None, "") else None
-
-
 def _generic(annotations: Path, videos: Path) -> list[VideoItem]:
-    grouped: dict[tuple[str, Segment | None], list[str]] = {}  # insertion order = first appearance
-    for row in _generic_rows(annotations):
-        caption = row["caption"]
-        key = (str(row["video"]), _generic_segment(row))
-        grouped.setdefault(key, []).extend([caption] if isinstance(caption, str) else caption)
-    return [VideoItem(videos / video, captions, segment, _generic_id(video, segment)) for (video, segment), captions in grouped.items()]
+    csv_file = annotations.suffix.lower() == ".csv"
+    items = []
+    for row in _read_csv(annotations, ["video", "caption"]) if csv_file else _read_jsonl(annotations):
+        video, segment = posixpath.normpath(row.text("video")), row.segment()
+        items.append(VideoItem(videos / video, row.texts("caption"), segment, _generic_id(video, segment)))
+    return items
 
 
 def _generic_id(video: str, segment: Segment | None) -> str:
     """The video path without extension, plus `@start-end` for a segment (unique per item)."""
     stem = Path(video).with_suffix("").as_posix()
     return f"{stem}@{segment[0]:g}-{segment[1]:g}" if segment else stem
+
+
+def _merge(items: list[VideoItem], where: Path) -> list[VideoItem]:
+    """One item per (file, segment) in order of first appearance, with the captions of all its rows;
+    exact duplicate (video, caption) pairs are dropped, with one warning that counts them."""
+    merged: dict[tuple[Path, Segment | None], VideoItem] = {}
+    dropped = 0
+    for item in items:
+        kept = merged.setdefault((item.path, item.segment), VideoItem(item.path, [], item.segment, item.video_id))
+        for caption in item.captions:
+            if caption in kept.captions:
+                dropped += 1
+            else:
+                kept.captions.append(caption)
+    if dropped:
+        warnings.warn(f"{where}: dropped {dropped} duplicate (video, caption) pair(s)", stacklevel=3)
+    return list(merged.values())
 
 
 _ADAPTERS: dict[str, tuple[Callable[[Path, Path], list[VideoItem]], dict[str, str]]] = {
@@ -201,12 +337,12 @@ def _annotation_file(kind: str, annotations: Path, split: str | None) -> tuple[P
     return annotations / files[split], split
 
 
-def _drop_missing(items: list[VideoItem], where: str, skip_missing: bool) -> tuple[list[VideoItem], list[str]]:
+def _drop_missing(items: list[VideoItem], annotations: Path, videos: Path, skip_missing: bool) -> tuple[list[VideoItem], list[str]]:
     missing = [item for item in items if not item.path.exists()]
     if not missing:
         return items, []
     names = ", ".join(item.path.name for item in missing[:_MISSING_SHOWN]) + (", …" if len(missing) > _MISSING_SHOWN else "")
-    message = f"{len(missing)} of {len(items)} videos of {where} not found ({names})"
+    message = f"{annotations}: {len(missing)} of {len(items)} videos not found under {videos} ({names})"
     if not skip_missing:
         raise DGLError(f"{message}; fix the videos path or skip them (skip_missing=True / --skip-missing)")
     warnings.warn(f"{message}; skipping them", stacklevel=3)
@@ -230,6 +366,6 @@ def load_dataset(
     path, split = _annotation_file(kind, Path(annotations), split)
     if not path.is_file():
         raise DGLError(f"{path}: annotation file not found")
-    items = _ADAPTERS[kind][0](path, Path(videos))
-    items, missing = _drop_missing(items, f"{path.name} under {videos}", skip_missing)
+    items = _merge(_ADAPTERS[kind][0](path, Path(videos)), path)
+    items, missing = _drop_missing(items, path, Path(videos), skip_missing)
     return RetrievalDataset(kind, split, items, missing)

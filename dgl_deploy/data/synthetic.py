@@ -41,13 +41,19 @@ _SIDE_NAMES = {"right": ("left", "right"), "left": ("right", "left"), "down": ("
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int, faststart: bool = False) -> None:
-    """Encode (T, H, W, 3) uint8 RGB frames as h264/yuv420p mp4; H and W must be even."""
-    options = {"movflags": "faststart"} if faststart else {}
+    """Encode (T, H, W, 3) uint8 RGB frames as h264/yuv420p mp4; H and W must be even.
+
+    Byte-for-byte reproducible: libx264 runs on one thread and without its lookahead (tune zerolatency:
+    no B-frames, no MB-tree); with the lookahead, some clips came out different between runs of the
+    same seed, even on one thread. The muxer writes no version string or creation time (bitexact).
+    """
+    options = {"fflags": "+bitexact", **({"movflags": "faststart"} if faststart else {})}
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
+        stream.thread_count = 1
+        stream.options = {"crf": "18", "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

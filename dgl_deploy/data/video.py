@@ -97,6 +97,14 @@ def _decoder_message(exc: Exception) -> str:
     return re.sub(r"^\[[\d:]+\] \S+: (Error: )?", "", line)[:160]
 
 
+def _open_failure(message: str) -> str:
+    """The reason for a file decord cannot open: no video stream (decord's "Check failed: st_nb >= 0 ...
+    cannot find video stream") or a damaged file."""
+    if "cannot find video stream" in message:
+        return "no video stream (audio-only or not a video)"
+    return f"corrupt or truncated video ({message})"
+
+
 def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None) -> np.ndarray:
     """Decode and preprocess in this process (no time limit): (T, S, S, 3) uint8. Raises VideoError."""
     path = Path(path)
@@ -104,7 +112,7 @@ def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: S
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except decord.DECORDError as exc:
-        raise VideoError(path, f"corrupt or truncated video ({_decoder_message(exc)})") from None
+        raise VideoError(path, _open_failure(_decoder_message(exc))) from None
     except RuntimeError:  # decord's "Error reading <file>...": no demuxer/stream/index found
         raise VideoError(path, "not a readable video (unknown format, no video stream, or missing index)") from None
     count = len(reader)

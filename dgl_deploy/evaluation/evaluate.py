@@ -26,6 +26,7 @@ from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.runtime.backends.select import open_encoder
 
 TEXT_BATCH = 256  # captions per encode_text call
+EXPORT_FILE_SUFFIXES = (".onnx", ".plan")  # files inside an export folder: not runnable on their own
 
 
 @dataclass
@@ -110,12 +111,21 @@ def evaluate_model(
 
     `rerank`, `query_bank` and `rerank_options` are passed to `metrics.evaluate`.
     """
+    check_model_path(Path(model))
     dataset = load_dataset(kind, annotations, videos, split, skip_missing=skip_missing)
     if not dataset.items:
         raise DGLError(f"{annotations}: the {kind} split {dataset.split or ''} has no videos")
     encoder = open_encoder(model, backend, device, precision)
     return evaluate_encoder(encoder, dataset, batch_size=batch_size, workers=workers, rerank=rerank,
                             query_bank=query_bank, **rerank_options)
+
+
+def check_model_path(model: Path) -> None:
+    """Refuse, before any video is read, a graph file of an export (.onnx, .plan) given instead of its folder."""
+    if model.is_file() and model.suffix.lower() in EXPORT_FILE_SUFFIXES:
+        folder = f" ({model.parent} is one: pass it)" if (model.parent / "manifest.json").is_file() else ""
+        raise DGLError(f"{model}: the model must be a checkpoint file (.safetensors/.pth) or an export folder "
+                       f"containing manifest.json{folder}; a {model.suffix} file alone is not enough")
 
 
 def evaluate_encoder(
