@@ -20,7 +20,7 @@ from dgl_deploy.retrieval.ann_index import (
     resolve_settings,
 )
 from dgl_deploy.retrieval.search import top_k
-from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest
+from dgl_deploy.retrieval.store import StorePaths, write_set
 
 faiss = pytest.importorskip("faiss")
 runner = CliRunner()
@@ -37,14 +37,10 @@ def _one_faiss_thread():
 
 
 def write_store(emb: Path, vectors: np.ndarray, fingerprint: str, ids: list[str] | None = None) -> list[str]:
-    """A minimal embedding set (what `dgl embed` writes) around given vectors."""
-    paths = StorePaths.of(emb)
+    """A minimal embedding set (the layout `dgl embed` writes) around given vectors."""
     ids = ids or [f"v{i:06d}.mp4" for i in range(len(vectors))]
-    emb.parent.mkdir(parents=True, exist_ok=True)
-    np.save(paths.emb, vectors.astype(np.float32))
-    paths.ids.write_text("".join(f"{i}\n" for i in ids))
-    paths.manifest.write_text(json.dumps({"format": FORMAT, "model_fingerprint": fingerprint, "model": None,
-                                          "count": len(ids), "ids_sha256": ids_digest(ids)}))
+    write_set(StorePaths.of(emb), [vectors], ids, dim=vectors.shape[1], dtype=np.float32,
+              fields={"model_fingerprint": fingerprint, "model": None})
     return ids
 
 
@@ -115,9 +111,7 @@ def test_refuses_other_embeddings_or_model(random_set, tmp_path) -> None:
 
 def test_index_moves_with_its_embeddings(random_set, tmp_path) -> None:
     root, queries, targets = random_set
-    (tmp_path / "a").mkdir()
-    for name in ("emb.npy", "emb.ids.txt", "emb.manifest.json"):
-        (tmp_path / "a" / name).write_bytes((root / name).read_bytes())
+    write_store(tmp_path / "a" / "emb.npy", np.load(root / "emb.npy"), "fp-a")
     build_index(tmp_path / "a" / "emb.npy", tmp_path / "a" / "idx", IndexSettings(recall_queries=0))
     moved = tmp_path / "b"
     (tmp_path / "a").rename(moved)
@@ -153,3 +147,46 @@ def test_query_cli_uses_index_folder(tmp_path) -> None:
     bad = runner.invoke(app, ["index", "build", str(tmp_path / "emb.npy"), "--out", str(tmp_path / "x"),
                               "--kind", "ivf-pq", "--pq-m", "7"])
     assert bad.exit_code == 1 and "pq_m 7" in bad.stderr
+
+
+def test_damaged_index_manifest_or_settings_are_one_line(random_set, tmp_path) -> None:
+    root, _, _ = random_set
+    build_index(root / "emb.npy", tmp_path / "idx", IndexSettings(kind="ivf-flat", nlist=16, recall_queries=0))
+    path = tmp_path / "idx" / "index.json"
+    good = json.loads(path.read_text())
+    settings = good["settings"]
+    damaged = {"unreadable": "{", "a JSON list": json.dumps([good]),
+               "unknown settings bogus": json.dumps({**good, "settings": {**settings, "bogus": 1}}),
+               "'settings' missing": json.dumps({k: v for k, v in good.items() if k != "settings"}),
+               "'count' missing or not int": json.dumps({**good, "count": "many"}),
+               "nprobe must be a whole number in 1..2147483647, got -1": json.dumps({**good, "settings": {**settings, "nprobe": -1}}),
+               "does not match": json.dumps({**good, "kind": "hnsw"})}
+    for message, text in damaged.items():
+        path.write_text(text)
+        with pytest.raises(DGLError, match=f"index.json: .*{message}"):
+            open_ann_index(tmp_path / "idx")
+    path.write_text(json.dumps(good))
+    for bad in (-1, 2**64):
+        with pytest.raises(DGLError, match=f"nprobe must be a whole number in 1..2147483647, got {bad}"):
+            open_ann_index(tmp_path / "idx", nprobe=bad)
+    assert open_ann_index(tmp_path / "idx", nprobe=2).settings.nprobe == 2
+
+
+def test_builds_that_cannot_work_are_refused(tmp_path) -> None:
+    vectors = _normalised(np.random.default_rng(3), 30)
+    write_store(tmp_path / "small.npy", vectors, "fp")
+    with pytest.raises(DGLError, match="ivf-pq with 8-bit codes needs at least 256 rows .* has 30"):
+        build_index(tmp_path / "small.npy", tmp_path / "pq", IndexSettings(kind="ivf-pq"))
+    with pytest.raises(DGLError, match="nlist 64 needs at least 64 rows"):
+        build_index(tmp_path / "small.npy", tmp_path / "ivf", IndexSettings(kind="ivf-flat", nlist=64))
+    with pytest.raises(DGLError, match="nprobe must be"):
+        IndexSettings(nprobe=-1)
+    vectors[7, 2] = np.nan  # written by another tool: `dgl embed` never writes such a row
+    np.save(tmp_path / "nan.npy", vectors)
+    paths, small = StorePaths.of(tmp_path / "nan.npy"), StorePaths.of(tmp_path / "small.npy")
+    paths.ids.write_text(small.ids.read_text())
+    manifest = json.loads(small.manifest.read_text())
+    paths.manifest.write_text(json.dumps({k: v for k, v in manifest.items() if k != "generation"}))
+    with pytest.raises(DGLError, match="nan.npy: row 7 is NaN/inf"):
+        build_index(tmp_path / "nan.npy", tmp_path / "nan_idx", IndexSettings(kind="flat"))
+    assert not (tmp_path / "pq").exists() and not (tmp_path / "nan_idx").exists()

@@ -80,11 +80,12 @@ def test_update_embeds_only_new(workdir, tmp_path) -> None:
     encoder = open_encoder(workdir / "model.safetensors", backend="torch")
     first = embed_videos(videos, out, encoder, EmbedSettings(batch_size=4, workers=1))
     assert first.embedded == 6
-    with pytest.raises(DGLError, match="--update"):
-        embed_videos(videos, out, encoder)
+    assert embed_videos(videos, out, encoder, EmbedSettings(batch_size=4, workers=1)).up_to_date  # same command
     before = np.array(open_store(out).vectors)
     for path in all_videos[6:]:
         shutil.copy(path, videos)
+    with pytest.raises(DGLError, match="--update"):
+        embed_videos(videos, out, encoder, EmbedSettings(batch_size=4, workers=1))
     second = embed_videos(videos, out, encoder, EmbedSettings(batch_size=4, workers=1), update=True)
     assert second.embedded == len(all_videos) - 6 and second.existing == 6
     store = open_store(out)

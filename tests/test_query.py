@@ -72,6 +72,15 @@ def test_query_bad_inputs(index, tmp_path) -> None:
     assert result.exit_code == 1 and "query texts" in result.stderr
     result = runner.invoke(app, ["query", "x", "--index", str(tmp_path / "none.npy")])
     assert result.exit_code == 1 and "none" in result.stderr
+    result = runner.invoke(app, ["query", "x", "--index", str(tmp_path / "emb_idx")])  # a typo'd folder
+    assert result.exit_code == 1 and result.stderr == f"error: {tmp_path / 'emb_idx'}: not found\n"
+    for blank in ("", "   "):
+        result = runner.invoke(app, ["query", "a cat", blank, "--index", str(index / "emb.npy"), "--json"])
+        assert result.exit_code == 1 and "query text is empty (query 2 of 2)" in result.stderr
+    queries = tmp_path / "queries.txt"
+    queries.write_bytes(b"a red circle\n\xff\xfe broken\n")
+    result = runner.invoke(app, ["query", "--file", str(queries), "--index", str(index / "emb.npy")])
+    assert result.exit_code == 1 and result.stderr == f"error: {queries}: line 2 is not UTF-8 text\n"
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,7 @@ def embed(
     timeout: float = opt.timeout(60.0, "--timeout", "one file"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted job (the default)."),
     update: bool = typer.Option(False, "--update", help="Add only videos the existing embeddings do not have."),
+    prune: bool = typer.Option(False, "--prune", help="With --update: drop the rows whose video file no longer exists."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing embeddings (and any unfinished job)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     json_log: bool = typer.Option(False, "--json-log", help="Progress and summary as JSON lines (stderr / stdout)."),
@@ -122,7 +123,7 @@ def embed(
     reporter = _reporter(quiet, json_log)
     try:
         if ray is None:
-            result = embed_videos(videos, out, encoder, settings, update=update, overwrite=overwrite,
+            result = embed_videos(videos, out, encoder, settings, update=update, overwrite=overwrite, prune=prune,
                                   reporter=reporter, model=str(model))
         else:
             from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
@@ -130,11 +131,11 @@ def embed(
             result = embed_videos_ray(videos, out, model, settings, RaySettings(
                 address=ray, encoders=ray_encoders, backend=backend.value, device=device,
                 precision=precision.value), update=update,
-                overwrite=overwrite, reporter=reporter)
+                overwrite=overwrite, prune=prune, reporter=reporter)
     except KeyboardInterrupt:
         reporter.close()
-        typer.echo(f"interrupted: finished chunks are kept in {paths.parts}; rerun the same command to continue",
-                   err=True)
+        kept = f"finished chunks are kept in {paths.parts}" if paths.parts.exists() else "no chunk was finished"
+        typer.echo(f"interrupted: {kept}; rerun the same command to continue", err=True)
         raise typer.Exit(130) from None
     reporter.close()
     _summary(result, paths, json_log)
@@ -147,11 +148,21 @@ def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001
     if json_log:
         typer.echo(json.dumps({"event": "done", "out": str(result.out), "found": result.total,
                                "embedded": result.embedded, "existing": result.existing,
-                               "failed": len(result.failures), "seconds": round(result.seconds, 3),
-                               "videos_per_second": round(rate, 3)}))
+                               "failed": len(result.failures), "missing": result.missing, "pruned": result.pruned,
+                               "rows": result.rows, "up_to_date": result.up_to_date,
+                               "seconds": round(result.seconds, 3), "videos_per_second": round(rate, 3)}))
         return
-    typer.echo(f"{result.embedded} embedded, {result.existing} kept, {len(result.failures)} failed of "
-               f"{result.total} videos in {result.seconds:.1f} s ({rate:.1f} videos/s) -> {result.out}")
+    if result.up_to_date:
+        typer.echo(f"up to date: {result.out} already holds all {result.total} videos ({result.rows} rows), "
+                   "nothing written")
+    else:
+        pruned = f", {result.pruned} dropped (--prune)" if result.pruned else ""
+        typer.echo(f"{result.embedded} embedded, {result.existing} kept{pruned}, {len(result.failures)} failed of "
+                   f"{result.total} videos in {result.seconds:.1f} s ({rate:.1f} videos/s) -> {result.out} "
+                   f"({result.rows} rows)")
+    if result.missing:
+        typer.echo(f"{result.missing} rows have no video file any more (deleted or moved): "
+                   "`--update --prune` drops them")
     for video_id, reason in result.failures[:10]:
         typer.echo(f"  failed: {video_id}: {reason}", err=True)
     if len(result.failures) > 10:

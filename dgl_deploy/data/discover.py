@@ -2,7 +2,9 @@
 
 Folders: common video extensions, hidden files and folders skipped, symlinks followed once (a folder
 reached twice through links is walked once), sorted by relative POSIX path, so the order is the same
-on every machine. Each video's id is its path relative to the folder (or as written in the list).
+on every machine. Each video's id is its path relative to the folder (or as written in the list); the
+folder (or the list's folder) is the source's root (`source_root`). `rebase` re-expresses ids relative to
+another root (an embedding set keeps the root it was first made from, see `retrieval.embed`).
 """
 
 from __future__ import annotations
@@ -77,3 +79,21 @@ def _from_annotations(annotations: Path) -> list[VideoSource]:
 def _resolve(listing: Path, entries: list[str]) -> list[VideoSource]:
     unique = list(dict.fromkeys(entries))  # keep the listed order, drop repeats
     return [VideoSource(e, Path(e) if Path(e).is_absolute() else listing.parent / e) for e in unique]
+
+
+def source_root(source: Path | str) -> Path:
+    """The absolute folder the ids of `source` are relative to: the folder itself, or the list file's folder."""
+    source = Path(os.path.abspath(source))
+    return source if source.is_dir() else source.parent
+
+
+def rebase(videos: list[VideoSource], root: Path, base: Path) -> list[VideoSource]:
+    """`videos` (ids relative to `root`) with ids relative to `base` instead (`../other/x.mp4` for a file
+    outside it), in the same order, repeats dropped; unchanged when both are the same folder."""
+    if os.path.abspath(root) == os.path.abspath(base):
+        return videos
+    rebased: dict[str, VideoSource] = {}
+    for video in videos:
+        new_id = Path(os.path.relpath(os.path.abspath(video.path), os.path.abspath(base))).as_posix()
+        rebased.setdefault(new_id, VideoSource(new_id, video.path))
+    return list(rebased.values())

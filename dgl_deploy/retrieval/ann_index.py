@@ -15,7 +15,9 @@ Candidates are re-scored exactly from the (memory-mapped) embeddings, so scores 
 fetches `refine` x k candidates first, which recovers most of what quantisation loses.
 
 Building measures recall@10 against exact search on a seeded sample of the set's own rows (the
-video -> video case) and stores it in the manifest.
+video -> video case) and stores it in the manifest. Settings are checked when built and when opened (a
+manifest edited by hand, `nprobe=-1`, IVF-PQ on fewer rows than it has codes to train), as are NaN/inf
+rows: each is one error line, never a FAISS traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +35,7 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, search, top_k
+from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, check_queries, search, top_k
 from dgl_deploy.retrieval.store import EmbeddingStore, ids_digest, open_store
 from dgl_deploy.runtime.manifest import check_same_model
 
@@ -46,6 +48,12 @@ AUTO_IVF_FLAT_MAX_ROWS = 2_000_000
 TRAIN_POINTS_PER_LIST = 50  # k-means wants >= 39 points per centroid
 PQ_TRAIN_POINTS = 10_000  # 8-bit PQ codebooks want >= 39 * 256 points
 INSTALL_HINT = "FAISS is not installed: pip install 'dgl-deploy[index]' (faiss-cpu)"
+_DERIVED = ("nlist", "nprobe", "pq_m")  # None in IndexSettings: derived from the set's size
+_MINIMUM = {"nlist": 1, "nprobe": 1, "pq_m": 1, "pq_bits": 1, "refine": 1, "hnsw_m": 1, "ef_construction": 1,
+            "ef_search": 1, "recall_queries": 0, "seed": 0}
+_INT_MAX = 2**31 - 1  # FAISS takes C ints: a larger number would be an OverflowError
+_MANIFEST_KEYS = {"kind": str, "settings": dict, "embeddings": str, "embeddings_relative": str,
+                  "model_fingerprint": str, "count": int, "ids_sha256": str}
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,17 @@ class IndexSettings:
     ef_search: int = 64  # HNSW search breadth (>= k is raised to k)
     recall_queries: int = 200  # rows sampled to measure recall@10 at build time
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse an unknown kind and numbers below their minimum (None: derived from the set's size)."""
+        if self.kind not in KINDS:
+            raise DGLError(f"unknown index kind {self.kind!r}: choose one of {', '.join(KINDS)}")
+        for name, low in _MINIMUM.items():
+            value = getattr(self, name)
+            if value is None and name in _DERIVED:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _INT_MAX:
+                raise DGLError(f"{name} must be a whole number in {low}..{_INT_MAX}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,7 @@ class AnnIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Hits for each query vector (Q, E), re-scored exactly from the embeddings."""
-        _check_queries(self.store, queries, k)
+        check_queries(self.store, queries, k)
         n = self.store.vectors.shape[0]
         if n == 0:
             return [[] for _ in range(queries.shape[0])]
@@ -119,6 +138,9 @@ class AnnIndex:
     def _rescore(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:
         rows = np.unique(rows)  # sorted: a forward pass over the memory map
         scores = np.asarray(self.store.vectors[rows], dtype=np.float32) @ query
+        if not np.isfinite(scores).all():
+            raise DGLError(f"{self.store.paths.emb}: row {rows[~np.isfinite(scores)][0]} is NaN/inf: the set is "
+                           "damaged, re-embed it")
         order = np.lexsort((rows, -scores))[:k]  # score descending, then row ascending (as exact search)
         return [Hit(r + 1, float(scores[i]), int(rows[i]), self.store.ids[rows[i]]) for r, i in enumerate(order)]
 
@@ -131,19 +153,19 @@ def choose_kind(rows: int) -> str:
 
 
 def resolve_settings(settings: IndexSettings, rows: int, dim: int) -> IndexSettings:
-    """Fill in the kind and the size-derived defaults, and reject impossible values."""
-    if settings.kind not in KINDS:
-        raise DGLError(f"unknown index kind {settings.kind!r}: choose one of {', '.join(KINDS)}")
+    """Fill in the kind and the size-derived defaults, and reject what cannot be built on `rows` rows."""
     kind = choose_kind(rows) if settings.kind == "auto" else settings.kind
     nlist = settings.nlist or _default_nlist(rows)
     pq_m = settings.pq_m or max(1, dim // 8)
     resolved = replace(settings, kind=kind, nlist=nlist, nprobe=settings.nprobe or max(8, nlist // 32), pq_m=pq_m)
-    if kind.startswith("ivf") and not 1 <= nlist <= max(1, rows):
-        raise DGLError(f"nlist {nlist} must be between 1 and the number of rows ({rows})")
+    if kind.startswith("ivf") and nlist > rows:
+        raise DGLError(f"{kind} with nlist {nlist} needs at least {nlist} rows to train (the set has {rows}): "
+                       "lower --nlist, or use --kind flat (exact)")
+    if kind == "ivf-pq" and rows < 2 ** resolved.pq_bits:
+        raise DGLError(f"ivf-pq with {resolved.pq_bits}-bit codes needs at least {2 ** resolved.pq_bits} rows to "
+                       f"train (the set has {rows}): use --kind flat (exact) or ivf-flat")
     if kind == "ivf-pq" and dim % pq_m:
         raise DGLError(f"pq_m {pq_m} must divide the embedding dimension {dim}")
-    if min(resolved.nprobe, resolved.hnsw_m, resolved.ef_search, resolved.refine, resolved.pq_bits) < 1:
-        raise DGLError("nprobe, hnsw_m, ef_search, refine and pq_bits must be >= 1")
     return resolved
 
 
@@ -163,6 +185,7 @@ def build_index(emb: Path | str, out: Path | str, settings: IndexSettings = Inde
         raise DGLError(f"{out} already holds an index: pass --overwrite to replace it")
     n, dim = store.vectors.shape
     settings = resolve_settings(settings, n, dim)
+    _check_finite(store)
     started = time.perf_counter()
     index = _new_index(faiss, settings, dim)
     _train(index, store.vectors, settings)
@@ -176,6 +199,14 @@ def build_index(emb: Path | str, out: Path | str, settings: IndexSettings = Inde
     manifest = _manifest(store, out, settings, recall, seconds)
     atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=1))
     return BuildResult(out, settings.kind, n, recall, seconds)
+
+
+def _check_finite(store: EmbeddingStore) -> None:
+    """Refuse a set with a NaN/inf row (FAISS would index it and answer with garbage)."""
+    for start in range(0, store.vectors.shape[0], CHUNK_ROWS):
+        bad = np.flatnonzero(~np.isfinite(store.vectors[start:start + CHUNK_ROWS]).all(axis=1))
+        if bad.size:
+            raise DGLError(f"{store.paths.emb}: row {start + int(bad[0])} is NaN/inf: the set is damaged, re-embed it")
 
 
 def _new_index(faiss: Any, settings: IndexSettings, dim: int) -> Any:
@@ -204,7 +235,11 @@ def _train(index: Any, vectors: np.ndarray, settings: IndexSettings) -> None:
     if settings.kind == "ivf-pq":
         wanted = max(wanted, PQ_TRAIN_POINTS)
     sample = _sample_rows(vectors.shape[0], wanted, settings.seed)
-    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    try:
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    except RuntimeError as exc:
+        raise DGLError(f"cannot train the {settings.kind} index on {vectors.shape[0]} rows "
+                       f"({str(exc).splitlines()[0]}): use --kind flat (exact)") from None
 
 
 def _sample_rows(n: int, count: int, seed: int) -> np.ndarray:
@@ -232,8 +267,8 @@ def _manifest(store: EmbeddingStore, out: Path, settings: IndexSettings, recall:
         "format": FORMAT,
         "kind": settings.kind,
         "settings": asdict(settings),
-        "embeddings": str(store.paths.emb.resolve()),
-        "embeddings_relative": os.path.relpath(store.paths.emb.resolve(), out.resolve()),
+        "embeddings": os.path.abspath(store.paths.emb),  # the public name, not the generation it points to
+        "embeddings_relative": os.path.relpath(os.path.abspath(store.paths.emb), os.path.abspath(out)),
         "model_fingerprint": store.fingerprint,
         "count": len(store.ids),
         "ids_sha256": ids_digest(store.ids),
@@ -252,16 +287,18 @@ def open_ann_index(folder: Path | str, embeddings: Path | str | None = None, *, 
     faiss = _faiss()
     folder = Path(folder)
     manifest = _read_manifest(folder)
+    settings = _manifest_settings(folder / MANIFEST_FILE, manifest)
+    settings = replace(settings, nprobe=settings.nprobe if nprobe is None else nprobe,
+                       ef_search=settings.ef_search if ef_search is None else ef_search)
     store = open_store(embeddings or _embeddings_path(folder, manifest))
     _check_store(folder, manifest, store)
-    settings = IndexSettings(**manifest["settings"])
-    settings = replace(settings, nprobe=nprobe or settings.nprobe, ef_search=ef_search or settings.ef_search)
     try:
         index = faiss.read_index(str(folder / INDEX_FILE), getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP))
     except RuntimeError as exc:
         raise DGLError(f"{folder / INDEX_FILE}: cannot read the FAISS index ({str(exc).splitlines()[0]})") from None
-    if index.ntotal != manifest["count"]:
-        raise DGLError(f"{folder / INDEX_FILE}: {index.ntotal} vectors, manifest says {manifest['count']}: rebuild it")
+    if index.ntotal != manifest["count"] or index.d != store.vectors.shape[1]:
+        raise DGLError(f"{folder / INDEX_FILE}: {index.ntotal} vectors of dim {index.d}, the manifest and embeddings "
+                       f"say {manifest['count']} of dim {store.vectors.shape[1]}: rebuild it")
     return AnnIndex(folder, store, index, settings, manifest)
 
 
@@ -270,17 +307,36 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DGLError(f"{folder}: not an index folder (no {MANIFEST_FILE}; build one with `dgl index build`)")
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise DGLError(f"{path}: unreadable index manifest ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise DGLError(f"{path}: not a dgl-deploy index manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = f"format {manifest.get('format')!r}" if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
+        raise DGLError(f"{path}: not a dgl-deploy index manifest ({found}, expected format {FORMAT!r})")
+    for key, kind in _MANIFEST_KEYS.items():
+        if isinstance(manifest.get(key), bool) or not isinstance(manifest.get(key), kind):
+            raise DGLError(f"{path}: damaged index manifest ({key!r} missing or not {kind.__name__}): rebuild the "
+                           "index with `dgl index build`")
     return manifest
+
+
+def _manifest_settings(path: Path, manifest: dict[str, Any]) -> IndexSettings:
+    """The settings an index was built with, checked (known keys, valid numbers, a resolved kind)."""
+    unknown = sorted(set(manifest["settings"]) - {f.name for f in fields(IndexSettings)})
+    try:
+        if unknown:
+            raise DGLError(f"unknown settings {', '.join(unknown)}")
+        settings = IndexSettings(**manifest["settings"])
+        if settings.kind != manifest["kind"] or settings.kind.startswith("ivf") and settings.nprobe is None:
+            raise DGLError(f"kind {settings.kind!r} does not match {manifest['kind']!r}, or nprobe is missing")
+    except DGLError as exc:
+        raise DGLError(f"{path}: damaged index manifest ({exc}): rebuild the index with `dgl index build`") from None
+    return settings
 
 
 def _embeddings_path(folder: Path, manifest: dict[str, Any]) -> Path:
     beside = Path(os.path.normpath(folder / manifest["embeddings_relative"]))
-    return beside if beside.is_file() else Path(manifest["embeddings"])
+    return beside if beside.exists() else Path(manifest["embeddings"])
 
 
 def _check_store(folder: Path, manifest: dict[str, Any], store: EmbeddingStore) -> None:
@@ -290,13 +346,6 @@ def _check_store(folder: Path, manifest: dict[str, Any], store: EmbeddingStore) 
     if len(store.ids) != manifest["count"] or ids_digest(store.ids) != manifest["ids_sha256"]:
         raise DGLError(f"{folder}: built from other embeddings ({manifest['count']} rows) than {store.paths.emb} "
                        f"({len(store.ids)} rows, or other ids): rebuild the index with `dgl index build`")
-
-
-def _check_queries(store: EmbeddingStore, queries: np.ndarray, k: int) -> None:
-    if k < 1:
-        raise DGLError(f"k must be >= 1, got {k}")
-    if queries.ndim != 2 or queries.shape[1] != store.vectors.shape[1]:
-        raise DGLError(f"query vectors {queries.shape} do not fit embeddings of dim {store.vectors.shape[1]}")
 
 
 def _search_params(settings: IndexSettings, k: int) -> Any:

@@ -3,31 +3,64 @@
 The videos (sorted, see `discover`) are cut into fixed chunks of `chunk_size`. Worker processes decode
 ahead of the encoder (a bounded window, `loader.iter_video_batches`); the encoder runs batches that
 never straddle a chunk, and every finished chunk is written atomically to `<out>.parts/`. A killed job
-rerun with the same command skips the finished chunks, and since chunk boundaries and batches do not
-depend on where it stopped, the final files are identical to an uninterrupted run. Only at the end are
-`emb.npy`, the ids, the errors and the manifest written (each atomically), then the parts removed.
+rerun with the same command checks the finished chunks against the job (a chunk of other videos is redone,
+never merged) and skips them; since chunk boundaries and batches do not depend on where it stopped, the
+final files are identical to an uninterrupted run. At the end the set is written as a new generation beside
+the old one and switched to by one rename (`store.write_set`: a kill or a full disk leaves the old set
+whole), then the parts are removed. A row the encoder returns as NaN/inf (or that overflows float16 with
+`fp16`) is not written: its file is listed as failed, with the reason.
 
-`update=True` embeds only the files that an existing set does not have, appending them (sorted) after
-the existing rows, so existing row numbers stay valid. Files that disappeared keep their rows.
+One writer at a time: a job holds `<out>.lock` (`store.writer_lock`), so a second job on the same output is
+refused, naming the first one's pid. A refused job leaves nothing behind, and a job that stops before
+finishing any chunk leaves no `<out>.parts/`. A job killed after its switch but before removing its parts
+is recognised by the manifest (`job`), and its parts are removed by the next run.
+
+Without `update`, an existing set made by the same model that already holds every video of the source is
+"up to date" (nothing is written: rerunning a finished command is harmless); one that lacks some is refused.
+`update=True` embeds only the videos the set does not have and appends them (sorted) after the existing
+rows, so existing row numbers stay valid.
+
+Ids and folders: ids are relative to the folder the set was first made from (its source root, recorded in
+the manifest both absolute and relative to the set, so a set moved together with its videos still finds
+them). An update from another folder gets ids relative to that first root (`../new_batch/vid_00000.mp4`):
+files of two folders never share an id, so nothing is skipped silently, and an update from a subfolder or
+a parent of the root finds the ids that the root's own files already have.
+
+Deleted videos: rows whose file (root / id) no longer exists are kept and counted (`EmbedResult.missing`);
+`prune=True` (with `update`) drops them in the same generation switch, which renumbers the rows after them.
+Pruning is refused while the root folder itself is missing (an unmounted disk is not a deletion).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import math
+import os
 import shutil
 import time
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from dgl_deploy.data.discover import VideoSource, find_videos
+from dgl_deploy.data.discover import VideoSource, find_videos, rebase, source_root
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest, open_store
+from dgl_deploy.retrieval.store import (
+    EmbeddingStore,
+    StorePaths,
+    ids_digest,
+    open_store,
+    path_fields,
+    write_set,
+    writer_lock,
+)
 from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.runtime.manifest import check_same_model
 
@@ -41,6 +74,18 @@ class EmbedSettings:
     chunk_size: int = 256  # videos per resumable chunk file
     fp16: bool = False  # store float16 rows (half the size)
     timeout: float = 60.0  # seconds allowed to decode one file
+
+    def __post_init__(self) -> None:
+        """Refuse values no job can run with (library callers get the CLI's checks too)."""
+        for name in ("batch_size", "workers", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DGLError(f"EmbedSettings: {name} must be a whole number >= 1, got {value!r}")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or \
+                not 0 < self.timeout < math.inf:
+            raise DGLError(f"EmbedSettings: timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if not isinstance(self.fp16, bool):
+            raise DGLError(f"EmbedSettings: fp16 must be True or False, got {self.fp16!r}")
 
 
 @dataclass
@@ -57,6 +102,14 @@ class EmbedResult:
     encode_seconds: float = 0.0
     backend: str = ""
     model: str | None = None  # model path recorded for `dgl query`
+    missing: int = 0  # rows kept whose video file no longer exists
+    pruned: int = 0  # rows dropped because their video file no longer exists (--prune)
+    up_to_date: bool = False  # the set already held every video: nothing was written
+
+    @property
+    def rows(self) -> int:
+        """Rows in the set after the job."""
+        return self.existing + self.embedded
 
 
 class Reporter(Protocol):
@@ -76,37 +129,47 @@ class SilentReporter:
 
 @dataclass
 class EmbedJob:
-    """A planned job: what to embed, what to keep, and the descriptor a resumed job must match."""
+    """A planned job: what to embed, which existing rows to keep, and the descriptor a resumed job must match."""
 
     paths: StorePaths
     todo: list[VideoSource]  # videos still to embed, in output order
-    existing_ids: list[str]  # rows kept from an earlier set (--update)
-    existing_rows: np.ndarray | None
+    existing: EmbeddingStore | None  # the set being updated
+    keep: list[range]  # runs of existing rows kept (all of them unless pruning)
+    root: Path  # the folder ids are relative to
+    embed_dim: int
     descriptor: dict  # model, sizes and settings that fix the output (checked on resume)
     result: EmbedResult
 
+    @property
+    def writes(self) -> bool:
+        """Whether the job writes a new generation (else the set is up to date)."""
+        return bool(self.todo) or self.existing is None or bool(self.result.pruned)
 
-def plan_job(source: Path | str, out: Path | str, encoder: Encoder, settings: EmbedSettings, *, update: bool,
-             overwrite: bool, model: str | None, backend: str) -> EmbedJob:
-    """Find the videos, check an existing set (--update) and prepare `<out>.parts/` (resume or fresh)."""
+
+Runner = Callable[[EmbedJob, Reporter], None]  # embeds job.todo into chunk files (single machine or Ray)
+
+
+def run_job(source: Path | str, out: Path | str, encoder: Encoder, settings: EmbedSettings, runner: Runner, *,
+            update: bool, overwrite: bool, prune: bool, model: str | None, backend: str,
+            reporter: Reporter | None) -> EmbedResult:
+    """Lock the output, plan, run `runner` on the pending chunks, and write the set (see the module docstring)."""
     paths = StorePaths.of(out)
-    videos = find_videos(source)
-    if overwrite:
-        shutil.rmtree(paths.parts, ignore_errors=True)
-    existing_ids, existing_rows = _existing(paths, encoder, update, overwrite)
-    known = set(existing_ids)
-    todo = [v for v in videos if v.id not in known]
-    descriptor = _job(encoder, settings, todo, len(existing_ids), source)
-    _prepare_parts(paths.parts, descriptor)
-    result = EmbedResult(paths.emb, len(videos), 0, len(existing_ids), backend=backend,
-                         model=str(Path(model).resolve()) if model else None)
-    return EmbedJob(paths, todo, existing_ids, existing_rows, descriptor, result)
-
-
-def finish_job(job: EmbedJob, settings: EmbedSettings) -> EmbedResult:
-    """Merge the finished chunks into the outputs (atomically) and remove the parts."""
-    _merge(job.paths, job.descriptor, job.existing_rows, job.existing_ids, job.todo, settings, job.result)
-    return job.result
+    with writer_lock(paths):
+        job = _plan(paths, source, encoder, settings, update=update, overwrite=overwrite, prune=prune,
+                    model=model, backend=backend)
+        if not job.writes:
+            job.result.up_to_date = True
+            return job.result
+        started = time.perf_counter()
+        try:
+            runner(job, reporter or SilentReporter())
+        except BaseException:
+            if not any(paths.parts.glob("chunk_*.npz")):
+                shutil.rmtree(paths.parts, ignore_errors=True)  # nothing finished: leave nothing behind
+            raise
+        job.result.seconds = time.perf_counter() - started
+        _merge(job, settings)
+        return job.result
 
 
 def embed_videos(
@@ -117,31 +180,76 @@ def embed_videos(
     *,
     update: bool = False,
     overwrite: bool = False,
+    prune: bool = False,
     reporter: Reporter | None = None,
     model: str | None = None,
 ) -> EmbedResult:
     """Embed every video named by `source` into the set at `out` (.npy); see the module docstring.
     `model` (the path the encoder was opened from) is recorded so `dgl query` can find it."""
-    job = plan_job(source, out, encoder, settings, update=update, overwrite=overwrite, model=model,
-                   backend=encoder.describe())
-    started = time.perf_counter()
-    _run_chunks(job.todo, encoder, settings, job.paths.parts, job.result, reporter or SilentReporter())
-    job.result.seconds = time.perf_counter() - started
-    return finish_job(job, settings)
+    return run_job(source, out, encoder, settings, lambda job, rep: _run_chunks(job, encoder, settings, rep),
+                   update=update, overwrite=overwrite, prune=prune, model=model, backend=encoder.describe(),
+                   reporter=reporter)
 
 
-def _existing(paths: StorePaths, encoder: Encoder, update: bool, overwrite: bool) -> tuple[list[str], np.ndarray | None]:
-    if not paths.manifest.exists() or overwrite:
-        return [], None
-    if not update:
-        raise DGLError(f"{paths.emb} already exists: use --update to add new videos, or --overwrite to redo it")
+def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: EmbedSettings, *, update: bool,
+          overwrite: bool, prune: bool, model: str | None, backend: str) -> EmbedJob:
+    """Check the request against the existing set, find what to embed, prepare `<out>.parts/` if anything is to
+    be written. Every refusal comes before anything is created."""
+    if prune and not update:
+        raise DGLError("--prune drops rows of an existing set: use it with --update")
+    existing = _existing(paths, encoder, update, overwrite)
+    root = (existing.recorded_path("source_root") if existing else None) or source_root(source)
+    videos = rebase(find_videos(source), source_root(source), root)
+    known = set(existing.ids) if existing else set()
+    todo = [v for v in videos if v.id not in known]
+    if existing and todo and not update:
+        raise DGLError(f"{paths.emb} already exists and lacks {len(todo)} of the {len(videos)} videos: use --update "
+                       "to add them, or --overwrite to redo the set")
+    missing = _missing_rows(existing, root)
+    pruned = _prunable(paths, root, missing) if prune else []
+    count = len(existing.ids) if existing else 0
+    descriptor = _descriptor(encoder, settings, todo, count, source)
+    result = EmbedResult(paths.emb, len(videos), 0, count - len(pruned), backend=backend,
+                         model=os.path.abspath(model) if model else None, missing=len(missing) - len(pruned),
+                         pruned=len(pruned))
+    job = EmbedJob(paths, todo, existing, _runs(count, pruned), root, encoder.embed_dim, descriptor, result)
+    _clear_finished_parts(paths, existing)
+    if job.writes:
+        _prepare_parts(paths.parts, descriptor, replace=overwrite)
+    return job
+
+
+def _existing(paths: StorePaths, encoder: Encoder, update: bool, overwrite: bool) -> EmbeddingStore | None:
+    """The set at `paths` (checked to be this model's), or None when there is none or it is to be replaced."""
+    if overwrite or not (paths.manifest.exists() or paths.emb.exists()):
+        return None
     store = open_store(paths.emb)
-    check_same_model(store.fingerprint, encoder.fingerprint, str(paths.emb),
-                     fix="--update needs the model that made them; use --overwrite to redo the set")
-    return store.ids, np.asarray(store.vectors)
+    fix = "--update needs the model that made them" if update else "embed into another --out"
+    check_same_model(store.fingerprint, encoder.fingerprint, str(paths.emb), fix=f"{fix}, or --overwrite to redo it")
+    return store
 
 
-def _job(encoder: Encoder, settings: EmbedSettings, todo: list[VideoSource], base: int, source: Path | str) -> dict:
+def _missing_rows(existing: EmbeddingStore | None, root: Path) -> list[int]:
+    """Rows of the set whose video file (root / id) no longer exists."""
+    return [row for row, video_id in enumerate(existing.ids) if not (root / video_id).exists()] if existing else []
+
+
+def _prunable(paths: StorePaths, root: Path, missing: list[int]) -> list[int]:
+    """The rows --prune drops: those whose file is gone, unless the whole root folder is."""
+    if missing and not root.is_dir():
+        raise DGLError(f"{root} (the folder {paths.emb} was made from) is not there: cannot tell deleted videos "
+                       "from an unmounted or moved folder, so --prune is refused")
+    return missing
+
+
+def _runs(count: int, dropped: list[int]) -> list[range]:
+    """Runs of consecutive row numbers in range(count) without `dropped` (sorted)."""
+    edges = [-1, *dropped, count]
+    return [range(a + 1, b) for a, b in zip(edges, edges[1:], strict=False) if b > a + 1]
+
+
+def _descriptor(encoder: Encoder, settings: EmbedSettings, todo: list[VideoSource], base: int,
+                source: Path | str) -> dict:
     """Everything that determines the output of the pending work; a resumed job must match it exactly."""
     return {"model_fingerprint": encoder.fingerprint, "frames": encoder.frames, "image_size": encoder.image_size,
             "batch_size": settings.batch_size, "chunk_size": settings.chunk_size, "fp16": settings.fp16,
@@ -149,31 +257,70 @@ def _job(encoder: Encoder, settings: EmbedSettings, todo: list[VideoSource], bas
             "source": str(source)}
 
 
-def _prepare_parts(parts: Path, job: dict) -> None:
-    job_file = parts / "job.json"
-    if job_file.exists():
-        if json.loads(job_file.read_text()) != job:
-            raise DGLError(f"{parts} holds an unfinished job with other videos, model or settings: rerun it with "
-                           "the same ones to finish it, or delete that folder to start over")
+def _digest(descriptor: dict) -> str:
+    return hashlib.sha256(json.dumps(descriptor, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_job(job_file: Path) -> dict | None:
+    try:
+        return json.loads(job_file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _clear_finished_parts(paths: StorePaths, existing: EmbeddingStore | None) -> None:
+    """Remove the parts of a job that is already in the set (killed between its switch and its clean-up)."""
+    job = _read_job(paths.parts / "job.json")
+    if existing and job is not None and existing.manifest.get("job") == _digest(job):
+        shutil.rmtree(paths.parts)
+
+
+def _prepare_parts(parts: Path, job: dict, *, replace: bool) -> None:
+    """Resume the unfinished job in `parts` if it is this one; else start fresh, unless that would throw
+    away finished chunks of another job (refused, unless `replace`)."""
+    found = _read_job(parts / "job.json")
+    if found == job:
         return
-    parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job_file, json.dumps(job, indent=1))
+    if found is not None and not replace and any(parts.glob("chunk_*.npz")):
+        raise DGLError(f"{parts} holds an unfinished job with other videos, model or settings: rerun it with "
+                       "the same ones to finish it, or pass --overwrite (or delete that folder) to start over")
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+    atomic_write_text(parts / "job.json", json.dumps(job, indent=1))
 
 
 def chunk_file(parts: Path, index: int) -> Path:
     return parts / f"chunk_{index:06d}.npz"
 
 
-def _run_chunks(todo: list[VideoSource], encoder: Encoder, settings: EmbedSettings, parts: Path,
-                result: EmbedResult, reporter: Reporter) -> None:
-    size = settings.chunk_size
-    chunks = [range(start, min(start + size, len(todo))) for start in range(0, len(todo), size)]
-    pending = [k for k in range(len(chunks)) if not chunk_file(parts, k).exists()]
-    reporter.start(len(todo), len(todo) - sum(len(chunks[k]) for k in pending))
+def start_chunks(job: EmbedJob, settings: EmbedSettings, reporter: Reporter) -> tuple[list[range], list[int]]:
+    """The job's chunks (ranges of `job.todo`) and those still to embed: not written yet, or written with other
+    videos than this job's (removed: a stale chunk is redone, never merged). Starts the reporter."""
+    size, parts = settings.chunk_size, job.paths.parts
+    chunks = [range(start, min(start + size, len(job.todo))) for start in range(0, len(job.todo), size)]
+    pending = []
+    for k, span in enumerate(chunks):
+        if not _chunk_matches(chunk_file(parts, k), [job.todo[i].id for i in span], job.embed_dim):
+            chunk_file(parts, k).unlink(missing_ok=True)
+            pending.append(k)
+    reporter.start(len(job.todo), len(job.todo) - sum(len(chunks[k]) for k in pending))
+    return chunks, pending
+
+
+def _chunk_matches(path: Path, expected_ids: list[str], dim: int) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, failed, rows = list(data["ids"]), list(data["failed_ids"]), data["rows"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+    return sorted(map(str, ids + failed)) == sorted(expected_ids) and rows.shape == (len(ids), dim)
+
+
+def _run_chunks(job: EmbedJob, encoder: Encoder, settings: EmbedSettings, reporter: Reporter) -> None:
+    chunks, pending = start_chunks(job, settings, reporter)
     positions = [i for k in pending for i in chunks[k]]
-    for k, rows, ids, failures in _encoded_chunks(todo, positions, chunks, encoder, settings, result):
-        write_chunk(chunk_file(parts, k), rows, ids, failures, settings.fp16)
-        reporter.advance(len(ids), len(failures))
+    for k, rows, ids, failures in _encoded_chunks(job.todo, positions, chunks, encoder, settings, job.result):
+        reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), rows, ids, failures, settings.fp16))
 
 
 def _encoded_chunks(todo: list[VideoSource], positions: list[int], chunks: list[range], encoder: Encoder,
@@ -227,11 +374,27 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
 
 
-def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]], fp16: bool) -> None:
+def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]],
+                fp16: bool) -> tuple[int, int]:
+    """Write one finished chunk atomically; a row that is not finite once stored (NaN/inf from the encoder, or
+    beyond the float16 range) becomes a failure. Returns (rows written, failures)."""
+    with np.errstate(over="ignore"):
+        stored = np.asarray(rows).astype(np.float16 if fp16 else np.float32)
+    finite = np.isfinite(stored).all(axis=1)
+    failures = failures + [(i, _not_finite_reason(row)) for i, row, ok in zip(ids, rows, finite, strict=True)
+                           if not ok]
+    ids = [i for i, ok in zip(ids, finite, strict=True) if ok]
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, rows=rows.astype(np.float16 if fp16 else np.float32), ids=np.array(ids, dtype=str),
+        np.savez(handle, rows=stored[finite], ids=np.array(ids, dtype=str),
                  failed_ids=np.array([f[0] for f in failures], dtype=str),
                  failed_reasons=np.array([f[1] for f in failures], dtype=str))
+    return len(ids), len(failures)
+
+
+def _not_finite_reason(row: np.ndarray) -> str:
+    if np.isfinite(row).all():
+        return "embedding exceeds the float16 range (embed without --fp16)"
+    return "the encoder returned NaN/inf for this video"
 
 
 def _read_chunks(parts: Path, count: int) -> Iterator[dict[str, np.ndarray]]:
@@ -240,40 +403,39 @@ def _read_chunks(parts: Path, count: int) -> Iterator[dict[str, np.ndarray]]:
             yield {key: data[key] for key in data.files}
 
 
-def _merge(paths: StorePaths, job: dict, existing_rows: np.ndarray | None, existing_ids: list[str],
-           todo: list[VideoSource], settings: EmbedSettings, result: EmbedResult) -> None:
-    """Concatenate the chunks after the existing rows and replace the outputs atomically."""
-    dtype = np.float16 if settings.fp16 else np.float32
-    chunks = list(_read_chunks(paths.parts, -(-len(todo) // settings.chunk_size)))
-    blocks = ([existing_rows.astype(dtype)] if existing_rows is not None else []) + [c["rows"] for c in chunks]
-    new_ids = [str(i) for c in chunks for i in c["ids"]]
-    result.failures = [(str(i), str(r)) for c in chunks for i, r in zip(c["failed_ids"], c["failed_reasons"], strict=False)]
+def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
+    """Write the kept rows then the chunks as the set's new generation (one switch), then remove the parts."""
+    paths, result = job.paths, job.result
+    count = -(-len(job.todo) // settings.chunk_size)
+    new_ids: list[str] = []
+    for chunk in _read_chunks(paths.parts, count):
+        new_ids += map(str, chunk["ids"])
+        result.failures += [(str(i), str(r)) for i, r in zip(chunk["failed_ids"], chunk["failed_reasons"], strict=True)]
     result.embedded = len(new_ids)
-    ids = existing_ids + new_ids
-    rows = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype)
-    with atomic_path(paths.emb) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, rows)
-    atomic_write_text(paths.ids, "".join(f"{i}\n" for i in ids))
+    kept = job.existing.ids if job.existing else []
+    ids = [kept[row] for run in job.keep for row in run] + new_ids
+    blocks = [job.existing.vectors[run.start:run.stop] for run in job.keep] if job.existing else []
+    new_rows = (chunk["rows"] for chunk in _read_chunks(paths.parts, count))
     atomic_write_text(paths.errors, "".join(f"{i}\t{r}\n" for i, r in result.failures))
-    atomic_write_text(paths.manifest, json.dumps(_manifest(job, ids, rows, settings, result), indent=1))
+    write_set(paths, itertools.chain(blocks, new_rows), ids, dim=job.embed_dim,
+              dtype=np.float16 if settings.fp16 else np.float32, fields=_manifest_fields(job, settings))
     shutil.rmtree(paths.parts, ignore_errors=True)
 
 
-def _manifest(job: dict, ids: list[str], rows: np.ndarray, settings: EmbedSettings, result: EmbedResult) -> dict:
+def _manifest_fields(job: EmbedJob, settings: EmbedSettings) -> dict[str, Any]:
+    result, folder = job.result, job.paths.emb.parent
     return {
-        "format": FORMAT,
-        "model_fingerprint": job["model_fingerprint"],
-        "model": result.model,
+        "model_fingerprint": job.descriptor["model_fingerprint"],
+        **(path_fields("model", result.model, folder) if result.model else {"model": None}),
         "backend": result.backend,
-        "frames": job["frames"],
-        "image_size": job["image_size"],
-        "embed_dim": int(rows.shape[1]) if rows.ndim == 2 and rows.shape[0] else None,
-        "dtype": str(rows.dtype),
-        "count": len(ids),
-        "ids_sha256": ids_digest(ids),
-        "source": job["source"],
+        "frames": job.descriptor["frames"],
+        "image_size": job.descriptor["image_size"],
+        "source": job.descriptor["source"],
+        **path_fields("source_root", job.root, folder),
         "settings": asdict(settings),
         "failures": len(result.failures),
+        "missing": result.missing,
+        "job": _digest(job.descriptor),
         "timings": {"seconds": round(result.seconds, 3), "videos_per_second": round(
             result.embedded / result.seconds, 3) if result.seconds else None,
             "decode_wait_seconds": round(result.decode_wait_seconds, 3),
@@ -282,5 +444,5 @@ def _manifest(job: dict, ids: list[str], rows: np.ndarray, settings: EmbedSettin
     }
 
 
-__all__ = ["EmbedSettings", "EmbedResult", "EmbedJob", "Reporter", "SilentReporter", "plan_job", "finish_job",
-           "chunk_file", "write_chunk", "embed_videos"]
+__all__ = ["EmbedSettings", "EmbedResult", "EmbedJob", "Reporter", "SilentReporter", "Runner", "run_job",
+           "start_chunks", "chunk_file", "write_chunk", "embed_videos"]

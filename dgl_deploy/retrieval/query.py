@@ -19,11 +19,17 @@ from dgl_deploy.runtime.manifest import check_same_model
 
 
 def resolve_model(store: EmbeddingStore, model: str | Path | None) -> str:
-    """The model to encode queries with: the one given, else the one recorded in the set's manifest."""
-    recorded = store.manifest.get("model")
-    if model is None and not recorded:
+    """The model to encode queries with: the one given, else the one recorded in the set's manifest (beside the
+    set as when embedded, else at its absolute path)."""
+    if model is not None:
+        return str(model)
+    recorded = store.recorded_path("model")
+    if recorded is None:
         raise DGLError(f"{store.paths.manifest} does not say which model made it: pass --model")
-    return str(model or recorded)
+    if not recorded.exists():
+        raise DGLError(f"{recorded}: the model that made {store.paths.emb} is not there any more (moved, or the set "
+                       "was copied without it): pass --model with that model")
+    return str(recorded)
 
 
 def check_encoder(store: EmbeddingStore, encoder: Encoder) -> None:
@@ -42,6 +48,9 @@ def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Se
     check_encoder(index.store, encoder)
     if not texts:
         raise DGLError("no query text given")
+    blank = [n for n, text in enumerate(texts, 1) if not text.strip()]
+    if blank:
+        raise DGLError(f"query text is empty (query {blank[0]} of {len(texts)})")
     return index.search(encoder.encode_text(list(texts)), k)
 
 
@@ -79,9 +88,18 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
 
 
 def _read_queries(path: Path) -> list[str]:
+    """One query per non-blank line of a UTF-8 file."""
     if not path.is_file():
         raise DGLError(f"{path}: no such queries file")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    queries = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise DGLError(f"{path}: line {number} is not UTF-8 text") from None
+        if line:
+            queries.append(line)
+    return queries
 
 
 __all__ = ["open_store", "resolve_model", "query_texts", "query_video", "hits_to_dicts", "run_query"]

@@ -4,13 +4,13 @@ file list -> decode on CPU tasks (`video.read_frames`, per-file time limit) -> e
 (each actor opens the model once) -> the driver writes each finished chunk to `<out>.parts/` as soon as
 all its videos are back. Chunks, the job file, resume checks and the final merge are those of
 `dgl_deploy.retrieval.embed`, so the output layout (ids order, manifest, errors file) is the single-machine one,
-a killed job resumes from its finished chunks, and a job may even be resumed by the other runner.
+a killed job resumes from its finished chunks, a job may even be resumed by the other runner, and the
+same output lock, stale-chunk checks and NaN/inf refusal apply.
 Rows match the single-machine ones to float rounding (batches are formed differently).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,13 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.embed import (
+    EmbedJob,
     EmbedResult,
     EmbedSettings,
     Reporter,
-    SilentReporter,
     chunk_file,
-    finish_job,
-    plan_job,
+    run_job,
+    start_chunks,
     write_chunk,
 )
 
@@ -46,22 +46,19 @@ class RaySettings:
 
 def embed_videos_ray(source: Path | str, out: Path | str, model: Path | str, settings: EmbedSettings = EmbedSettings(),
                      ray_settings: RaySettings = RaySettings(), *, update: bool = False, overwrite: bool = False,
-                     reporter: Reporter | None = None) -> EmbedResult:
+                     prune: bool = False, reporter: Reporter | None = None) -> EmbedResult:
     """Embed every video named by `source` into the set at `out` on Ray; see the module docstring."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
-    ray = _ray()
+    _require_ray()
     encoder = open_encoder(model, backend=ray_settings.backend, device=ray_settings.device,
                            precision=ray_settings.precision, log=None)
-    job = plan_job(source, out, encoder, settings, update=update, overwrite=overwrite, model=str(model),
-                   backend=f"ray: {encoder.describe()}")
-    started = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(**_init_args(ray_settings))
-    _run_chunks(job.todo, str(Path(model).resolve()), encoder, settings, ray_settings, job.paths.parts,
-                reporter or SilentReporter())
-    job.result.seconds = time.perf_counter() - started
-    return finish_job(job, settings)
+
+    def runner(job: EmbedJob, progress: Reporter) -> None:
+        _run_chunks(job, str(Path(model).resolve()), encoder, settings, ray_settings, progress)
+
+    return run_job(source, out, encoder, settings, runner, update=update, overwrite=overwrite, prune=prune,
+                   model=str(model), backend=f"ray: {encoder.describe()}", reporter=reporter)
 
 
 def _init_args(settings: RaySettings) -> dict[str, Any]:
@@ -71,18 +68,18 @@ def _init_args(settings: RaySettings) -> dict[str, Any]:
     return {**common, "address": settings.address}
 
 
-def _run_chunks(todo: list, model: str, encoder: Any, settings: EmbedSettings, ray_settings: RaySettings,
-                parts: Path, reporter: Reporter) -> None:
+def _run_chunks(job: EmbedJob, model: str, encoder: Any, settings: EmbedSettings, ray_settings: RaySettings,
+                reporter: Reporter) -> None:
     """Stream the pending chunks through Ray Data; write each chunk once all its videos are back."""
     import ray.data
 
-    size = settings.chunk_size
-    chunks = [range(start, min(start + size, len(todo))) for start in range(0, len(todo), size)]
-    pending = [k for k in range(len(chunks)) if not chunk_file(parts, k).exists()]
-    reporter.start(len(todo), len(todo) - sum(len(chunks[k]) for k in pending))
+    chunks, pending = start_chunks(job, settings, reporter)
+    todo = job.todo
     items = [{"position": i, "path": str(todo[i].path)} for k in pending for i in chunks[k]]
     if not items:
         return
+    if not ray.is_initialized():
+        ray.init(**_init_args(ray_settings))
     decode = _Decode(encoder.frames, encoder.image_size, settings.timeout)
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))
                .map(decode, num_cpus=1)
@@ -94,7 +91,7 @@ def _run_chunks(todo: list, model: str, encoder: Any, settings: EmbedSettings, r
     waiting: dict[int, dict[int, tuple[np.ndarray, str]]] = {}  # chunk -> position -> (vector, error)
     for row in dataset.iter_rows():
         position = int(row["position"])
-        k = position // size
+        k = position // settings.chunk_size
         waiting.setdefault(k, {})[position] = (row["vector"], str(row["error"]))
         if len(waiting[k]) == len(chunks[k]):
             done = sorted(waiting.pop(k).items())
@@ -102,8 +99,7 @@ def _run_chunks(todo: list, model: str, encoder: Any, settings: EmbedSettings, r
             ids = [todo[p].id for p, (_, error) in done if not error]
             failures = [(todo[p].id, error) for p, (_, error) in done if error]
             stacked = np.stack(rows) if rows else np.zeros((0, encoder.embed_dim), np.float32)
-            write_chunk(chunk_file(parts, k), stacked, ids, failures, settings.fp16)
-            reporter.advance(len(ids), len(failures))
+            reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), stacked, ids, failures, settings.fp16))
 
 
 @dataclass(frozen=True)
@@ -140,12 +136,11 @@ class _Encode:
         return {"position": batch["position"], "error": batch["error"], "vector": vectors}
 
 
-def _ray() -> Any:
+def _require_ray() -> None:
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         raise DGLError(INSTALL_HINT) from None
-    return ray
 
 
 __all__ = ["RaySettings", "embed_videos_ray"]

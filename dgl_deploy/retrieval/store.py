@@ -1,11 +1,34 @@
-"""The on-disk layout of an embedding set: `emb.npy` (N, E) rows, `emb.ids.txt` (one id per row, same
-order), `emb.manifest.json` (model fingerprint, settings, counts, failures, timings), `emb.errors.tsv`
-(files that failed, with reasons) and, while a job runs, `emb.parts/` (finished chunks, for resume)."""
+"""The on-disk layout of an embedding set, named after the path of its .npy (`emb.npy` below):
+
+  emb.manifest.json      model fingerprint, settings, counts, ids checksum, source folder, and the generation
+  emb.<gen>.npy          (N, E) float32 or float16 rows of the current generation (gen = gen-<12 hex digits>)
+  emb.<gen>.ids.txt      one id per row, same order
+  emb.npy, emb.ids.txt   symlinks to the current generation's files: the public names (np.load("emb.npy") works)
+  emb.errors.tsv         the files that failed in the last job, with reasons
+  emb.parts/, emb.lock   while a `dgl embed` job runs: finished chunks (for resume) and the writer's lock
+
+Every write (a first embedding, an update, a prune) is a new generation written beside the current one, after
+checking there is room for it; the manifest, renamed into place last, is the switch. So at every instant the
+manifest names a complete set, the old one or the new one: a kill or a full disk mid-write leaves the old set
+as it was. Readers go through the manifest, never the symlinks; older generations are removed after the
+switch (a reader that already opened one keeps reading it). A manifest without `generation` (sets written
+before generations existed, or by hand) has its rows in emb.npy and its ids in emb.ids.txt directly.
+
+Every open checks the manifest (a JSON object of this format with the required keys), the rows (2-D, float32
+or float16, E as recorded, one per id) and the ids (their checksum as recorded): a damaged or edited set is
+one error line, never a traceback or silently wrong results.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +36,15 @@ from typing import Any
 import numpy as np
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.files import atomic_path, atomic_symlink, atomic_write_text, exclusive_lock
 
 FORMAT = "dgl-deploy-embeddings/1"
+ROW_DTYPES = ("float32", "float16")
+COPY_ROWS = 65536  # rows copied per step when writing a generation (bounded memory for any set size)
+_REQUIRED = {"model_fingerprint": str, "count": int, "ids_sha256": str}
+_OPTIONAL = {"generation": str, "embed_dim": int, "model": str, "model_relative": str, "source_root": str,
+             "source_root_relative": str, "job": str}
+_GENERATION = r"gen-[0-9a-f]{12}"
 
 
 @dataclass(frozen=True)
@@ -26,6 +56,7 @@ class StorePaths:
     manifest: Path
     errors: Path
     parts: Path
+    lock: Path
 
     @classmethod
     def of(cls, emb: Path | str) -> StorePaths:
@@ -34,7 +65,18 @@ class StorePaths:
             raise DGLError(f"{emb}: embeddings are written as .npy (e.g. emb.npy)")
         stem = emb.with_suffix("")
         return cls(emb, Path(f"{stem}.ids.txt"), Path(f"{stem}.manifest.json"), Path(f"{stem}.errors.tsv"),
-                   Path(f"{stem}.parts"))
+                   Path(f"{stem}.parts"), Path(f"{stem}.lock"))
+
+    def rows_file(self, generation: str) -> Path:
+        return self.emb.with_name(f"{self.emb.stem}.{generation}.npy")
+
+    def ids_file(self, generation: str) -> Path:
+        return self.emb.with_name(f"{self.emb.stem}.{generation}.ids.txt")
+
+    def data_files(self, manifest: dict[str, Any]) -> tuple[Path, Path]:
+        """(rows, ids) files the manifest names: its generation's, or the public names for a set without one."""
+        generation = manifest.get("generation")
+        return (self.rows_file(generation), self.ids_file(generation)) if generation else (self.emb, self.ids)
 
 
 def ids_digest(ids: list[str]) -> str:
@@ -54,28 +96,180 @@ class EmbeddingStore:
     def fingerprint(self) -> str:
         return str(self.manifest["model_fingerprint"])
 
+    def recorded_path(self, key: str) -> Path | None:
+        """Where the manifest's `key` (e.g. "model") is: at its path relative to the set if that exists (the
+        set was moved or copied together with it), else at its absolute path; None if not recorded."""
+        relative, absolute = self.manifest.get(f"{key}_relative"), self.manifest.get(key)
+        if relative:
+            beside = Path(os.path.normpath(self.paths.emb.parent / relative))
+            if beside.exists() or not absolute:
+                return beside
+        return Path(absolute) if absolute else None
+
+
+def writer_lock(paths: StorePaths) -> AbstractContextManager[None]:
+    """The exclusive lock a writer of this set holds (a second writer is refused, naming the holder's pid)."""
+    return exclusive_lock(paths.lock, str(paths.emb))
+
 
 def open_store(emb: Path | str) -> EmbeddingStore:
-    """Open and cross-check an embedding set (rows == ids == manifest count)."""
+    """Open and cross-check an embedding set (see the module docstring for what is checked)."""
+    if not os.path.lexists(emb):
+        raise DGLError(f"{emb}: not found")
     paths = StorePaths.of(emb)
-    for required in (paths.emb, paths.ids, paths.manifest):
-        if not required.is_file():
-            hint = " (an unfinished `dgl embed` job? rerun it to finish)" if paths.parts.exists() else ""
-            raise DGLError(f"{required}: missing{hint}")
+    manifest = read_manifest(paths)
+    while True:
+        try:
+            return _load(paths, manifest)
+        except FileNotFoundError as exc:  # a writer switched generations between the manifest and the files?
+            again = read_manifest(paths)
+            if again == manifest:
+                raise DGLError(f"{exc.filename}: missing (named by {paths.manifest}): the set is damaged, "
+                               "re-embed it") from None
+            manifest = again
+
+
+def read_manifest(paths: StorePaths) -> dict[str, Any]:
+    """The set's manifest, checked to be one (format, required keys and their types)."""
     try:
-        manifest = json.loads(paths.manifest.read_text())
-        vectors = np.load(paths.emb, mmap_mode="r", allow_pickle=False)
+        data = json.loads(paths.manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        hint = " (an unfinished `dgl embed` job? rerun it to finish)" if paths.parts.exists() else ""
+        raise DGLError(f"{paths.manifest}: missing{hint}") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DGLError(f"{paths.manifest}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = f"format {data.get('format')!r}" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise DGLError(f"{paths.manifest}: not a dgl-deploy embeddings manifest ({found}, expected format {FORMAT!r})")
+    problem = _manifest_problem(data)
+    if problem:
+        raise DGLError(f"{paths.manifest}: damaged manifest ({problem}): re-embed the set")
+    return data
+
+
+def _manifest_problem(data: dict[str, Any]) -> str | None:
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        value = data.get(key)
+        if key in _REQUIRED and value is None:
+            return f"no {key!r}"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            return f"{key!r} is {type(value).__name__}, expected {kind.__name__}"
+    if data["count"] < 0 or data.get("embed_dim") is not None and data["embed_dim"] < 1:
+        return "count < 0 or embed_dim < 1"
+    if data.get("generation") and not re.fullmatch(_GENERATION, data["generation"]):
+        return f"bad generation {data['generation']!r}"
+    return None
+
+
+def _load(paths: StorePaths, manifest: dict[str, Any]) -> EmbeddingStore:
+    rows_file, ids_file = paths.data_files(manifest)
+    try:
+        vectors = np.load(rows_file, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise
     except (ValueError, OSError) as exc:
-        raise DGLError(f"{paths.emb}: cannot read embeddings ({exc})") from None
-    ids = read_ids(paths.ids)
-    if manifest.get("format") != FORMAT:
-        raise DGLError(f"{paths.manifest}: not a dgl-deploy embeddings manifest")
-    if vectors.ndim != 2 or not (len(ids) == vectors.shape[0] == manifest.get("count")):
-        raise DGLError(f"{paths.emb}: {vectors.shape[0] if vectors.ndim == 2 else '?'} rows, {len(ids)} ids and "
-                       f"manifest count {manifest.get('count')} disagree: the set is damaged, re-embed it")
+        raise DGLError(f"{rows_file}: cannot read embeddings ({exc})") from None
+    ids = read_ids(ids_file)
+    _check_rows(rows_file, vectors, ids, manifest)
+    if ids_digest(ids) != manifest["ids_sha256"]:
+        raise DGLError(f"{ids_file}: the ids do not match the checksum in {paths.manifest.name} (edited or "
+                       "reordered?): the set is damaged, re-embed it")
     return EmbeddingStore(paths, vectors, ids, manifest)
 
 
+def _check_rows(rows_file: Path, vectors: np.ndarray, ids: list[str], manifest: dict[str, Any]) -> None:
+    if vectors.ndim != 2 or vectors.dtype.name not in ROW_DTYPES:
+        raise DGLError(f"{rows_file}: rows are {vectors.dtype} {vectors.shape}, expected 2-D float32 or float16: "
+                       "the set is damaged, re-embed it")
+    if manifest.get("embed_dim") not in (None, vectors.shape[1]):
+        raise DGLError(f"{rows_file}: rows have {vectors.shape[1]} dimensions, the manifest says "
+                       f"{manifest['embed_dim']}: the set is damaged, re-embed it")
+    if not len(ids) == vectors.shape[0] == manifest["count"]:
+        raise DGLError(f"{rows_file}: {vectors.shape[0]} rows, {len(ids)} ids and manifest count "
+                       f"{manifest['count']} disagree: the set is damaged, re-embed it")
+
+
 def read_ids(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DGLError(f"{path}: not UTF-8 text: the set is damaged, re-embed it") from None
     return text.split("\n")[:-1] if text else []
+
+
+def path_fields(key: str, path: Path | str, folder: Path) -> dict[str, str]:
+    """`{key: absolute path, key_relative: path relative to folder}`, read back by `recorded_path`."""
+    absolute = os.path.abspath(path)
+    return {key: absolute, f"{key}_relative": os.path.relpath(absolute, os.path.abspath(folder))}
+
+
+def write_set(paths: StorePaths, blocks: Iterable[np.ndarray], ids: list[str], *, dim: int, dtype: Any,
+              fields: dict[str, Any]) -> dict[str, Any]:
+    """Write the rows (`blocks` concatenated: arrays or memory-map slices, one row per id) as a new generation
+    beside the current set and switch to it (see the module docstring); returns the manifest written (`fields`
+    plus format, generation, count, dimension, dtype and ids checksum). Refuses when the disk lacks room."""
+    dtype = np.dtype(dtype)
+    generation = f"gen-{secrets.token_hex(6)}"
+    ids_text = "".join(f"{i}\n" for i in ids)
+    _check_space(paths, 128 + len(ids) * dim * dtype.itemsize + len(ids_text.encode()))
+    _write_rows(paths, paths.rows_file(generation), blocks, ids, dim, dtype)
+    atomic_write_text(paths.ids_file(generation), ids_text)
+    manifest = {**fields, "format": FORMAT, "generation": generation, "count": len(ids), "embed_dim": dim,
+                "dtype": dtype.name, "ids_sha256": ids_digest(ids)}
+    atomic_write_text(paths.manifest, json.dumps(manifest, indent=1))  # the switch
+    atomic_symlink(paths.emb, paths.rows_file(generation).name)
+    atomic_symlink(paths.ids, paths.ids_file(generation).name)
+    _remove_stale_generations(paths, generation)
+    return manifest
+
+
+def _check_space(paths: StorePaths, need: int) -> None:
+    folder = paths.emb.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise DGLError(f"{folder}: not enough free space to write {paths.emb.name}: {_mb(need)} needed beside the "
+                       f"current files, {_mb(free)} free; free some space and rerun (nothing was changed, finished "
+                       "work is kept)")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _write_rows(paths: StorePaths, path: Path, blocks: Iterable[np.ndarray], ids: list[str], dim: int,
+                dtype: np.dtype) -> None:
+    """Stream the blocks into an .npy (header first), refusing rows that are not finite."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (len(ids), dim)}
+    written = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for piece in _pieces(blocks, dtype):
+            if piece.ndim != 2 or piece.shape[1] != dim or written + len(piece) > len(ids):
+                raise ValueError(f"rows {piece.shape} after {written} do not fit ({len(ids)}, {dim})")
+            bad = np.flatnonzero(~np.isfinite(piece).all(axis=1))
+            if bad.size:
+                row = written + int(bad[0])
+                raise DGLError(f"{paths.emb}: row {row} ({ids[row]}) is NaN/inf: the set is damaged, re-embed it "
+                               "with --overwrite")
+            handle.write(piece.tobytes())
+            written += len(piece)
+        if written != len(ids):
+            raise ValueError(f"{written} rows for {len(ids)} ids")
+
+
+def _pieces(blocks: Iterable[np.ndarray], dtype: np.dtype) -> Iterator[np.ndarray]:
+    for block in blocks:
+        for start in range(0, len(block), COPY_ROWS):
+            with np.errstate(over="ignore"):  # float32 -> float16 overflow becomes inf, refused by the caller
+                yield np.ascontiguousarray(block[start:start + COPY_ROWS], dtype=dtype)
+
+
+def _remove_stale_generations(paths: StorePaths, current: str) -> None:
+    """Remove every generation file of this set but `current`'s (older ones, and those of writes that were
+    killed or failed before their switch)."""
+    pattern = re.compile(rf"\.?{re.escape(paths.emb.stem)}\.({_GENERATION})\.(npy|ids\.txt)(\.\w+\.tmp)?")
+    for path in paths.emb.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and match.group(1) != current:
+            path.unlink(missing_ok=True)
