@@ -9,12 +9,13 @@ from dgl_deploy import defaults
 from dgl_deploy.errors import DGLError
 from dgl_deploy.export.onnx_export import export_onnx
 from dgl_deploy.export.tensorrt import TrtSettings, build_engines
-from dgl_deploy.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
+from dgl_deploy.runtime.manifest import MANIFEST_FILE, REDUCED_MIN_COSINE, Manifest, load_manifest
 
 Log = Callable[[str], None]
 
 
-def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = (), opset: int = defaults.OPSET,
+def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = ("int8",),
+                 opset: int = defaults.OPSET,
                  overwrite: bool = False, trt: TrtSettings | None = None, log: Log = print) -> Manifest:
     """Export checkpoint `model_path` to folder `out` (fp32 + `precisions`), then TensorRT engines if `trt`.
     With `trt.rebuild` and an existing export of the same model, only the engines are rebuilt."""
@@ -31,4 +32,16 @@ def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[s
         return build_engines(out, trt, log)
     manifest = export_onnx(model, out, checkpoint=str(Path(model_path).resolve()), precisions=precisions,
                            opset=opset, overwrite=overwrite, log=log)
+    for precision, device in (("int8", "CPU"), ("fp16", "CUDA")):
+        if precision in precisions:
+            log(auto_precision_line(manifest, precision, device))
     return build_engines(out, trt, log) if trt is not None else manifest
+
+
+def auto_precision_line(manifest: Manifest, precision: str, device: str) -> str:
+    """What `--precision auto` will do on `device` with this export's `precision` graphs, and why."""
+    worst = min(g.parity.get("min_cosine", 0.0) for g in manifest.graphs if g.precision == precision)
+    if manifest.parity_held(precision):
+        return f"{precision} parity held (min cosine {worst:.6f} >= {REDUCED_MIN_COSINE}): auto uses {precision} on {device}"
+    return (f"{precision} parity missed (min cosine {worst:.6f} < {REDUCED_MIN_COSINE}): auto keeps fp32 on {device}; "
+            f"--precision {precision} still runs it")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from dgl_deploy import defaults
 from dgl_deploy.cli.app import command
 
 
@@ -15,8 +16,9 @@ def export_command(
     model: Path = typer.Argument(..., help="dgl-deploy checkpoint (.safetensors) or DGL reference checkpoint (.pth)."),
     out: Path = typer.Option(..., "--out", "-o", help="Export folder to create (graphs + manifest.json)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write fp16 graphs for GPU runtimes."),
-    int8: bool = typer.Option(False, "--int8", help="Also write dynamically quantised int8 graphs for CPU."),
-    opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Also write dynamically quantised int8 graphs (the CPU "
+                              "speed; `--precision auto` uses them where their parity with fp32 held)."),
+    opset: int = typer.Option(defaults.OPSET, "--opset", min=defaults.OPSET, help="ONNX opset."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export folder."),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (needs tensorrt + a CUDA GPU)."),
     trt_precision: str = typer.Option("fp16", "--trt-precision", help="Engine precision: fp16, fp32, int8, fp8."),
