@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapped(*a: Any, **kw: Any) -> Any:
+            warnings.showwarning = _one_line_warning
             try:
                 return fn(*a, **kw)
             except DGLError as exc:
@@ -57,6 +59,11 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
         return (group or app).command(*args, **kwargs)(wrapped)
 
     return register
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Library warnings ("N videos not found; skipping them") as `warning: ...` on stderr, one line."""
+    typer.echo(f"warning: {message}", err=True)
 
 
 # top-level module -> the install profile (extra) that provides it
