@@ -10,8 +10,10 @@ from pathlib import Path
 import onnx
 import pytest
 from test_export import exported_golden, exported_tiny
+from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
+from dgl_deploy.cli import app
 from dgl_deploy.export.onnx_export import stamp_metadata
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
 from dgl_deploy.runtime.manifest import (
@@ -186,3 +188,10 @@ def test_check_same_model() -> None:
     check_same_model("abc", "abc", "index")
     with pytest.raises(DGLError, match="embeddings.json: made by model abc, not by model def"):
         check_same_model("abc", "def", "embeddings.json")
+
+
+def test_info_on_an_export_folder_reads_the_manifest() -> None:
+    result = CliRunner().invoke(app, ["info", str(exported_tiny()[1])])
+    assert result.exit_code == 0, result.output
+    assert "graphs         text fp32, video fp32" in result.output and '"frames": 4' in result.output
+    assert json.loads(CliRunner().invoke(app, ["info", str(exported_tiny()[1]), "--json"]).output)["frames"] == 4

@@ -43,10 +43,13 @@ def import_checkpoint(
 
 @command("info")
 def info(
-    model: Path = typer.Argument(..., help="dgl-deploy checkpoint (.safetensors) or DGL reference checkpoint."),
+    model: Path = typer.Argument(..., help="dgl-deploy checkpoint (.safetensors), DGL reference checkpoint, or export folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
-    """Print a model's config, backbone, and trainable / total parameter counts."""
+    """Print a model's config, backbone, and trainable / total parameter counts (an export folder: its manifest,
+    without torch)."""
+    if model.is_dir():
+        return _export_info(model, as_json)
     from dgl_deploy.model.info import model_info
     from dgl_deploy.model.loading import load_model
 
@@ -54,9 +57,26 @@ def info(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    typer.echo(f"model          {model}")
-    typer.echo(f"backbone       {data['backbone']['name']} ({data['backbone']['pretrained']})")
-    typer.echo(f"config         {json.dumps(data['config'])}")
-    typer.echo(f"image / embed  {data['image_size']} px / {data['embed_dim']}")
+    _echo_model(model, data["backbone"], data["config"], data["image_size"], data["embed_dim"])
     typer.echo(f"parameters     {data['trainable_parameters']:,} trainable of {data['total_parameters']:,} "
                f"({data['trainable_share_percent']} %)")
+
+
+def _export_info(folder: Path, as_json: bool) -> None:
+    from dgl_deploy.runtime.manifest import load_manifest
+
+    manifest = load_manifest(folder)
+    if as_json:
+        typer.echo(manifest.to_json())
+        return
+    _echo_model(folder, manifest.backbone, manifest.config, manifest.image_size, manifest.embed_dim)
+    typer.echo(f"fingerprint    {manifest.fingerprint}")
+    typer.echo(f"graphs         {', '.join(f'{g.role} {g.precision}' for g in manifest.graphs)}")
+    typer.echo(f"engines        {', '.join(f'{e.role} {e.precision} ({e.gpu_name})' for e in manifest.engines) or 'none'}")
+
+
+def _echo_model(model: Path, backbone: dict, config: dict, image_size: int, embed_dim: int) -> None:
+    typer.echo(f"model          {model}")
+    typer.echo(f"backbone       {backbone.get('name')} ({backbone.get('pretrained')})")
+    typer.echo(f"config         {json.dumps(config)}")
+    typer.echo(f"image / embed  {image_size} px / {embed_dim}")
