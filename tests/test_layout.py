@@ -20,7 +20,8 @@ SOURCES = {"dgl_deploy": ROOT / "dgl_deploy", "dgl_deploy.training": ROOT / "tra
 TORCH_SIDE = ("torch", "torchvision", "open_clip", "safetensors", "onnx", "onnxscript", "onnxslim",
               "dgl_deploy.model", "dgl_deploy.training", "dgl_deploy.export")
 TORCH_FREE = ("dgl_deploy.data", "dgl_deploy.runtime", "dgl_deploy.retrieval", "dgl_deploy.evaluation",
-              "dgl_deploy.cli", "dgl_deploy.errors", "dgl_deploy.files", "dgl_deploy.defaults", "dgl_deploy")
+              "dgl_deploy.cli", "dgl_deploy.errors", "dgl_deploy.files", "dgl_deploy.defaults", "dgl_deploy.limits",
+              "dgl_deploy")
 TORCH_BACKENDS = ("dgl_deploy.runtime.backends.torch_backend", "dgl_deploy.runtime.backends.meanpool")
 
 
@@ -69,7 +70,7 @@ def _hits(names: set[str], prefixes: tuple[str, ...]) -> set[str]:
 
 def _group(name: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in TORCH_FREE[:-1]) or name.count(".") == 1 and \
-        name.split(".")[1] in ("errors", "files", "defaults", "__main__") or name == "dgl_deploy"
+        name.split(".")[1] in ("errors", "files", "defaults", "limits", "__main__") or name == "dgl_deploy"
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if _group(n) and n not in TORCH_BACKENDS))

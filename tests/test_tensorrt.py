@@ -15,8 +15,13 @@ from test_export import exported_tiny
 from dgl_deploy import DGLError
 from dgl_deploy.export import tensorrt as trt_export
 from dgl_deploy.export.tensorrt import Profile, TrtSettings
-from dgl_deploy.runtime.backends.tensorrt import chunk_spans, current_gpu, engine_mismatch, stale_onnx, \
-    tensorrt_unavailable
+from dgl_deploy.runtime.backends.tensorrt import (
+    chunk_spans,
+    current_gpu,
+    engine_mismatch,
+    stale_onnx,
+    tensorrt_unavailable,
+)
 from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manifest
 
 HAS_GPU_TRT = importlib.util.find_spec("tensorrt") is not None and current_gpu() is not None

@@ -10,7 +10,7 @@ import typer
 
 from dgl_deploy.cli.app import command
 from dgl_deploy.errors import DGLError
-from dgl_deploy.model.config import SIZE_LIMITS
+from dgl_deploy.limits import SIZE_LIMITS
 
 FRAMES, WORDS = SIZE_LIMITS["frames"], SIZE_LIMITS["max_words"]
 

@@ -1,8 +1,7 @@
 """Typed settings of the DGL model: every hyper-parameter of DGL_SPEC.md, defaults in one place.
 
 Checkpoint metadata and export manifests are untrusted input: every size they declare is type- and
-bound-checked here (`SIZE_LIMITS`, `check_number`, `check_arch`) before anything is built from it.
-Torch-free (the runtime's manifest checks use the same limits).
+bound-checked here (`check_arch`, with `dgl_deploy.limits`) before anything is built from it.
 """
 
 from __future__ import annotations
@@ -15,15 +14,12 @@ from typing import Any, Literal
 
 from dgl_deploy import defaults
 from dgl_deploy.errors import DGLError
+from dgl_deploy.limits import SIZE_LIMITS, check_keys, check_number
 
 LatentSpace = Literal["transformer", "linear"]
 
 # Sizes a file may declare: generous for real CLIPs, small enough that a hostile file cannot make us
 # allocate gigabytes before its shapes are checked.
-SIZE_LIMITS: dict[str, tuple[int, int]] = {
-    "frames": (1, 1024), "max_words": (2, 1024), "image_size": (16, 1024), "embed_dim": (1, 65536),
-    "text_prompts": (0, 1024), "local_prompts": (1, 1024), "global_prompts": (1, 1024), "prompt_layers": (1, 1024),
-}
 # The open_clip tower config keys dgl-deploy writes (backbone.arch_of), with their limits; anything else
 # (timm or Hugging Face towers, custom kwargs) is refused rather than passed to open_clip.
 _MLP_RATIO = (0.01, 64.0)
@@ -36,25 +32,6 @@ TOWER_LIMITS: dict[str, dict[str, tuple[float, float]]] = {
 TOWER_SHAPE_KEYS = {"vision_cfg": {"image_size", "patch_size", "width", "layers"},
                    "text_cfg": {"context_length", "vocab_size", "width", "layers"}}
 FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # backbone.fingerprint / checkpoint.model_fingerprint
-
-
-def check_number(name: str, value: Any, low: float, high: float, kind: type = int) -> None:
-    """DGLError unless `value` is a `kind` within low..high (never a bool; a float setting also takes an int)."""
-    kinds = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        what = "a number" if kind is float else "an integer"
-        raise DGLError(f"{name} must be {what} in {low}..{high}, got {value!r}")
-
-
-def check_keys(data: Any, allowed: set[str], required: set[str], where: str) -> dict[str, Any]:
-    """`data` if it is a JSON object with all `required` keys and no others than `allowed`, else DGLError."""
-    if not isinstance(data, dict):
-        raise DGLError(f"{where} must be an object, got {type(data).__name__}")
-    problems = [f"{what} {', '.join(sorted(keys))}" for what, keys in
-                (("missing", required - set(data)), ("unknown", set(data) - allowed)) if keys]
-    if problems:
-        raise DGLError(f"{where}: {'; '.join(problems)}")
-    return data
 
 
 def check_arch(arch: Any, where: str = "arch") -> dict[str, Any]:

@@ -39,7 +39,7 @@ import numpy as np
 
 from dgl_deploy.data.discover import VIDEO_EXTENSIONS
 from dgl_deploy.errors import DGLError
-from dgl_deploy.model.config import check_number
+from dgl_deploy.limits import check_number
 from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
 from dgl_deploy.retrieval.query import check_encoder, hits_to_dicts
 from dgl_deploy.runtime.backends.base import Encoder

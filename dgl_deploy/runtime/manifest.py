@@ -24,7 +24,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
-from dgl_deploy.model.config import SIZE_LIMITS, check_number
+from dgl_deploy.limits import SIZE_LIMITS, check_number
 
 FORMAT = "dgl-deploy-export/1"
 MANIFEST_FILE = "manifest.json"
