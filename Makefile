@@ -33,3 +33,10 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
 .PHONY: setup test test-slow demo bench
+
+# GPU check: prepare benchmarks/.work/gpu/ (wheels the GPU image lacks, the project wheel, synthetic videos, run.sh)
+# here, verify it with a dry run, and print (and write to benchmarks/.work/gpu/COMMAND.txt) the one command to run there.
+gpu-check: $(VENV)/.demo
+	$(BIN)/python benchmarks/gpu_check/prepare.py
+
+.PHONY: gpu-check
