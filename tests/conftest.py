@@ -66,3 +66,39 @@ def run_quick_demo(out: Path) -> Path:
 def demo_dir(tmp_path_factory) -> Path:
     """One quick demo per test session, shared by the demo and README tests."""
     return run_quick_demo(tmp_path_factory.mktemp("demo") / "demo_out")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> tuple:
+    """(model, folder, manifest): one fp32 export of a seeded dgl-tiny model for the whole session
+    (exports take seconds; tests only read the files, or copy the folder before changing it)."""
+    from dgl_deploy.export import export_onnx
+    from dgl_deploy.model.model import create_model
+
+    torch.manual_seed(3)
+    model = create_model("dgl-tiny", pretrained=None).eval()
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    return model, out, export_onnx(model, out, log=_quiet)
+
+
+@pytest.fixture(scope="session")
+def golden_export(tmp_path_factory):  # noqa: ANN201
+    """latent -> (model, folder, manifest) of an imported golden reference checkpoint, exported once."""
+    from dgl_deploy.export import export_onnx
+    from dgl_deploy.model.reference import import_reference
+
+    made: dict[str, tuple] = {}
+
+    def get(latent: str) -> tuple:
+        if latent not in made:
+            pth, cfg, _ = golden_case(latent)
+            model = import_reference(pth, frames=cfg["frames"], max_words=cfg["max_words"]).eval()
+            out = tmp_path_factory.mktemp("export") / f"golden_{latent}"
+            made[latent] = (model, out, export_onnx(model, out, log=_quiet))
+        return made[latent]
+
+    return get

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_export import exported_tiny
 
 from dgl_deploy import DGLError
 from dgl_deploy.model.checkpoint import save
@@ -19,23 +18,23 @@ from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manife
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
-def _engine_entry() -> EngineEntry:
-    graph = exported_tiny()[2].graph("video", "fp32")
+def _engine_entry(manifest) -> EngineEntry:  # noqa: ANN001
+    graph = manifest.graph("video", "fp32")
     return EngineEntry(role="video", precision="fp16", file="video_encoder.fp16.plan", sha256="0" * 64,
                        onnx_file=graph.file, onnx_sha256=graph.sha256, gpu_name="NVIDIA H100", compute_capability="9.0",
                        tensorrt_version="10.3.0", profile=(1, 32, 128))
 
 
 @pytest.fixture
-def export_with_engines(tmp_path: Path) -> Path:
+def export_with_engines(tmp_path: Path, tiny_export) -> Path:
     folder = tmp_path / "ex"
-    shutil.copytree(exported_tiny()[1], folder)
-    write_manifest(folder, load_manifest(folder).with_engines((_engine_entry(),)))
+    shutil.copytree(tiny_export[1], folder)
+    write_manifest(folder, load_manifest(folder).with_engines((_engine_entry(tiny_export[2]),)))
     return folder
 
 
-def test_checkpoint_opens_on_torch(tmp_path: Path) -> None:
-    ckpt = save(exported_tiny()[0], tmp_path / "m.safetensors")
+def test_checkpoint_opens_on_torch(tmp_path: Path, tiny_export) -> None:
+    ckpt = save(tiny_export[0], tmp_path / "m.safetensors")
     lines: list[str] = []
     encoder = select.open_encoder(ckpt, log=lines.append)
     assert encoder.backend == "torch" and lines == [f"{ckpt}: using {encoder.describe()}"]
@@ -43,15 +42,15 @@ def test_checkpoint_opens_on_torch(tmp_path: Path) -> None:
         select.open_encoder(ckpt, backend="onnxruntime", log=None)
 
 
-def test_auto_on_cpu_picks_onnxruntime(capsys) -> None:
-    folder = exported_tiny()[1]
+def test_auto_on_cpu_picks_onnxruntime(capsys, tiny_export) -> None:
+    folder = tiny_export[1]
     encoder = select.open_encoder(folder)
     assert encoder.backend == "onnxruntime"
     assert f"{folder}: using onnxruntime (CPU, fp32)" in capsys.readouterr().err
 
 
-def test_explicit_impossible_choices(export_with_engines: Path) -> None:
-    folder = exported_tiny()[1]
+def test_explicit_impossible_choices(export_with_engines: Path, tiny_export) -> None:
+    folder = tiny_export[1]
     with pytest.raises(DGLError, match="tensorrt backend requested but .* has no TensorRT engines"):
         select.open_encoder(folder, backend="tensorrt", log=None)
     with pytest.raises(DGLError, match="torch backend runs checkpoints"):

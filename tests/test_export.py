@@ -3,10 +3,6 @@ lower-precision variants, atomic failure, and the `dgl export` command."""
 
 from __future__ import annotations
 
-import atexit
-import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,43 +18,8 @@ from dgl_deploy.cli import app
 from dgl_deploy.export import export_onnx, parity
 from dgl_deploy.model.checkpoint import model_fingerprint, save
 from dgl_deploy.model.model import create_model
-from dgl_deploy.model.reference import import_reference
 from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, load_manifest
 from tests.conftest import golden_case
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-def _scratch() -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="dgl-export-tests-"))
-    atexit.register(shutil.rmtree, folder, True)
-    return folder
-
-
-@functools.cache
-def exported_tiny() -> tuple:
-    """(model, folder, manifest): one fp32 export of a seeded dgl-tiny model, shared by the export test modules
-    (exports take seconds; the files are only read)."""
-    torch.manual_seed(3)
-    model = create_model("dgl-tiny", pretrained=None).eval()
-    out = _scratch() / "tiny"
-    return model, out, export_onnx(model, out, log=_quiet)
-
-
-@functools.cache
-def exported_golden(latent: str) -> tuple:
-    """(model, folder, manifest) of an imported golden reference checkpoint."""
-    pth, cfg, _ = golden_case(latent)
-    model = import_reference(pth, frames=cfg["frames"], max_words=cfg["max_words"]).eval()
-    out = _scratch() / f"golden_{latent}"
-    return model, out, export_onnx(model, out, log=_quiet)
-
-
-@pytest.fixture
-def tiny_export() -> tuple:
-    return exported_tiny()
 
 
 def _run(path: Path, array: np.ndarray) -> np.ndarray:
@@ -80,8 +41,8 @@ def test_graphs_pass_checker_and_carry_metadata(tiny_export) -> None:
 
 
 @pytest.mark.parametrize("which", ["tiny-transformer", "golden-linear", "golden-transformer"])
-def test_no_prompt_generator_parameters_in_graphs(which: str) -> None:
-    model, out, manifest = exported_tiny() if which == "tiny-transformer" else exported_golden(which.split("-")[1])
+def test_no_prompt_generator_parameters_in_graphs(which: str, tiny_export, golden_export) -> None:
+    model, out, manifest = tiny_export if which == "tiny-transformer" else golden_export(which.split("-")[1])
     generator = [p.detach().numpy() for p in model.latent.parameters() if p.numel() > 1 and p.std() > 0]
     for entry in manifest.graphs:
         graph = onnx.load(str(out / entry.file))
@@ -133,22 +94,22 @@ def test_failed_parity_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(parity, "MAX_ABS_ERROR", -1.0)
     model = create_model("dgl-tiny", pretrained=None).eval()
     with pytest.raises(DGLError, match="does not match PyTorch"):
-        export_onnx(model, tmp_path / "ex", log=_quiet)
+        export_onnx(model, tmp_path / "ex", log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_folder_needs_overwrite(tiny_export) -> None:
     model, out, _ = tiny_export
     with pytest.raises(DGLError, match="already exists"):
-        export_onnx(model, out, log=_quiet)
+        export_onnx(model, out, log=lambda _: None)
 
 
 @pytest.mark.parametrize("latent", ["linear", "transformer"])
-def test_golden_reference_exports_match(latent: str) -> None:
+def test_golden_reference_exports_match(latent: str, golden_export) -> None:
     """Text: the graph on the golden ids equals the reference outputs. Video: the graph takes uint8 frames
     (the golden video is normalised float and cannot be turned back into uint8 losslessly), so the torch model is
     pinned to the golden video outputs and the graph is compared with that pinned model on uint8 frames."""
-    model, out, manifest = exported_golden(latent)
+    model, out, manifest = golden_export(latent)
     assert model.config.latent == latent and manifest.fingerprint == model_fingerprint(model)
     data = np.load(golden_case(latent)[2])
     text = _run(out / "text_encoder.onnx", data["text_ids"])

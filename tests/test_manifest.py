@@ -9,7 +9,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_export import exported_golden, exported_tiny
 from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
@@ -29,14 +28,16 @@ from dgl_deploy.runtime.manifest import (
 )
 
 
-def _copy_export(tmp_path: Path) -> Path:
+@pytest.fixture
+def copied_export(tmp_path: Path, tiny_export) -> Path:
+    """A private copy of the session's tiny export, free to damage."""
     folder = tmp_path / "ex"
-    shutil.copytree(exported_tiny()[1], folder)
+    shutil.copytree(tiny_export[1], folder)
     return folder
 
 
-def test_round_trip(tmp_path: Path) -> None:
-    manifest = exported_tiny()[2]
+def test_round_trip(tmp_path: Path, tiny_export) -> None:
+    manifest = tiny_export[2]
     write_manifest(tmp_path, manifest)
     again = load_manifest(tmp_path)
     assert again == manifest and isinstance(again, Manifest)
@@ -57,13 +58,13 @@ def test_bad_manifests_refused(tmp_path: Path, content: str | None, match: str) 
         load_manifest(tmp_path)
 
 
-def test_missing_precision_is_named() -> None:
+def test_missing_precision_is_named(tiny_export) -> None:
     with pytest.raises(DGLError, match="no int8 video graph .*has: fp32"):
-        exported_tiny()[2].graph("video", "int8")
+        tiny_export[2].graph("video", "int8")
 
 
-def test_changed_graph_refused_by_checksum(tmp_path: Path) -> None:
-    folder = _copy_export(tmp_path)
+def test_changed_graph_refused_by_checksum(tmp_path: Path, copied_export) -> None:
+    folder = copied_export
     entry = load_manifest(folder).graph("text", "fp32")
     with open(folder / entry.file, "ab") as handle:
         handle.write(b"\0")
@@ -77,16 +78,16 @@ def _edit_manifest(folder: Path, edit) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps(data))
 
 
-def test_graph_of_another_model_refused(tmp_path: Path) -> None:
+def test_graph_of_another_model_refused(tmp_path: Path, tiny_export, golden_export, copied_export) -> None:
     """A graph exported from another model, placed next to this manifest, is refused: by its declared shapes when
     they differ (at open), by its checksum, and, if someone also edits the checksum in the manifest, by the
     fingerprint inside the graph."""
-    folder = _copy_export(tmp_path)
-    shutil.copyfile(exported_golden("transformer")[1] / "text_encoder.onnx", folder / "text_encoder.onnx")
+    folder = copied_export
+    shutil.copyfile(golden_export("transformer")[1] / "text_encoder.onnx", folder / "text_encoder.onnx")
     with pytest.raises(DGLError, match=r"text_encoder.onnx: the graph maps int64 \('batch', 8\).*says int64 \('B', 16\)"):
         OnnxEncoder(folder, device="cpu")
-    shutil.copyfile(exported_tiny()[1] / "text_encoder.onnx", folder / "text_encoder.onnx")
-    same_shapes = onnx.load(str(exported_tiny()[1] / "video_encoder.onnx"))
+    shutil.copyfile(tiny_export[1] / "text_encoder.onnx", folder / "text_encoder.onnx")
+    same_shapes = onnx.load(str(tiny_export[1] / "video_encoder.onnx"))
     stamp_metadata(same_shapes, {FINGERPRINT_KEY: "0123456789abcdef"})  # as if exported from another model
     onnx.save(same_shapes, str(folder / "video_encoder.onnx"))
     with pytest.raises(DGLError, match="checksum"):
@@ -129,15 +130,15 @@ def _set(path: str, value):
     ("tokenizer_sha256", None, "bpe_simple_vocab_16e6.txt.gz: recorded sha256 None"),
     ("graphs.0.surprise", 1, "manifest.graphs\\[0\\]: unknown key 'surprise'"),
 ])
-def test_untrusted_manifest_fields_refused(tmp_path: Path, path: str, value, match: str) -> None:
-    folder = _copy_export(tmp_path)
+def test_untrusted_manifest_fields_refused(tmp_path: Path, path: str, value, match: str, copied_export) -> None:
+    folder = copied_export
     _edit_manifest(folder, _set(path, value))
     with pytest.raises(DGLError, match=f"manifest.json: damaged manifest \\(.*{match}"):
         load_manifest(folder)
 
 
-def test_missing_key_and_non_object_manifest(tmp_path: Path) -> None:
-    folder = _copy_export(tmp_path)
+def test_missing_key_and_non_object_manifest(tmp_path: Path, copied_export) -> None:
+    folder = copied_export
     _edit_manifest(folder, lambda data: data.pop("graphs"))
     with pytest.raises(DGLError, match="damaged manifest \\(manifest: missing key 'graphs'\\)"):
         load_manifest(folder)
@@ -146,10 +147,10 @@ def test_missing_key_and_non_object_manifest(tmp_path: Path) -> None:
         load_manifest(folder)
 
 
-def test_sizes_edited_consistently_are_refused_at_open(tmp_path: Path) -> None:
+def test_sizes_edited_consistently_are_refused_at_open(tmp_path: Path, copied_export) -> None:
     """frames edited in both the sizes and the signatures still disagree with the graph: refused when the export
     is opened (before any video is decoded at the edited size), not by an onnxruntime traceback later."""
-    folder = _copy_export(tmp_path)
+    folder = copied_export
 
     def edit(data: dict) -> None:
         data["frames"] = 8
@@ -159,8 +160,8 @@ def test_sizes_edited_consistently_are_refused_at_open(tmp_path: Path) -> None:
         OnnxEncoder(folder, device="cpu")
 
 
-def test_symlink_out_of_the_folder_refused(tmp_path: Path) -> None:
-    folder = _copy_export(tmp_path)
+def test_symlink_out_of_the_folder_refused(tmp_path: Path, copied_export) -> None:
+    folder = copied_export
     outside = tmp_path / "outside.onnx"
     (folder / "text_encoder.onnx").rename(outside)
     (folder / "text_encoder.onnx").symlink_to(outside)
@@ -168,8 +169,8 @@ def test_symlink_out_of_the_folder_refused(tmp_path: Path) -> None:
         OnnxEncoder(folder, device="cpu")
 
 
-def test_graph_signature_reads_declared_shapes() -> None:
-    folder = exported_tiny()[1]
+def test_graph_signature_reads_declared_shapes(tiny_export) -> None:
+    folder = tiny_export[1]
     ids, embedding = graph_signature(folder / "text_encoder.onnx")
     assert (ids.name, ids.dtype, ids.shape[1:]) == ("ids", "int64", (16,))
     assert (embedding.dtype, embedding.shape[1:]) == ("float32", (64,))
@@ -177,8 +178,8 @@ def test_graph_signature_reads_declared_shapes() -> None:
     assert (frames.dtype, frames.shape[1:]) == ("uint8", (4, 32, 32, 3)) and isinstance(frames.shape[0], str)
 
 
-def test_not_an_onnx_file_is_one_line(tmp_path: Path) -> None:
-    folder = _copy_export(tmp_path)
+def test_not_an_onnx_file_is_one_line(tmp_path: Path, copied_export) -> None:
+    folder = copied_export
     (folder / "video_encoder.onnx").write_bytes(b"\xff" * 64)
     with pytest.raises(DGLError, match="video_encoder.onnx: not a readable ONNX graph"):
         OnnxEncoder(folder, device="cpu")
@@ -190,8 +191,8 @@ def test_check_same_model() -> None:
         check_same_model("abc", "def", "embeddings.json")
 
 
-def test_info_on_an_export_folder_reads_the_manifest() -> None:
-    result = CliRunner().invoke(app, ["info", str(exported_tiny()[1])])
+def test_info_on_an_export_folder_reads_the_manifest(tiny_export) -> None:
+    result = CliRunner().invoke(app, ["info", str(tiny_export[1])])
     assert result.exit_code == 0, result.output
     assert "graphs         text fp32, video fp32" in result.output and '"frames": 4' in result.output
-    assert json.loads(CliRunner().invoke(app, ["info", str(exported_tiny()[1]), "--json"]).output)["frames"] == 4
+    assert json.loads(CliRunner().invoke(app, ["info", str(tiny_export[1]), "--json"]).output)["frames"] == 4

@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_export import exported_golden, exported_tiny
 
 from dgl_deploy import DGLError
 from dgl_deploy.export.parity import TOKENIZER_CORPUS, sample_frames
@@ -38,8 +37,8 @@ def test_runtime_tokenizer_matches_open_clip(max_words: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def encoders():
-    model, folder, _ = exported_tiny()
+def encoders(tiny_export):  # noqa: ANN201
+    model, folder, _ = tiny_export
     return TorchEncoder(model, model_fingerprint(model)), OnnxEncoder(folder, device="cpu")
 
 
@@ -67,8 +66,8 @@ def test_bad_inputs(encoders) -> None:
         onnx_enc.encode_ids(np.zeros((1, 3), np.int64))
 
 
-def test_precision_and_device_choices() -> None:
-    folder = exported_tiny()[1]
+def test_precision_and_device_choices(tiny_export) -> None:
+    folder = tiny_export[1]
     with pytest.raises(DGLError, match="no int8 text graph"):
         OnnxEncoder(folder, device="cpu", precision="int8")
     if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
@@ -76,8 +75,8 @@ def test_precision_and_device_choices() -> None:
             OnnxEncoder(folder, device="cuda")
 
 
-def test_non_clip_vocabulary_takes_ids_only() -> None:
-    model, folder, _ = exported_golden("transformer")
+def test_non_clip_vocabulary_takes_ids_only(golden_export) -> None:
+    model, folder, _ = golden_export("transformer")
     encoder = OnnxEncoder(folder, device="cpu")
     with pytest.raises(DGLError, match="1000-token vocabulary"):
         encoder.encode_text(["hello"])
@@ -85,8 +84,8 @@ def test_non_clip_vocabulary_takes_ids_only() -> None:
     assert encoder.encode_ids(ids).shape == (1, model.embed_dim)
 
 
-def test_query_startup_does_not_import_torch() -> None:
-    folder = exported_tiny()[1]
+def test_query_startup_does_not_import_torch(tiny_export) -> None:
+    folder = tiny_export[1]
     script = textwrap.dedent(f"""
         import json, sys, time
         start = time.perf_counter()
@@ -99,4 +98,4 @@ def test_query_startup_does_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["torch"] is False and report["open_clip"] is False
-    assert report["shape"] == [2, exported_tiny()[0].embed_dim]
+    assert report["shape"] == [2, tiny_export[0].embed_dim]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import exported_tiny
 
 from dgl_deploy import DGLError
 from dgl_deploy.export import tensorrt as trt_export
@@ -22,13 +21,13 @@ from dgl_deploy.runtime.backends.tensorrt import (
     stale_onnx,
     tensorrt_unavailable,
 )
-from dgl_deploy.runtime.manifest import EngineEntry, load_manifest, write_manifest
+from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, write_manifest
 
 HAS_GPU_TRT = importlib.util.find_spec("tensorrt") is not None and current_gpu() is not None
 
 
-def _entry(**changes) -> EngineEntry:
-    graph = exported_tiny()[2].graph("video", "fp32")
+def _entry(manifest: Manifest, **changes) -> EngineEntry:
+    graph = manifest.graph("video", "fp32")
     base = EngineEntry(role="video", precision="fp16", file="video_encoder.fp16.plan", sha256="0" * 64,
                        onnx_file=graph.file, onnx_sha256=graph.sha256, gpu_name="NVIDIA H100 80GB HBM3",
                        compute_capability="9.0", tensorrt_version="10.3.0", profile=(1, 32, 128))
@@ -55,17 +54,17 @@ def test_settings_validation() -> None:
         TrtSettings(workspace_gib=0)
 
 
-def test_engine_mismatch() -> None:
-    entry = _entry()
+def test_engine_mismatch(tiny_export) -> None:
+    entry = _entry(tiny_export[2])
     assert engine_mismatch(entry, ("NVIDIA H100 80GB HBM3", "9.0"), "10.3.0") is None
     assert "built for NVIDIA H100 80GB HBM3 (sm 9.0)" in engine_mismatch(entry, ("NVIDIA A10", "8.6"), "10.3.0")
     assert "TensorRT 10.3.0, this is TensorRT 10.5.0" in engine_mismatch(entry, ("NVIDIA H100 80GB HBM3", "9.0"), "10.5.0")
 
 
-def test_stale_onnx_detected() -> None:
-    _, folder, manifest = exported_tiny()
-    assert stale_onnx(folder, manifest, _entry()) is None
-    assert "built from another video_encoder.onnx" in stale_onnx(folder, manifest, _entry(onnx_sha256="f" * 64))
+def test_stale_onnx_detected(tiny_export) -> None:
+    _, folder, manifest = tiny_export
+    assert stale_onnx(folder, manifest, _entry(tiny_export[2])) is None
+    assert "built from another video_encoder.onnx" in stale_onnx(folder, manifest, _entry(tiny_export[2], onnx_sha256="f" * 64))
 
 
 def test_chunk_spans_cover_the_batch_in_order() -> None:
@@ -74,26 +73,26 @@ def test_chunk_spans_cover_the_batch_in_order() -> None:
 
 
 @pytest.mark.skipif(HAS_GPU_TRT, reason="tensorrt and a GPU are present")
-def test_unavailable_backend_says_why(tmp_path: Path) -> None:
+def test_unavailable_backend_says_why(tmp_path: Path, tiny_export) -> None:
     folder = tmp_path / "ex"
-    shutil.copytree(exported_tiny()[1], folder)
+    shutil.copytree(tiny_export[1], folder)
     assert "has no TensorRT engines" in tensorrt_unavailable(folder, load_manifest(folder))
-    write_manifest(folder, load_manifest(folder).with_engines((_entry(),)))
+    write_manifest(folder, load_manifest(folder).with_engines((_entry(tiny_export[2]),)))
     reason = tensorrt_unavailable(folder, load_manifest(folder))
     assert "not installed: pip install 'dgl-deploy[gpu]'" in reason or "no CUDA GPU" in reason
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")
-def test_build_without_tensorrt_explains(tmp_path: Path) -> None:
+def test_build_without_tensorrt_explains(tmp_path: Path, tiny_export) -> None:
     with pytest.raises(DGLError, match=r"pip install 'dgl-deploy\[gpu\]'"):
-        trt_export.build_engines(exported_tiny()[1], TrtSettings(), log=lambda _: None)
+        trt_export.build_engines(tiny_export[1], TrtSettings(), log=lambda _: None)
 
 
-def test_mismatched_engines_refused_without_rebuild(tmp_path: Path, monkeypatch) -> None:
+def test_mismatched_engines_refused_without_rebuild(tmp_path: Path, monkeypatch, tiny_export) -> None:
     """Engines from another GPU are never silently used or kept: the build refuses unless --rebuild."""
     folder = tmp_path / "ex"
-    shutil.copytree(exported_tiny()[1], folder)
-    write_manifest(folder, load_manifest(folder).with_engines((_entry(),)))
+    shutil.copytree(tiny_export[1], folder)
+    write_manifest(folder, load_manifest(folder).with_engines((_entry(tiny_export[2]),)))
 
     class FakeTrt:
         __version__ = "10.3.0"
@@ -104,19 +103,19 @@ def test_mismatched_engines_refused_without_rebuild(tmp_path: Path, monkeypatch)
         trt_export.build_engines(folder, TrtSettings(), log=lambda _: None)
     monkeypatch.setattr(trt_export, "current_gpu", lambda: ("NVIDIA H100 80GB HBM3", "9.0"))
     lines: list[str] = []
-    assert trt_export.build_engines(folder, TrtSettings(), log=lines.append).engines == (_entry(),)
+    assert trt_export.build_engines(folder, TrtSettings(), log=lines.append).engines == (_entry(tiny_export[2]),)
     assert "up to date" in lines[0]
 
 
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAS_GPU_TRT, reason="needs tensorrt and a CUDA GPU")
-def test_build_and_run_engines(tmp_path: Path) -> None:
+def test_build_and_run_engines(tmp_path: Path, tiny_export) -> None:
     from dgl_deploy.export.parity import sample_frames
     from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
     from dgl_deploy.runtime.backends.tensorrt import TensorRTEncoder
 
     folder = tmp_path / "ex"
-    shutil.copytree(exported_tiny()[1], folder)
+    shutil.copytree(tiny_export[1], folder)
     settings = TrtSettings(profiles={"video": Profile(1, 4, 16), "text": Profile(1, 8, 32)},
                            timing_cache=tmp_path / "timing.cache")
     manifest = trt_export.build_engines(folder, settings, log=print)
