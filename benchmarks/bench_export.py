@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dgl_deploy.export import export_onnx  # noqa: E402
-from dgl_deploy.export.parity import Sizes, compare, sample_input, torch_embed  # noqa: E402
-from dgl_deploy.model.model import create_model  # noqa: E402
-from dgl_deploy.runtime.backends.onnxruntime import make_session, physical_cores  # noqa: E402
+from dgl_deploy.export import export_onnx
+from dgl_deploy.export.parity import Sizes, compare, sample_input, torch_embed
+from dgl_deploy.model.model import create_model
+from dgl_deploy.runtime.backends.onnxruntime import make_session, physical_cores
 
 
 def throughput(fn: Callable[[], object], items: int, iters: int) -> float:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 VIDEO_BATCHES = (1, 8, 32, 128)
 TEXT_BATCH = 256
 
