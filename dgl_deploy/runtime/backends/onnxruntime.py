@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.runtime.backends.base import check_frames
 from dgl_deploy.runtime.manifest import (
     ROLES,
     Manifest,
@@ -125,13 +126,9 @@ class OnnxEncoder:
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """Captions -> (B, W) int64 ids with the export's CLIP BPE vocabulary."""
         if self._tokenizer is None:
-            from dgl_deploy.runtime.tokenizer import BPETokenizer
+            from dgl_deploy.runtime.tokenizer import export_tokenizer
 
-            m = self.manifest
-            if m.tokenizer is None or m.tokenizer_sha256 is None:
-                raise DGLError(f"{self.folder}: this model's text tower has a {m.vocab_size}-token vocabulary, not "
-                               "CLIP's: it takes token ids, not captions")
-            self._tokenizer = BPETokenizer(verified_file(self.folder, m.tokenizer, m.tokenizer_sha256), m.max_words)
+            self._tokenizer = export_tokenizer(self.folder, self.manifest)
         return self._tokenizer(texts)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -144,10 +141,7 @@ class OnnxEncoder:
         return self._run("text", ids.astype(np.int64, copy=False))
 
     def encode_videos(self, frames: np.ndarray) -> np.ndarray:
-        want = (self.frames, self.image_size, self.image_size, 3)
-        if frames.dtype != np.uint8 or frames.ndim != 5 or tuple(frames.shape[1:]) != want:
-            raise DGLError(f"video frames must be uint8 (B, {', '.join(map(str, want))}) = (B, T, H, W, 3), got "
-                           f"{frames.dtype} {frames.shape}")
+        check_frames(frames, self.frames, self.image_size)
         return self._run("video", frames)
 
     def _run(self, role: str, array: np.ndarray) -> np.ndarray:
