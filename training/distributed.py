@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -32,12 +33,16 @@ class DistInfo:
 
 
 def init_distributed(use_cuda: bool) -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
+
+    Collectives time out after $DGL_DIST_TIMEOUT_S seconds (default 600): a rank that dies or hangs ends the
+    job with an error on the others instead of a silent wait (torchrun then stops the whole job)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return DistInfo(0, 1, 0)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        timeout = timedelta(seconds=float(os.environ.get("DGL_DIST_TIMEOUT_S", "600")))
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
