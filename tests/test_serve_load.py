@@ -6,24 +6,67 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serve import running, serve_app, serve_files
+import torch
 
 from dgl_deploy.data import video
-from dgl_deploy.retrieval.serve import ServeSettings
+from dgl_deploy.data.synthetic import make_synthetic
+from dgl_deploy.model.checkpoint import save
+from dgl_deploy.model.model import create_model
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.retrieval.serve import ServeSettings, create_app
+from dgl_deploy.runtime.backends.select import open_encoder
 
+pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
 
 SETTINGS = ServeSettings(max_upload_mb=1.0, max_query_chars=50, max_k=20, decode_timeout=30.0, decoders=2)
 
 
-def _text_latencies_under_uploads(base: str, uploaders: int, queries: int) -> tuple[list[float], list[int]]:
-    """Seconds per text query, sent one after another while `uploaders` threads keep uploading videos; and the
+@pytest.fixture(scope="module")
+def serve_files(tmp_path_factory) -> Path:
+    """Six synthetic videos, a dgl-tiny checkpoint and its embeddings (`emb.npy`)."""
+    root = tmp_path_factory.mktemp("serve-load")
+    make_synthetic(root / "videos", videos=6, seed=2)
+    torch.manual_seed(0)
+    save(create_model("dgl-tiny", pretrained=None), root / "model.safetensors")
+    encoder = open_encoder(root / "model.safetensors", backend="torch", log=None)
+    embed_videos(root / "videos", root / "emb.npy", encoder, EmbedSettings(workers=1))
+    return root
+
+
+def serve_app(root: Path, settings: ServeSettings) -> object:
+    return create_app(root / "model.safetensors", root / "emb.npy", settings, backend="torch",
+                      poster_cache=root / "posters")
+
+
+@contextmanager
+def running(app: object) -> Iterator[str]:
+    """`app` on a real socket (uvicorn in a thread); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _text_latencies_under_uploads(base: str, videos: list[Path], uploaders: int,
+                                  queries: int) -> tuple[list[float], list[int]]:
+    """Seconds per text query, sent one after another while `uploaders` threads keep uploading `videos`; and the
     status codes of the uploads."""
-    videos = sorted((serve_files() / "videos").glob("*.mp4"))
     done = threading.Event()
     codes: list[int] = []
 
@@ -69,31 +112,33 @@ def _report(what: str, latencies: list[float]) -> float:
 
 
 @pytest.mark.timeout(180)
-def test_text_latency_while_uploads_decode() -> None:
-    with running(serve_app(SETTINGS)) as base:
-        latencies, codes = _text_latencies_under_uploads(base, uploaders=4, queries=60)
+def test_text_latency_while_uploads_decode(serve_files) -> None:
+    videos = sorted((serve_files / "videos").glob("*.mp4"))
+    with running(serve_app(serve_files, SETTINGS)) as base:
+        latencies, codes = _text_latencies_under_uploads(base, videos, uploaders=4, queries=60)
     assert codes and set(codes) == {200}
     assert _report("4 concurrent uploaders", latencies) < 1.0
 
 
 @pytest.mark.timeout(180)
-def test_slow_decodes_do_not_hold_text_queries(monkeypatch) -> None:
+def test_slow_decodes_do_not_hold_text_queries(monkeypatch, serve_files) -> None:
     """Each upload takes 0.5 s to decode (a large video): text queries must not wait for them, as they did when
     decoding ran under the encoder lock (p99 was then several decode times)."""
     _slow_decoding(monkeypatch, 0.5)
-    with running(serve_app(SETTINGS)) as base:
-        latencies, codes = _text_latencies_under_uploads(base, uploaders=4, queries=40)
+    videos = sorted((serve_files / "videos").glob("*.mp4"))
+    with running(serve_app(serve_files, SETTINGS)) as base:
+        latencies, codes = _text_latencies_under_uploads(base, videos, uploaders=4, queries=40)
     assert codes and set(codes) == {200}
     assert _report("4 uploaders, 0.5 s decodes", latencies) < 0.4
 
 
 @pytest.mark.timeout(120)
-def test_overload_is_shed_quickly(monkeypatch) -> None:
+def test_overload_is_shed_quickly(monkeypatch, serve_files) -> None:
     """100 concurrent requests behind slow uploads with max_pending=8: the excess gets 503 + Retry-After at once
     (it used to queue behind the upload, none refused)."""
     _slow_decoding(monkeypatch, 2.0)
-    path = sorted((serve_files() / "videos").glob("*.mp4"))[0]
-    with running(serve_app(ServeSettings(max_upload_mb=1.0, max_pending=8, decoders=1))) as base, \
+    path = sorted((serve_files / "videos").glob("*.mp4"))[0]
+    with running(serve_app(serve_files, ServeSettings(max_upload_mb=1.0, max_pending=8, decoders=1))) as base, \
             httpx.Client(base_url=base, timeout=60, limits=httpx.Limits(max_connections=200)) as http:
         def request(i: int) -> tuple[int, float, str | None]:
             started = time.perf_counter()

@@ -32,7 +32,7 @@ def is_loopback(host: str) -> bool:
 def serve(
     model: Path = typer.Option(..., "--model", "-m", help="Export folder (ONNX/TensorRT) or checkpoint that made the index."),
     index: Path = typer.Option(..., "--index", "-i", help="Embeddings (.npy) or an index folder from `dgl index build`."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: all interfaces; no authentication)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: all interfaces; without --token, no authentication)."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
     backend: Backend = opt.backend(),
     device: str = opt.device(),
@@ -46,10 +46,15 @@ def serve(
     body_timeout: float = _setting("body_timeout", "Seconds allowed to receive a request body (else 408)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF index: lists scanned per query (default: as built)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW index: search breadth (default: as built)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="DGL_SERVE_TOKEN", show_default=False,
+                                        help="Require this token on every request (Authorization: Bearer, or ?token= for media); "
+                                        "also read from $DGL_SERVE_TOKEN."),
+    poster_cache: Optional[Path] = typer.Option(None, "--poster-cache", help="Folder for poster frames (default: "
+                                                "~/.cache/dgl-deploy/posters/<index>)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
-    """Serve text -> video and video -> video search over HTTP (GET /search, POST /search/video, GET /health)."""
-    from dgl_deploy.retrieval.serve import INSTALL_HINT, create_app
+    """Serve search over HTTP: the search page at /, GET /search, POST /search/video, GET /search/similar, GET /health."""
+    from dgl_deploy.retrieval.serve import INSTALL_HINT, check_token, create_app, log_config
 
     try:
         import uvicorn
@@ -59,8 +64,14 @@ def serve(
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_query_chars=max_query_chars, max_k=max_k,
                              decode_timeout=decode_timeout, max_pending=max_pending, decoders=decoders,
                              body_timeout=body_timeout)
-    if not is_loopback(host):
+    check_token(token)
+    if not is_loopback(host) and token is None:
         typer.echo(f"warning: listening on {host}, not loopback: anyone who can reach this machine can search the "
-                   "index (there is no authentication); put it behind a proxy that authenticates", err=True)
-    app = create_app(model, index, settings, backend=backend.value, device=device, precision=precision.value, nprobe=nprobe, ef_search=ef_search)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+                   "index and watch its videos (there is no authentication); pass --token, or put it behind a proxy "
+                   "that authenticates", err=True)
+    elif not is_loopback(host):
+        typer.echo(f"warning: listening on {host}, not loopback: the token travels unencrypted (plain HTTP); put it "
+                   "behind a TLS proxy", err=True)
+    app = create_app(model, index, settings, backend=backend.value, device=device, precision=precision.value, nprobe=nprobe,
+                     ef_search=ef_search, token=token, poster_cache=poster_cache)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config())

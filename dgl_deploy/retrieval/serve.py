@@ -5,9 +5,20 @@ opened once, when the app is created; the model must be the one that made the em
 its towers is run once: an export whose files were changed (checksums, graph identity, shapes) refuses
 to start instead of answering every search with an error.
 
+  GET  /                             the search page (static HTML/CSS/JS in retrieval/static/, no data in it)
   GET  /health                        model, backend, rows, index kind
   GET  /search?q=TEXT&k=10            text -> videos
   POST /search/video?k=10 (file=...)  uploaded video -> videos (multipart form field `file`)
+  GET  /search/similar?id=ID&row=R&k=10  an indexed video (or moment: its row) -> other videos, from the stored
+                                      row vector (nothing decoded); the query row itself is left out
+  GET  /video?id=ID                   the indexed video's file, with HTTP ranges (206) for seeking
+  GET  /poster?id=ID&start=S          JPEG poster frame at the moment's start (made once, cached on disk)
+  GET  /docs, /openapi.json           the API's OpenAPI description
+
+Results carry `start`/`end` seconds for a segmented set's moments. Media are served only from the folders the
+index was built from, by id, never by path (`serve_media`). With a `token`, every request but the page's static
+files and the API description needs it: `Authorization: Bearer TOKEN`, or `?token=TOKEN` (for <video>/<img>
+sources); a missing or wrong token is 401.
 
 Every error, from bad input to an unknown path, is a 4xx/5xx with the body {"error": "..."}.
 Bounds: query length, 1 <= k <= max_k, upload size (Content-Length required, checked before the body is
@@ -22,18 +33,24 @@ worker threads, concurrently.
 """
 
 import asyncio  # no `from __future__ import annotations`: FastAPI reads the routes' annotations at runtime
+import copy
+import hmac
 import itertools
+import logging
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import parse_qs
 
 import numpy as np
 
@@ -42,6 +59,8 @@ from dgl_deploy.errors import DGLError
 from dgl_deploy.limits import check_number
 from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
 from dgl_deploy.retrieval.query import check_encoder, hits_to_dicts
+from dgl_deploy.retrieval.search import Hit
+from dgl_deploy.retrieval.serve_media import POSTER_DECODERS, IndexedVideos, MediaError, Posters, default_poster_cache
 from dgl_deploy.runtime.backends.base import Encoder
 
 if TYPE_CHECKING:  # decord is imported when a service starts, not with the CLI
@@ -49,6 +68,15 @@ if TYPE_CHECKING:  # decord is imported when a service starts, not with the CLI
 
 INSTALL_HINT = "the HTTP service needs FastAPI and uvicorn: pip install 'dgl-deploy[serve]'"
 SEARCH_PATHS = "/search"  # the bounded routes (prefix); /health is never refused
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+                "icon.svg": "image/svg+xml"}
+# the page: its own scripts, styles, images and media only; no inline code, no framing, no referrer (media URLs
+# may carry the token)
+PAGE_HEADERS = {"content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                "media-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "cache-control": "no-cache"}
+PUBLIC_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                          *(f"/static/{name}" for name in STATIC_FILES)})  # no index data: no token needed
 TEXT, VIDEO, STOP = 0, 1, 2  # encoder queue priorities: text first
 
 # (min, max) of each setting; the CLI options carry the same bounds
@@ -154,10 +182,18 @@ class SearchService:
     index: SearchIndex
     settings: ServeSettings
     index_kind: str
+    poster_cache: Path | None = None  # None: default_poster_cache(the embeddings)
+    videos: IndexedVideos = field(init=False)
+    posters: Posters = field(init=False)
 
     def __post_init__(self) -> None:
-        check_encoder(self.index.store, self.encoder)
+        store = self.index.store
+        check_encoder(store, self.encoder)
         verify_encoder(self.encoder)
+        self.videos = IndexedVideos(store)
+        self.posters = Posters(self.videos, self.poster_cache or default_poster_cache(store.paths.emb),
+                               DecoderPool(POSTER_DECODERS), decode_timeout=self.settings.decode_timeout,
+                               max_pending=self.settings.max_pending)
         self._encoder_queue = EncoderQueue()
         self._decoders = DecoderPool(self.settings.decoders)
 
@@ -181,9 +217,31 @@ class SearchService:
     async def _encode(self, priority: int, job: Callable[[], np.ndarray]) -> np.ndarray:
         return await asyncio.wrap_future(self._encoder_queue.submit(priority, job))
 
+    async def search_similar(self, video_id: str, row: int | None, k: int) -> dict[str, Any]:
+        """Videos like an indexed one (its row vector: nothing decoded or encoded), the row itself left out."""
+        row = await asyncio.to_thread(self.videos.row_of, video_id, row)
+        store = self.index.store
+        vector = np.asarray(store.vectors[row:row + 1], dtype=np.float32)  # (1, E)
+        hits = (await asyncio.to_thread(self.index.search, vector, k + 1))[0]
+        others = [replace(hit, rank=rank) for rank, hit in enumerate((h for h in hits if h.row != row), 1)]
+        spans = getattr(store, "spans", None)
+        start = float(spans[row, 0]) if spans is not None else None
+        label = f"similar:{video_id}" + (f"@{start:g}" if start is not None else "")
+        return self._results(label, others[:k])
+
     async def _search(self, query: str, vectors: np.ndarray, k: int) -> dict[str, Any]:
         hits = await asyncio.to_thread(self.index.search, vectors, k)
-        return hits_to_dicts([query], hits)[0]
+        return self._results(query, hits[0])
+
+    def _results(self, query: str, hits: list[Hit]) -> dict[str, Any]:
+        """The JSON result; each hit of a segmented set has its moment's `start`/`end` seconds."""
+        result = hits_to_dicts([query], [hits])[0]
+        spans = getattr(self.index.store, "spans", None)
+        if spans is not None:
+            for hit in result["results"]:
+                if hit.get("start") is None:
+                    hit["start"], hit["end"] = (float(t) for t in spans[hit["row"]])
+        return result
 
     def health(self) -> dict[str, Any]:
         store = self.index.store
@@ -194,26 +252,88 @@ class SearchService:
     def close(self) -> None:
         self._encoder_queue.close()
         self._decoders.close()
+        self.posters.close()
 
 
 def open_service(model: str | Path, index: str | Path, settings: ServeSettings = ServeSettings(), *,
                  backend: str = "auto", device: str = "auto", precision: str = "auto", nprobe: int | None = None,
-                 ef_search: int | None = None) -> SearchService:
+                 ef_search: int | None = None, poster_cache: str | Path | None = None) -> SearchService:
     """Open the index and the encoder (checked to be the model that made the index, and run once)."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
     searchable = open_index(index, nprobe=nprobe, ef_search=ef_search)
     kind = searchable.settings.kind if isinstance(searchable, AnnIndex) else "exact"
-    return SearchService(open_encoder(model, backend=backend, device=device, precision=precision), searchable, settings, kind)
+    encoder = open_encoder(model, backend=backend, device=device, precision=precision)
+    return SearchService(encoder, searchable, settings, kind, Path(poster_cache) if poster_cache else None)
 
 
 def create_app(model: str | Path, index: str | Path, settings: ServeSettings = ServeSettings(), *,
                backend: str = "auto", device: str = "auto", precision: str = "auto", nprobe: int | None = None,
-               ef_search: int | None = None) -> Any:
-    """The FastAPI app serving `model` over `index` (see the module docstring)."""
+               ef_search: int | None = None, token: str | None = None,
+               poster_cache: str | Path | None = None) -> Any:
+    """The FastAPI app serving `model` over `index` (see the module docstring); `token`: required on requests."""
+    check_token(token)
     service = open_service(model, index, settings, backend=backend, device=device, precision=precision, nprobe=nprobe,
-                           ef_search=ef_search)
-    return build_app(service)
+                           ef_search=ef_search, poster_cache=poster_cache)
+    return build_app(service, token=token)
+
+
+def check_token(token: str | None) -> None:
+    """Refuse an empty token or one that cannot travel in a header (DGLError)."""
+    if token is not None and not re.fullmatch(r"[\x21-\x7e]{1,4096}", token):
+        raise DGLError("the token must be 1-4096 printable ASCII characters without spaces")
+
+
+class TokenGuard:
+    """ASGI middleware: every request but PUBLIC_PATHS needs `token`, as `Authorization: Bearer TOKEN` or a `token`
+    query parameter (for <video>/<img> sources); else 401."""
+
+    def __init__(self, app: Any, token: str, error: "ErrorResponse") -> None:
+        self.app, self.error = app, error
+        self.token = token.encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            return await self.app(scope, receive, send)
+        given = self._given(scope)
+        if given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self.token):
+            return await self.app(scope, receive, send)
+        headers = {"www-authenticate": "Bearer", **({"connection": "close"} if scope["method"] == "POST" else {})}
+        message = "wrong token" if given is not None else \
+            "this server needs a token: send 'Authorization: Bearer TOKEN' (or ?token=TOKEN)"
+        await self.error(401, message, headers)(scope, receive, send)
+
+    @staticmethod
+    def _given(scope: dict) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    return credentials.strip()
+        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+        return values[-1] if values else None
+
+
+class RedactTokens(logging.Filter):
+    """Hide `token=...` query values in uvicorn's access log lines."""
+
+    PATTERN = re.compile(r"([?&]token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                                for arg in record.args)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, with tokens redacted from the access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
+    config["handlers"]["access"]["filters"] = ["redact_tokens"]
+    return config
 
 
 class BodyTimeout(Exception):
@@ -290,15 +410,17 @@ class RequestGuard:
             await response(scope, receive, send)
 
 
-def build_app(service: SearchService) -> Any:
-    """The routes, limits and error mapping around an opened service."""
+def build_app(service: SearchService, token: str | None = None) -> Any:
+    """The routes, limits, token check and error mapping around an opened service."""
     try:
-        from fastapi import FastAPI, File, Query, Request, UploadFile
+        from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import FileResponse, JSONResponse, Response
+        from fastapi.security import HTTPBearer
         from starlette.exceptions import HTTPException
     except ImportError:
         raise DGLError(INSTALL_HINT) from None
+    check_token(token)
     from dgl_deploy.data.video import VideoError
 
     settings = service.settings
@@ -311,8 +433,15 @@ def build_app(service: SearchService) -> Any:
         yield
         service.close()
 
-    app = FastAPI(title="dgl-deploy search", version="1", lifespan=lifespan)
+    static = resources.files("dgl_deploy.retrieval") / "static"
+    page = {name: (static / name).read_bytes() for name in ("index.html", *STATIC_FILES)}
+    # with a token, /docs offers an "Authorize" button (the check itself is TokenGuard's)
+    bearer = [Depends(HTTPBearer(auto_error=False))] if token else []
+    app = FastAPI(title="dgl-deploy search", version="1", lifespan=lifespan, dependencies=bearer)
+    app.state.service = service
     app.add_middleware(RequestGuard, settings=settings, error=error)
+    if token:
+        app.add_middleware(TokenGuard, token=token, error=error)  # outermost: refused before counting as pending
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -328,9 +457,23 @@ def build_app(service: SearchService) -> Any:
     async def bad_input(_: Request, exc: DGLError) -> JSONResponse:
         return error(400, str(exc))
 
+    @app.exception_handler(MediaError)
+    async def media_refused(_: Request, exc: MediaError) -> JSONResponse:
+        return error(exc.status, str(exc), {"retry-after": "1"} if exc.status == 503 else None)
+
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         return error(500, f"internal error ({type(exc).__name__})")
+
+    @app.get("/", include_in_schema=False)
+    async def search_page() -> Response:
+        return Response(page["index.html"], media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str) -> Response:
+        if name not in STATIC_FILES:
+            raise HTTPException(404, "Not Found")
+        return Response(page[name], media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -349,7 +492,33 @@ def build_app(service: SearchService) -> Any:
         except VideoError as exc:
             return error(400, f"{name}: {exc.reason}")
 
+    @app.get("/search/similar")
+    async def search_similar(id: str = Query(..., min_length=1, max_length=4096),
+                             row: int | None = Query(None, ge=0, description="the moment's row (default: the first)"),
+                             k: int = Query(10, ge=1, le=settings.max_k)) -> dict[str, Any]:
+        return await _timed(service.search_similar(id, row, k))
+
+    @app.head("/video", include_in_schema=False)
+    @app.get("/video")
+    async def video(id: str = Query(..., min_length=1, max_length=4096)) -> Any:
+        """The indexed video `id` (as recorded in the index), with HTTP range requests (206) for seeking."""
+        path = await asyncio.to_thread(service.videos.resolve, id)
+        return FileResponse(path, media_type=_video_type(path), headers={"cache-control": "private, max-age=3600"})
+
+    @app.get("/poster", response_class=FileResponse)
+    async def poster(id: str = Query(..., min_length=1, max_length=4096),
+                     start: float = Query(0.0, ge=0, le=1e9, description="the moment's start, seconds")) -> Any:
+        """JPEG frame of video `id` at `start` (0, or a moment start of a segmented set)."""
+        path = await service.posters.get(id, start)
+        return FileResponse(path, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+
     return app
+
+
+def _video_type(path: Path) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"  # browsers sniff media types
 
 
 async def _timed(search: Awaitable[dict[str, Any]]) -> dict[str, Any]:
@@ -372,4 +541,5 @@ def _saved_upload(upload: BinaryIO, name: str) -> Iterator[Path]:
         os.remove(tmp)
 
 
-__all__ = ["ServeSettings", "SearchService", "LIMITS", "open_service", "create_app", "build_app", "verify_encoder"]
+__all__ = ["ServeSettings", "SearchService", "LIMITS", "open_service", "create_app", "build_app", "verify_encoder",
+           "check_token", "log_config", "RedactTokens"]

@@ -1,0 +1,233 @@
+"""The files behind `dgl serve`'s search page: the indexed videos (streamed with HTTP ranges) and their poster
+frames (one JPEG per (video, moment start), made once and cached on disk).
+
+Which files may be served: only those of the index. The client names a video by its id as recorded in the
+index (never a path); an id that is not in the index is 404. The id is joined to the source folder recorded
+in the embeddings manifest (`source_root`), and the resolved file (links followed) must lie in one of the
+folders the index was built from: the source folder, and, for ids recorded relative to it as `../other/x.mp4`
+(a second folder embedded into the same set), that folder. Anything else (a video replaced by a link to a file
+outside them, a recorded absolute id, `..` inside an id) is 403. A set that does not record its source folder
+serves no files.
+
+Posters: the frame at the moment's start (0 for a whole video), decoded by `decoders` decoder processes (a
+time limit per file, off the event loop; at most `max_pending` waiting, more get 503), centre-cropped to
+POSTER_SIZE and written as JPEG into the cache folder, keyed by (id, start, file size and mtime): a page view
+reads files, it never decodes twice. Only the starts of the index's moments have posters (a segmented set's
+segment starts, else 0), so the cache never holds more files than the index has rows.
+
+Torch-free; decord is imported with the first decoder process, not with this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from dgl_deploy.errors import DGLError
+from dgl_deploy.files import atomic_path
+from dgl_deploy.retrieval.store import EmbeddingStore
+
+if TYPE_CHECKING:
+    from dgl_deploy.data.video import DecodeProcess
+
+    class DecoderPool(Protocol):
+        def submit(self, job: Callable[[DecodeProcess], Any]) -> Future[Any]: ...
+
+        def close(self) -> None: ...
+
+POSTER_SIZE = 256  # pixels (square, centre-cropped)
+POSTER_QUALITY = 85
+POSTER_DECODERS = 2  # decoder processes for posters (a pool apart from the upload decoders)
+MOMENT_MS = 1000  # moment starts are matched to the millisecond
+
+
+class MediaError(Exception):
+    """A refused media request: HTTP `status` and a one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _shown(video_id: str) -> str:
+    """The id for an error message (bounded: it comes from the client)."""
+    return repr(video_id if len(video_id) <= 200 else video_id[:200] + "...")
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class IndexedVideos:
+    """The videos of an embedding set as files, and its moments: which ids, rows and starts exist."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+        recorded = store.recorded_path("source_root")
+        self.root = Path(os.path.abspath(recorded)) if recorded is not None else None
+        self._lock = threading.Lock()
+        self._first_row: dict[str, int] | None = None  # built on first use (one pass over the ids)
+        self._starts: dict[str, frozenset[int]] = {}  # id -> moment starts (ms); empty for a whole-video set
+        self._roots: list[str] = []
+
+    def _catalogue(self) -> dict[str, int]:
+        with self._lock:
+            if self._first_row is None:
+                first: dict[str, int] = {}
+                for row, video_id in enumerate(self.store.ids):
+                    first.setdefault(video_id, row)
+                spans = getattr(self.store, "spans", None)
+                if spans is not None:
+                    starts: dict[str, set[int]] = {}
+                    for video_id, start in zip(self.store.ids, np.rint(np.asarray(spans[:, 0]) * MOMENT_MS),
+                                               strict=True):
+                        starts.setdefault(video_id, set()).add(int(start))
+                    self._starts = {k: frozenset(v) for k, v in starts.items()}
+                self._roots = self._folders(first) if self.root is not None else []
+                self._first_row = first
+            return self._first_row
+
+    def _folders(self, ids: dict[str, int]) -> list[str]:
+        """The resolved folders the set was built from: the source folder, and the folder each `../` id names."""
+        assert self.root is not None
+        folders = {os.path.normpath(self.root)}
+        for video_id in ids:
+            parts = PurePosixPath(video_id).parts
+            ups = next((n for n, part in enumerate(parts) if part != ".."), len(parts))
+            if ups and ups < len(parts):  # ../other/x.mp4 -> <root>/../other ; ../x.mp4 -> <root>/..
+                folders.add(os.path.normpath(self.root.joinpath(*parts[:ups], *parts[ups:-1][:1])))
+        return sorted({os.path.realpath(folder) for folder in folders})
+
+    def row_of(self, video_id: str, row: int | None = None) -> int:
+        """The row of `video_id` (its first, or `row` checked to be one of its rows); 404 otherwise."""
+        first = self._catalogue()
+        if video_id not in first:
+            raise MediaError(404, f"no video {_shown(video_id)} in the index")
+        if row is None:
+            return first[video_id]
+        if not 0 <= row < len(self.store.ids) or self.store.ids[row] != video_id:
+            raise MediaError(404, f"row {row} is not a moment of {_shown(video_id)}")
+        return row
+
+    def check_moment(self, video_id: str, start: float) -> int:
+        """`start` (seconds) as milliseconds if it is 0 or a moment start of `video_id`, else 404."""
+        self._catalogue()
+        if not np.isfinite(start) or start < 0:
+            raise MediaError(422, f"start must be a number of seconds >= 0, got {start}")
+        ms = int(round(start * MOMENT_MS))
+        if ms and ms not in self._starts.get(video_id, ()):
+            raise MediaError(404, f"{_shown(video_id)} has no moment starting at {start:g} s in the index")
+        return ms
+
+    def resolve(self, video_id: str) -> Path:
+        """The file of `video_id`, resolved and checked to lie in the set's folders (module docstring)."""
+        first = self._catalogue()
+        if video_id not in first:
+            raise MediaError(404, f"no video {_shown(video_id)} in the index")
+        if self.root is None:
+            raise MediaError(404, f"{self.store.paths.manifest.name} does not record the folder the videos were "
+                                  "embedded from: no video files are served")
+        parts = PurePosixPath(video_id).parts
+        ups = next((n for n, part in enumerate(parts) if part != ".."), len(parts))
+        if PurePosixPath(video_id).is_absolute() or PureWindowsPath(video_id).is_absolute() or \
+                ".." in parts[ups:] or "\\" in video_id or "\0" in video_id:
+            raise MediaError(403, f"{_shown(video_id)} is recorded as an absolute or indirect path: not served")
+        real = os.path.realpath(self.root / video_id)
+        if not any(_within(real, folder) for folder in self._roots):
+            raise MediaError(403, f"{_shown(video_id)} leads outside the folders the index was built from (a "
+                                  "link?): not served")
+        if not os.path.isfile(real):
+            raise MediaError(404, f"{_shown(video_id)}: the file is not there any more")
+        return Path(real)
+
+
+def default_poster_cache(index: Path | str) -> Path:
+    """The poster cache of an index when none is given: the user's cache folder, one subfolder per index path."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(os.path.abspath(index).encode()).hexdigest()[:16]
+    return base / "dgl-deploy" / "posters" / digest
+
+
+def _check_writable(folder: Path) -> None:
+    """DGLError unless `folder` can be written or made (it is made with the first poster, not at start-up)."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DGLError(f"{folder}: the poster cache cannot be {'written' if existing == folder else 'made'} there: "
+                       "pass --poster-cache with a writable folder")
+
+
+class Posters:
+    """Poster frames, made on first request by a small pool of decoder processes and cached as JPEG files."""
+
+    def __init__(self, videos: IndexedVideos, folder: Path | str, decoders: DecoderPool, *, decode_timeout: float,
+                 max_pending: int) -> None:
+        self.videos = videos
+        self.folder = Path(os.path.abspath(folder))
+        _check_writable(self.folder)
+        self.decode_timeout, self.max_pending = decode_timeout, max_pending
+        self.decoded = 0  # frames decoded since start (a cached poster is never decoded again)
+        self._count = threading.Lock()
+        self._pool = decoders
+        self._pending: dict[str, asyncio.Future[None]] = {}  # key -> decode in progress (event loop only)
+        self._failed: dict[str, str] = {}  # key -> why (not retried until the file changes)
+
+    async def get(self, video_id: str, start: float) -> Path:
+        """The cached poster of (video, start), made first if needed. Raises MediaError."""
+        from dgl_deploy.data.video import VideoError
+
+        path = await asyncio.to_thread(self.videos.resolve, video_id)
+        start_ms = self.videos.check_moment(video_id, start)
+        stat = path.stat()
+        key = hashlib.sha256(f"{video_id}\0{start_ms}\0{stat.st_size}\0{stat.st_mtime_ns}\0{POSTER_SIZE}".encode()
+                             ).hexdigest()[:32]
+        target = self.folder / key[:2] / f"{key}.jpg"
+        if target.is_file():
+            return target
+        if key in self._failed:
+            raise MediaError(404, f"no poster for {_shown(video_id)}: {self._failed[key]}")
+        job = self._pending.get(key)
+        if job is None:
+            if len(self._pending) >= self.max_pending:
+                raise MediaError(503, f"busy: {self.max_pending} posters being made, retry later")
+            job = asyncio.wrap_future(self._pool.submit(lambda decoder: self._make(decoder, path, start_ms, target)))
+            self._pending[key] = job
+            job.add_done_callback(lambda done: self._finished(key, done))
+        try:
+            await asyncio.shield(job)  # a client that goes away does not cancel the decode others may wait for
+        except VideoError as exc:  # its message names the file's path: the client gets the id only
+            raise MediaError(404, f"no poster for {_shown(video_id)}: {exc.reason}") from None
+        return target
+
+    def _finished(self, key: str, job: asyncio.Future[None]) -> None:
+        self._pending.pop(key, None)
+        error = None if job.cancelled() else job.exception()
+        if error is not None and hasattr(error, "reason"):  # a VideoError: this file cannot be decoded
+            self._failed[key] = error.reason
+
+    def _make(self, decoder: DecodeProcess, path: Path, start_ms: int, target: Path) -> None:
+        from PIL import Image
+
+        start = start_ms / MOMENT_MS
+        segment = (start, start + 1.0 / MOMENT_MS) if start_ms else None  # one frame: the first of the segment
+        frames = decoder.decode(path, 1, POSTER_SIZE, segment, timeout=self.decode_timeout)  # (1, S, S, 3)
+        with self._count:
+            self.decoded += 1
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with atomic_path(target) as tmp:
+            Image.fromarray(frames[0]).save(tmp, "JPEG", quality=POSTER_QUALITY)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+__all__ = ["MediaError", "IndexedVideos", "Posters", "default_poster_cache", "POSTER_SIZE"]

@@ -1,0 +1,281 @@
+"""The search page of `dgl serve` in a real browser (headless Chromium driven by Playwright): a text search shows
+posters, a click plays the video from the moment's start (seeking through HTTP ranges), keyboard use, "more
+like this", a clip upload, the messages for an empty query and an API error, moments of a segmented set, and a
+server with a token.
+
+The model is a tiny random-init dgl-tiny exported to ONNX; the videos are synthetic. Skipped where Playwright
+(`pip install playwright`) or a Chromium (`apt-get install chromium`; no browser download is needed) is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgl_deploy.data.synthetic import make_synthetic
+from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+from dgl_deploy.retrieval.serve import ServeSettings, create_app
+from dgl_deploy.runtime.backends.select import open_encoder
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required", "--mute-audio"]
+SETTINGS = ServeSettings(max_query_chars=50, max_k=50, decode_timeout=30.0)
+TOKEN = "page-test-token-42"
+WAIT_MS = 30_000
+
+
+def _chromium() -> str | None:
+    """A Chromium to drive: $DGL_CHROMIUM, else Debian's /usr/bin/chromium, else one on PATH."""
+    for candidate in (os.environ.get("DGL_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set DGL_CHROMIUM)")
+    with sync_api.sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        except sync_api.Error as exc:
+            pytest.skip(f"{executable} does not start under Playwright: {str(exc).splitlines()[0]}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def video_set(tmp_path_factory, tiny_export) -> Path:
+    """Six synthetic videos and their embeddings by the tiny ONNX export (`emb.npy`)."""
+    root = tmp_path_factory.mktemp("page")
+    make_synthetic(root / "videos", videos=6, seed=5, size=(72, 128), seconds=2.0, fps=10)
+    embed_videos(root / "videos", root / "emb.npy", open_encoder(tiny_export[1], log=None), EmbedSettings(workers=1))
+    return root
+
+
+@contextmanager
+def serving(root: Path, export: Path, spans: np.ndarray | None = None, **options) -> Iterator[str]:
+    """The app over `root`'s set on a real socket (uvicorn in a thread); yields its base URL. `spans` makes the
+    opened set a segmented one (each row a moment: start, end seconds)."""
+    app = create_app(export, root / "emb.npy", SETTINGS, poster_cache=root / "posters", **options)
+    if spans is not None:
+        app.state.service.index.store.spans = spans
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def base(video_set, tiny_export) -> Iterator[str]:
+    with serving(video_set, tiny_export[1]) as url:
+        yield url
+
+
+class Page:
+    """A fresh browser page on the search page, recording page errors, CSP violations and media responses."""
+
+    def __init__(self, browser: object, url: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1200, "height": 900})
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.media: list[tuple[str, int]] = []
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.page.on("console", lambda msg: self.problems.append(msg.text) if "Content Security Policy" in msg.text
+                     or "Refused to" in msg.text else None)
+        self.page.on("response", lambda r: self.media.append((r.url, r.status)) if "/video?" in r.url else None)
+        self.page.set_default_timeout(WAIT_MS)
+        self.page.goto(url)
+
+    def search(self, text: str, count: int | None = None) -> None:
+        self.page.fill("#q", text)
+        self.page.press("#q", "Enter")
+        if count is not None:
+            sync_api.expect(self.page.locator(".card")).to_have_count(count)
+
+    def posters_loaded(self) -> None:
+        self.page.wait_for_function("""() => {
+            const posters = [...document.querySelectorAll('.card img.poster')];
+            return posters.length > 0 && posters.every(p => p.complete && p.naturalWidth > 0);
+        }""")
+
+    def playing(self) -> dict:
+        """Wait until the player has sought to the moment and played from it; its state."""
+        self.page.wait_for_function("""() => {
+            const v = document.getElementById('video');
+            return v.dataset.ready === '1' && v.played.length > 0;
+        }""")
+        return self.page.evaluate("""() => {
+            const v = document.getElementById('video');
+            return {id: v.dataset.id, start: Number(v.dataset.start), currentTime: v.currentTime,
+                    playedFrom: v.played.start(0), src: v.currentSrc, error: v.error && v.error.code};
+        }""")
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+@pytest.fixture
+def page(browser, base) -> Iterator[Page]:
+    opened = Page(browser, base)
+    yield opened
+    opened.close()
+
+
+def _ids(page: Page) -> list[str]:
+    return page.page.evaluate("() => window.dglPage.state().hits.map(h => h.id)")
+
+
+def test_search_shows_posters_and_plays_from_the_start(page: Page, video_set) -> None:
+    sync_api.expect(page.page.locator("#status")).to_contain_text("6 indexed rows")
+    page.search("a red circle moves to the right", count=6)
+    page.posters_loaded()
+    first = page.page.locator(".card").first
+    hits = page.page.evaluate("() => window.dglPage.state().hits")
+    assert {h["id"] for h in hits} == {p.name for p in (video_set / "videos").glob("*.mp4")}
+    sync_api.expect(first.locator(".name")).to_have_text(hits[0]["id"])
+    sync_api.expect(first.locator(".score")).to_have_text(f"{hits[0]['score']:.3f}")
+    assert page.page.locator(".card .moment").count() == 0  # whole videos: no moment shown
+    sync_api.expect(page.page.locator("#results-title")).to_contain_text("6 results for “a red circle")
+    first.locator("img").click()
+    state = page.playing()
+    assert state["id"] == hits[0]["id"] and state["error"] is None
+    assert state["start"] == 0 and state["playedFrom"] == pytest.approx(0, abs=0.05)
+    assert 0 <= state["currentTime"] < 2.5
+    assert any(status == 206 for url, status in page.media), page.media  # the browser fetched ranges
+
+
+def test_keyboard(page: Page) -> None:
+    page.search("a blue square", count=6)
+    active = "() => document.activeElement.dataset.index"
+    page.page.press("#q", "ArrowDown")
+    assert page.page.evaluate(active) == "0"
+    page.page.keyboard.press("ArrowRight")
+    assert page.page.evaluate(active) == "1"
+    page.page.keyboard.press("End")
+    assert page.page.evaluate(active) == "5"
+    page.page.keyboard.press("ArrowLeft")
+    assert page.page.evaluate(active) == "4"
+    columns = page.page.evaluate("() => { const c = [...document.querySelectorAll('.card')];"
+                                 " return c.filter(x => x.offsetTop === c[0].offsetTop).length; }")
+    page.page.keyboard.press("Home")
+    page.page.keyboard.press("ArrowDown")
+    assert page.page.evaluate(active) == str(min(columns, 5))
+    page.page.keyboard.press("Home")
+    page.page.keyboard.press("Enter")
+    assert page.playing()["id"] == _ids(page)[0]
+    page.page.locator(".card").nth(2).focus()
+    page.page.keyboard.press(" ")
+    page.page.wait_for_function(f"() => document.getElementById('video').dataset.id === {_ids(page)[2]!r}")
+    assert page.playing()["id"] == _ids(page)[2]
+    page.page.keyboard.press("Escape")
+    sync_api.expect(page.page.locator("#player")).to_be_hidden()
+    assert page.page.evaluate(active) == "2"  # focus goes back to the result
+
+
+def test_more_like_this(page: Page) -> None:
+    page.search("a green triangle", count=6)
+    target = _ids(page)[1]
+    page.page.locator(".card").nth(1).locator(".more").click()
+    sync_api.expect(page.page.locator("#results-title")).to_contain_text(f"videos like {target}")
+    sync_api.expect(page.page.locator(".card")).to_have_count(5)
+    assert target not in _ids(page)
+    page.posters_loaded()
+
+
+def test_upload_a_clip(page: Page, video_set) -> None:
+    clip = sorted((video_set / "videos").glob("*.mp4"))[3]
+    page.page.set_input_files("#upload", str(clip))
+    sync_api.expect(page.page.locator("#results-title")).to_contain_text(f"the clip “{clip.name}”")
+    sync_api.expect(page.page.locator(".card")).to_have_count(6)
+    top = page.page.locator(".card").first
+    sync_api.expect(top.locator(".name")).to_have_text(clip.name)
+    sync_api.expect(top.locator(".score")).to_have_text("1.000")
+
+
+def test_messages_for_an_empty_query_and_an_api_error(page: Page) -> None:
+    message = page.page.locator("#message")
+    sync_api.expect(message).to_be_hidden()
+    page.search("   ")
+    sync_api.expect(message).to_be_visible()
+    sync_api.expect(message).to_contain_text("The query is empty")
+    page.search("x" * 60)  # longer than max_query_chars: the API's 422, in words
+    sync_api.expect(message).to_contain_text("Error 422: q: String should have at most 50 characters")
+    page.search("a red circle", count=6)
+    sync_api.expect(message).to_be_hidden()
+    page.page.set_input_files("#upload", files=[{"name": "notes.mp4", "mimeType": "video/mp4",
+                                                 "buffer": b"this is not a video"}])
+    sync_api.expect(message).to_contain_text("Error 400: notes.mp4: ")
+
+
+def test_moments_of_a_segmented_set(browser, video_set, tiny_export) -> None:
+    """Each row a moment (the second half of odd rows' videos): results show start-end, posters are those frames,
+    and a click plays from the moment's start."""
+    spans = np.array([[1.0, 2.0] if row % 2 else [0.0, 1.0] for row in range(6)])
+    with serving(video_set, tiny_export[1], spans=spans) as url:
+        page = Page(browser, url)
+        try:
+            page.search("a red circle", count=6)
+            page.posters_loaded()
+            hits = page.page.evaluate("() => window.dglPage.state().hits")
+            late = next(n for n, h in enumerate(hits) if h["start"] == 1.0)
+            card = page.page.locator(".card").nth(late)
+            sync_api.expect(card.locator(".moment")).to_have_text("0:01–0:02")
+            assert "start=1" in card.locator("img").get_attribute("src")
+            card.click()
+            state = page.playing()
+            assert state["id"] == hits[late]["id"] and state["start"] == 1.0
+            assert state["playedFrom"] == pytest.approx(1.0, abs=0.05) and 1.0 <= state["currentTime"] <= 2.1
+            assert page.page.evaluate("() => window.dglPage.clock(75.25)") == "1:15.3"
+        finally:
+            page.close()
+
+
+def test_token(browser, video_set, tiny_export) -> None:
+    """A server with a token: the page asks for it, refuses a wrong one, then searches, shows posters and plays
+    (media URLs carry the token); the token is kept across a reload of the tab."""
+    with serving(video_set, tiny_export[1], token=TOKEN) as url:
+        page = Page(browser, url)
+        try:
+            sync_api.expect(page.page.locator("#token-form")).to_be_visible()
+            sync_api.expect(page.page.locator("#message")).to_contain_text("needs an access token")
+            page.page.fill("#token", "wrong-token")
+            page.page.press("#token", "Enter")
+            sync_api.expect(page.page.locator("#message")).to_contain_text("not accepted")
+            page.page.fill("#token", TOKEN)
+            page.page.press("#token", "Enter")
+            sync_api.expect(page.page.locator("#status")).to_contain_text("6 indexed rows")
+            sync_api.expect(page.page.locator("#token-form")).to_be_hidden()
+            page.search("a red circle", count=6)
+            page.posters_loaded()
+            page.page.locator(".card").first.click()
+            assert page.playing()["error"] is None
+            page.page.reload()
+            sync_api.expect(page.page.locator("#status")).to_contain_text("6 indexed rows")
+            sync_api.expect(page.page.locator("#token-form")).to_be_hidden()
+        finally:
+            page.close()
