@@ -20,27 +20,29 @@ def test_train_then_eval(tmp_path: Path) -> None:
     videos, run = str(tmp_path / "data"), tmp_path / "run"
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"frames": 4, "max_words": 16, "batch_size": 4, "epochs": 1}))
-    with pytest.warns(UserWarning, match=r"annotations\.jsonl: 1 of 9 videos not found under .* \(gone\.mp4\)"):
-        result = CliRunner().invoke(app, [
-            "train", "--model-name", "dgl-tiny", "--pretrained", "none", "--dataset", "generic",
-            "--annotations", str(annotations), "--videos", videos, "--out", str(run), "--config", str(config),
-            "--epochs", "2", "--lr", "1e-3", "--workers", "2", "--latent", "linear", "--val-fraction", "0.25",
-            "--skip-missing", "--quiet",
-        ])
+    result = CliRunner().invoke(app, [
+        "train", "--model-name", "dgl-tiny", "--pretrained", "none", "--dataset", "generic",
+        "--annotations", str(annotations), "--videos", videos, "--out", str(run), "--config", str(config),
+        "--epochs", "2", "--lr", "1e-3", "--workers", "2", "--latent", "linear", "--val-fraction", "0.25",
+        "--skip-missing", "--quiet", "--frame-sampling", "reference",
+    ])
     assert result.exit_code == 0, result.output
+    missing = r"^warning: .*annotations\.jsonl: 1 of 9 videos not found under .* \(gone\.mp4\); skipping them$"
+    assert re.search(missing, result.stderr, re.M), result.stderr
     assert re.search(r"epoch 2/2: loss \d+\.\d+, val t2v R@1 \d+\.\d, 0:\d\d:\d\d elapsed, ETA 0:00:00", result.stderr)
     assert "step 1/" not in result.stderr  # --quiet: per-epoch lines only
     assert (run / "model.safetensors").is_file() and (run / "state.pt").is_file() and (run / "epoch_2.safetensors").is_file()
     saved = json.loads((run / "config.json").read_text())
     assert (saved["epochs"], saved["frames"], saved["latent"], saved["pretrained"]) == (2, 4, "linear", None)
+    assert saved["frame_sampling"] == "reference"
     events = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert events.count("step") == 2 * 2 and events.count("epoch") == 2 and events[-1] == "done"
 
-    with pytest.warns(UserWarning, match="1 of 9 videos not found"):
-        result = CliRunner().invoke(app, ["eval", "--model", str(run / "model.safetensors"), "--dataset", "generic",
-                                          "--annotations", str(annotations), "--videos", videos, "--workers", "2",
-                                          "--json", "--skip-missing"])
+    result = CliRunner().invoke(app, ["eval", "--model", str(run / "model.safetensors"), "--dataset", "generic",
+                                      "--annotations", str(annotations), "--videos", videos, "--workers", "2",
+                                      "--json", "--skip-missing", "--frame-sampling", "reference"])
     assert result.exit_code == 0, result.output
+    assert re.search(missing, result.stderr, re.M), result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["t2v"]["queries"] == 24 and metrics["v2t"]["queries"] == 8
 

@@ -76,6 +76,34 @@ def test_activitynet_paragraphs(tmp_path: Path) -> None:
     assert ds.items[0].captions[0].startswith("A young woman") and "room while the camera" in ds.items[0].captions[0]
     assert "  " not in ds.items[0].captions[0]
     assert ds.items[1].path.name == "ehGHCYKzyZ8.mkv"
+    assert [item.segment for item in ds.items] == [(0.0, 83.0), (0.0, 62.0)]  # the reference's [0, ceil(duration)]
+
+
+@pytest.mark.parametrize(("split", "ids"), [("test", ["-4wsuPCjDBc_5_15", "-7KMZQEsJW4_205_208"]),
+                                            ("val", ["-8y1Q0rA3n8_108_115"]), ("train", ["04Gt01vatkk_248_265", "0lh_UWF9ZP4_62_69"])])
+def test_msvd_lists_and_json_captions(tmp_path: Path, split: str, ids: list[str]) -> None:
+    videos = touch(tmp_path, "-4wsuPCjDBc_5_15.avi", "-7KMZQEsJW4_205_208.mp4", "-8y1Q0rA3n8_108_115.avi",
+                   "04Gt01vatkk_248_265.avi", "0lh_UWF9ZP4_62_69.avi")
+    ds = load_dataset("msvd", FIXTURES / "msvd", videos, split=split)
+    assert [item.video_id for item in ds.items] == ids and all(item.segment is None for item in ds.items)
+    if split == "test":  # default split; word lists joined with spaces, several captions per video, .mp4 fallback
+        assert load_dataset("msvd", FIXTURES / "msvd", videos).split == "test" and ds.num_captions == 5
+        assert ds.items[0].captions[0] == "a squirrel is eating a peanut in it's shell"
+        assert ds.items[1].path.name == "-7KMZQEsJW4_205_208.mp4"
+    if split == "train":
+        assert ds.items[1].captions == ["a man is cooking", "a person cooks food"]  # plain strings also accepted
+
+
+def test_didemo_paragraphs_of_listed_videos(tmp_path: Path) -> None:
+    videos = touch(tmp_path, "10015567@N08_3655084291_d8b58466fa.mov", "10034767@N04_4431467474_d3f4a8bc40.mp4.mp4")
+    ds = load_dataset("didemo", FIXTURES / "didemo", videos)  # default split: test
+    assert ds.split == "test" and [item.video_id for item in ds.items] == [
+        "10015567@N08_3655084291_d8b58466fa.mov", "10034767@N04_4431467474_d3f4a8bc40.mp4"]  # dropped: reference's missing
+    assert ds.items[0].captions == ["the cat jumps off the table cat lands on the floor"]  # json order, one paragraph
+    assert ds.items[1].path.name.endswith(".mp4.mp4")  # converted copies: <name>.mp4
+    assert {item.segment for item in ds.items} == {(0.0, 31.0)}
+    assert [len(load_dataset("didemo", FIXTURES / "didemo", touch(tmp_path, name), split=split).items) for split, name in
+            (("val", "10087362@N08_4584429566_8dc62d1ff4.avi"), ("train", "10106231@N07_3214431394_9f5b8a8b41.mov"))] == [1, 1]
 
 
 @pytest.mark.parametrize("name", ["annotations.csv", "annotations.jsonl"])
@@ -111,7 +139,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_validation_splits_documented() -> None:
-    assert VALIDATION_SPLITS == {"msrvtt": None, "vatex": "val", "lsmdc": "val", "activitynet": "val_1", "generic": None}
+    assert VALIDATION_SPLITS == {"msrvtt": None, "vatex": "val", "lsmdc": "val", "activitynet": "val_1", "msvd": "val",
+                                 "didemo": "val", "generic": None}
 
 
 GENERIC_BAD = [
@@ -149,6 +178,10 @@ def test_bad_generic_rows_name_file_and_line(tmp_path: Path, name: str, text: st
         ("activitynet", "a.json", '{"v_a": {"sentences": [" x"]}, "v_b": []}', r"a\.json \['v_b'\]: expected an object, got an array"),
         ("lsmdc", "l.csv", "a_1\t0\t1\t0\t1\tx\nb_1\tonly\n", r"l\.csv line 2: expected tab-separated clip_id"),
         ("msrvtt", "m.csv", "key,vid_key,video_id,sentence\nr,m,video1,x\nr,m,video2\n", r"m\.csv line 3: 3 field\(s\)"),
+        ("activitynet", "a.json", '{"v_a": {"sentences": ["x"], "duration": "long"}}', r"\['v_a'\]: 'duration' must be a number"),
+        ("msvd", "test_list.txt", "a\nb\n", r"raw-captions\.json: cannot read annotations"),
+        ("didemo", "test_list.txt", "a.mov\n", r"test_data\.json: cannot read annotations"),
+        ("didemo", "ids.txt", "a.mov\n", r"ids\.txt: a DiDeMo split list is named <split>_list\.txt"),
     ],
 )
 def test_bad_rows_of_public_formats(tmp_path: Path, kind: str, name: str, text: str, message: str) -> None:
@@ -173,3 +206,26 @@ def test_same_video_and_duplicate_captions_count_once(tmp_path: Path) -> None:
         ds = load_dataset("generic", annotations, touch(tmp_path, "a.mp4", "sub/b.mp4"))
     assert [(i.video_id, i.captions) for i in ds.items] == [("a", ["a dog", "a dog runs"]), ("sub/b", ["a cat"])]
     assert ds.items[0].path == tmp_path / "a.mp4" and ds.num_captions == 3
+
+
+@pytest.mark.parametrize(
+    ("captions", "message"),
+    [
+        ('{"a": [["x"]]}', r"test_list\.txt: video 'b' has no captions in .*raw-captions\.json"),
+        ('{"a": [["x"]], "b": [["y", 3]]}', r"raw-captions\.json \['b'\]: 'captions' must be a string or a non-empty list"),
+        ('{"a": [["x"]], "b": []}', r"raw-captions\.json \['b'\]: 'captions' must be a string or a non-empty list"),
+        ('[["x"]]', r"raw-captions\.json: expected an object of \{video_id: \[captions\]\}, got an array"),
+    ],
+)
+def test_bad_msvd_captions(tmp_path: Path, captions: str, message: str) -> None:
+    (tmp_path / "test_list.txt").write_text("a\nb\n")
+    (tmp_path / "raw-captions.json").write_text(captions)
+    with pytest.raises(DGLError, match=message):
+        load_dataset("msvd", tmp_path, tmp_path)
+
+
+def test_bad_didemo_rows(tmp_path: Path) -> None:
+    (tmp_path / "val_list.txt").write_text("a.mov\n")
+    (tmp_path / "val_data.json").write_text('[{"video": "a.mov", "description": "x"}, {"video": "a.mov"}]')
+    with pytest.raises(DGLError, match=r"val_data\.json \[1\]: no 'description'"):
+        load_dataset("didemo", tmp_path, tmp_path, split="val")

@@ -6,12 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from dgl_deploy.data.datasets import load_dataset
 from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
+from dgl_deploy.data.video import decode_frames
 from dgl_deploy.evaluation.evaluate import embed_dataset, similarity
 from dgl_deploy.evaluation.metrics import retrieval_metrics
 from dgl_deploy.runtime.backends.torch_backend import TorchEncoder, open_torch_encoder
@@ -116,9 +118,11 @@ def test_data_order_and_holdout_are_deterministic(synthetic: Path, tmp_path: Pat
 
 def test_config_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
-    path.write_text('epochs = 3\nlr = 1e-3\npretrained = "none"\n')
+    path.write_text('epochs = 3\nlr = 1e-3\npretrained = "none"\nframe_sampling = "reference"\n')
     cfg = build_config(path, lr=5e-4, batch_size=None)
     assert (cfg.epochs, cfg.lr, cfg.pretrained, cfg.batch_size, cfg.weight_decay) == (3, 5e-4, None, 128, 0.2)
+    assert cfg.frame_sampling == "reference" and build_config(path, frame_sampling="uniform").frame_sampling == "uniform"
+    assert "frame_sampling" in cfg.result_fields()  # a resumed run must keep it
     path.write_text('{"epoch": 3}')
     with pytest.raises(Exception, match="unknown training setting"):
         build_config(path.rename(tmp_path / "bad.json"))
@@ -132,3 +136,11 @@ def test_same_seed_same_prompts(synthetic: Path, tmp_path: Path) -> None:
         assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first), name
     assert [r.val_r1 for r in runs[0].history] == [r.val_r1 for r in runs[1].history]
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is back
+
+
+def test_reference_sampling_trains_on_the_reference_frames(synthetic: Path, tmp_path: Path) -> None:
+    cfg = _config(synthetic, tmp_path, frame_sampling="reference", frame_cache=None)
+    dataset = load_dataset("generic", synthetic / "annotations.jsonl", synthetic)
+    step = next(iter_steps(dataset, cfg, 32, epoch=0))
+    item = dataset.items[step.items[0]]
+    np.testing.assert_array_equal(step.frames[0], decode_frames(item.path, 4, 32, item.segment, "reference"))

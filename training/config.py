@@ -13,6 +13,7 @@ import tomllib
 
 from dgl_deploy import defaults
 from dgl_deploy.data.datasets import KINDS
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling
 from dgl_deploy.errors import DGLError
 
 Amp = Literal["bf16", "fp16", "none"]
@@ -31,7 +32,8 @@ class TrainConfig:
     model_name: str = "ViT-B-32"  # open_clip tower name ("ViT-B-32", "ViT-B-16", "dgl-tiny", ...)
     pretrained: str | None = "openai"  # open_clip tag, weights file, or None ("none") for random init
     latent: str = "transformer"  # shared latent space: "transformer" or "linear"
-    frames: int = defaults.FRAMES  # [T] frames sampled uniformly per video
+    frames: int = defaults.FRAMES  # [T] frames sampled per video
+    frame_sampling: Sampling = DEFAULT_SAMPLING  # which frames: "uniform" or "reference" (data.sampling)
     max_words: int = defaults.MAX_WORDS  # [W] caption tokens incl. SOT/EOT
     # --- data ---
     dataset: str = "generic"  # dataset kind (datasets.KINDS)
@@ -69,6 +71,7 @@ class TrainConfig:
             raise DGLError(f"unknown dataset kind {self.dataset!r} (choose from {', '.join(KINDS)})")
         if self.latent not in ("transformer", "linear"):
             raise DGLError(f"unknown latent space {self.latent!r}: use 'transformer' or 'linear'")
+        check_sampling(self.frame_sampling, "training setting frame_sampling")
         if self.amp not in ("bf16", "fp16", "none"):
             raise DGLError(f"unknown amp mode {self.amp!r}: use bf16, fp16 or none")
         for name in ("frames", "max_words", "epochs", "batch_size", "accum_steps", "workers", "val_batch_size"):

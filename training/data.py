@@ -10,6 +10,7 @@
   whatever fails to decode, so resuming at step s skips exactly the consumed batches.
 - Captions: for videos with several captions, each step uses one caption per video, drawn uniformly by
   numpy's Generator([seed, epoch]) — the same caption for a video throughout an epoch.
+- Frames: `cfg.frame_sampling` picks them (data.sampling), the same rule for training and validation.
 - A video that fails to decode is left out of its batch (reported through `StepBatch.failures`).
 """
 
@@ -31,7 +32,7 @@ from dgl_deploy.errors import DGLError
 from dgl_deploy.training.config import TrainConfig
 
 TRAIN_SPLITS: dict[str, str | None] = {"msrvtt": "train9k", "vatex": "train", "lsmdc": "train", "activitynet": "train",
-                                       "generic": None}
+                                       "msvd": "train", "didemo": "train", "generic": None}
 MIN_HOLDOUT = 2  # videos
 
 
@@ -115,7 +116,7 @@ def iter_steps(
     choice = caption_choice(dataset, cfg.seed, epoch)
     cache = FrameCache(cfg.frame_cache) if cfg.frame_cache else None
     stream = iter_video_batches([dataset.items[i] for i in order], cfg.frames, image_size, batch_size=1,
-                                workers=cfg.workers, prefetch=2 * per_rank, cache=cache)
+                                workers=cfg.workers, prefetch=2 * per_rank, cache=cache, sampling=cfg.frame_sampling)
     step = StepBatch([], [], [])  # frames are collected as a list, stacked when the step is complete
     for batch in stream:  # batch_size=1: each yields <= 1 video plus the failures before it, in order
         entries = [(f.index, f) for f in batch.failures] + list(zip(batch.indices, batch.frames, strict=False))

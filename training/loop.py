@@ -206,7 +206,8 @@ class Trainer:
             return None
         encoder = TorchEncoder(self.model, "training", str(self.device), None if self.amp == "none" else self.amp)
         cache = FrameCache(self.cfg.frame_cache) if self.cfg.frame_cache else None
-        embeddings = embed_dataset(encoder, self.val_set, self.cfg.val_batch_size, self.cfg.workers, cache)
+        embeddings = embed_dataset(encoder, self.val_set, self.cfg.val_batch_size, self.cfg.workers, cache,
+                                   self.cfg.frame_sampling)
         self.model.train()
         for failure in embeddings.failures:
             self.log_warn_once(str(failure.path), f"validation video skipped: {failure.path}: {failure.reason}")

@@ -3,8 +3,9 @@ optionally with labelled re-ranked rows."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -12,9 +13,18 @@ from rich.console import Console
 from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
 from dgl_deploy.cli.options import Backend, DatasetKind, Precision
+from dgl_deploy.data.sampling import SAMPLINGS
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate_similarity_file, format_metrics_table, load_npy, results_to_json
 from dgl_deploy.evaluation.rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankMethod
+
+FrameSampling = Enum("FrameSampling", {name: name for name in SAMPLINGS}, type=str)  # type: ignore[misc]
+
+
+def frame_sampling_option(prefix: str, default: str) -> Any:
+    """`--frame-sampling uniform|reference` (None when not given); `default` says what not giving it means."""
+    return typer.Option(None, "--frame-sampling", help=f"{prefix}Frames the model sees: uniform (evenly spaced over the "
+                        f"clip) or reference (the DGL reference code's: segment centres, for its numbers). [{default}]")
 
 
 @command("eval")
@@ -31,6 +41,7 @@ def eval_command(
     batch_size: int = opt.batch_size(32, "--model: "),
     workers: int = opt.workers(4, "--model: "),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="--model: leave out annotated videos whose file is missing."),
+    frame_sampling: Optional[FrameSampling] = frame_sampling_option("--model: ", "the model's own"),
     captions_to_videos: Optional[Path] = typer.Option(
         None, "--captions-to-videos", help="(num_captions,) int .npy: each caption's ground-truth video (default: diagonal)."
     ),
@@ -58,8 +69,10 @@ def eval_command(
         results = evaluate_similarity_file(sims, captions_to_videos, rerank, query_bank, **options)
         title = f"Retrieval metrics: {sims.name}"
     else:
+        sampling = None if frame_sampling is None else frame_sampling.value
         results, title = _evaluate_model(model, dataset, annotations, videos, split, backend.value, device, precision.value,
-                                         batch_size, workers, skip_missing, captions_to_videos, rerank, query_bank, options)
+                                         batch_size, workers, skip_missing, sampling, captions_to_videos, rerank, query_bank,
+                                         options)
     if as_json:
         typer.echo(results_to_json(results))
     else:
@@ -68,8 +81,8 @@ def eval_command(
 
 def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Optional[Path], videos: Optional[Path],
                     split: Optional[str], backend: str, device: str, precision: str, batch_size: int, workers: int, skip_missing: bool,
-                    captions_to_videos: Optional[Path], rerank: Optional[RerankMethod], query_bank: Optional[Path],
-                    options: dict) -> tuple[dict, str]:
+                    frame_sampling: Optional[str], captions_to_videos: Optional[Path], rerank: Optional[RerankMethod],
+                    query_bank: Optional[Path], options: dict) -> tuple[dict, str]:
     """--model mode: run `evaluation.evaluate_model`, report left-out videos on stderr; (metrics, table title)."""
     from dgl_deploy.evaluation.evaluate import evaluate_model
 
@@ -79,10 +92,10 @@ def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Op
         raise DGLError("--captions-to-videos is for --sims; with --model the dataset gives each caption's video")
     bank = None if query_bank is None else load_npy(query_bank, "query bank")
     report = evaluate_model(model, dataset.value, annotations, videos, split, backend=backend, device=device,
-                            precision=precision, batch_size=batch_size, workers=workers, skip_missing=skip_missing, rerank=rerank,
-                            query_bank=bank, **options)
+                            precision=precision, batch_size=batch_size, workers=workers, skip_missing=skip_missing,
+                            frame_sampling=frame_sampling, rerank=rerank, query_bank=bank, **options)
     for failure in report.failures:
         typer.echo(f"warning: left out (with its captions): {failure.path}: {failure.reason}", err=True)
     title = (f"Retrieval metrics: {model.name} on {dataset.value} {split or ''} ({report.num_videos} videos, "
-             f"{report.num_captions} captions, {report.backend})")
+             f"{report.num_captions} captions, {report.frame_sampling} frames, {report.backend})")
     return report.metrics, title

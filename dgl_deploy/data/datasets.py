@@ -16,14 +16,28 @@ the standard file names below (then `split` picks the file).
 |             | clip_id, start_aligned, end_aligned, start_extracted, end_extracted, sentence    | movie = clip_id up to last "_" |                  |
 | activitynet | train / val_1 / val_2: train.json / val_1.json / val_2.json                     | <videos>/<id>.{mp4,mkv,webm},  | val_1            |
 |             | ({v_<id>: {duration, timestamps, sentences}}); paragraph-to-video: sentences     | with or without the "v_"       |                  |
-|             | joined with a space into one caption, whole video                               |                                |                  |
+|             | joined with a space into one caption, segment [0, ceil(duration)] s             |                                |                  |
+| msvd        | train / val / test: train_list.txt / val_list.txt / test_list.txt (one video id  | <videos>/<id>.avi (or .mp4)    | val              |
+|             | a line) + raw-captions.json next to it ({id: [caption]}; a caption may be a      |                                |                  |
+|             | list of words, joined with spaces); several captions per video                  |                                |                  |
+| didemo      | train / val / test: train_list.txt / val_list.txt / test_list.txt (video file    | <videos>/<video> (or           | val              |
+|             | names) + <split>_data.json next to it ([{video, description, times}]);           | <videos>/<video>.mp4)          |                  |
+|             | paragraph-to-video: descriptions joined with a space, segment [0, 31] s         |                                |                  |
 | generic     | any .csv (columns video, caption[, start, end]) or .jsonl ({"video", "caption":  | <videos>/<video> (or absolute) | none             |
 |             | str or [str], "start", "end"}); repeated rows of one video add captions          |                                |                  |
 
 LSMDC assumptions: clips are distributed pre-cut (one .avi per clip_id), so items have no segment; the
 timestamps in the csv (hh.mm.ss.mmm into the movie) are ignored. The public test file's sentences are
 the ground truth of the 1000-clip retrieval test. Its clip ids are unique per row, so one item = one caption.
-MSVD and DiDeMo are not supported (convert them to the generic format).
+
+As the reference loaders (github knightyxp/DGL dataloaders/, from CenterCLIP and CLIP4Clip) read them:
+ActivityNet and DiDeMo items are segments, [0, ceil(duration)] and [0, 31] s (DiDeMo was annotated on the
+first 30 s; its per-caption `times`, in 5 s units, are not used by paragraph retrieval), which only matters
+for a file longer than that. MSVD's captions come as `raw-captions.pkl` in CLIP4Clip's data release; pickles
+are never loaded here: convert the trusted release file once with
+    python -c "import json, pickle; json.dump(pickle.load(open('raw-captions.pkl', 'rb')), open('raw-captions.json', 'w'))"
+DiDeMo: list entries without a description are left out, and the three videos the reference drops as
+missing from the download (`_DIDEMO_DROPPED`) are left out too.
 
 Validation (every kind): files are read as UTF-8 (a BOM is skipped); CSV is parsed strictly (a row with
 more or fewer fields than the header, or a quote left open, is an error); every row must be an object
@@ -55,9 +69,16 @@ VALIDATION_SPLITS: dict[str, str | None] = {
     "vatex": "val",
     "lsmdc": "val",
     "activitynet": "val_1",
+    "msvd": "val",
+    "didemo": "val",
     "generic": None,
 }
-DEFAULT_SPLITS = {"msrvtt": "test", "vatex": "val", "lsmdc": "test", "activitynet": "val_1", "generic": None}
+DEFAULT_SPLITS = {"msrvtt": "test", "vatex": "val", "lsmdc": "test", "activitynet": "val_1", "msvd": "test", "didemo": "test",
+                  "generic": None}
+MSVD_CAPTIONS = "raw-captions.json"
+DIDEMO_SEGMENT: Segment = (0.0, 31.0)  # the reference's whole-video "trick" (annotations cover the first 30 s)
+_DIDEMO_DROPPED = frozenset({"37996615073@N01_3336195519_579ea4136c.3gp", "44124421772@N01_2867159874_e39e716b7e.mpg",
+                             "59627558@N00_4659075184_253744838b.3gp"})
 _MISSING_SHOWN = 5
 
 
@@ -281,8 +302,49 @@ def _activitynet(annotations: Path, videos: Path) -> list[VideoItem]:
         bare = key.removeprefix("v_")
         names = [f"{stem}{ext}" for stem in (key, bare, f"v_{bare}") for ext in (".mp4", ".mkv", ".webm")]
         paragraph = " ".join(s.strip() for s in row.texts("sentences"))
-        items.append(VideoItem(_first_existing([videos / n for n in names]), [paragraph], None, key))
+        duration = row.seconds("duration")
+        segment = None if duration is None else (0.0, float(max(1, math.ceil(duration))))
+        items.append(VideoItem(_first_existing([videos / n for n in names]), [paragraph], segment, key))
     return items
+
+
+def _list_ids(path: Path) -> list[str]:
+    """The non-blank lines of a split list, stripped (video ids or file names)."""
+    return [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+
+
+def _captions(where: str, value: Any) -> list[str]:
+    """A caption or a non-empty list of captions; a caption given as a list of words is joined with spaces."""
+    if isinstance(value, list):
+        value = [" ".join(c) if isinstance(c, list) and all(isinstance(w, str) for w in c) else c for c in value]
+    return _Row(where, {"captions": value}).texts("captions")
+
+
+def _msvd(annotations: Path, videos: Path) -> list[VideoItem]:
+    source = annotations.parent / MSVD_CAPTIONS
+    data = _read_json(source)
+    if not isinstance(data, dict):
+        raise DGLError(f"{source}: expected an object of {{video_id: [captions]}}, got {_json_type(data)}")
+    items = []
+    for vid in _list_ids(annotations):
+        if vid not in data:
+            raise DGLError(f"{annotations}: video {vid!r} has no captions in {source}")
+        path = _first_existing([videos / f"{vid}.avi", videos / f"{vid}.mp4"])
+        items.append(VideoItem(path, _captions(f"{source} [{vid!r}]", data[vid]), None, vid))
+    return items
+
+
+def _didemo(annotations: Path, videos: Path) -> list[VideoItem]:
+    if not annotations.name.endswith("_list.txt"):
+        raise DGLError(f"{annotations}: a DiDeMo split list is named <split>_list.txt (captions: <split>_data.json beside it)")
+    source = annotations.with_name(annotations.name.removesuffix("_list.txt") + "_data.json")
+    keep = set(_list_ids(annotations)) - _DIDEMO_DROPPED
+    paragraphs: dict[str, list[str]] = {}
+    for _, row in _json_entries(source, _read_json(source), list, "{video, description, times}"):
+        if (video := row.text("video")) in keep:
+            paragraphs.setdefault(video, []).append(row.text("description").strip())
+    return [VideoItem(_first_existing([videos / video, videos / f"{video}.mp4"]), [" ".join(descriptions)],
+                      DIDEMO_SEGMENT, video) for video, descriptions in paragraphs.items()]
 
 
 def _generic(annotations: Path, videos: Path) -> list[VideoItem]:
@@ -322,6 +384,8 @@ _ADAPTERS: dict[str, tuple[Callable[[Path, Path], list[VideoItem]], dict[str, st
     "vatex": (_vatex, {"train": "vatex_training_v1.0.json", "val": "vatex_validation_v1.0.json", "test": "vatex_public_test_english_v1.1.json"}),
     "lsmdc": (_lsmdc, {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv", "test": "LSMDC16_challenge_1000_publictect.csv"}),
     "activitynet": (_activitynet, {"train": "train.json", "val_1": "val_1.json", "val_2": "val_2.json"}),
+    "msvd": (_msvd, {split: f"{split}_list.txt" for split in ("train", "val", "test")}),
+    "didemo": (_didemo, {split: f"{split}_list.txt" for split in ("train", "val", "test")}),
     "generic": (_generic, {}),
 }
 KINDS = tuple(_ADAPTERS)

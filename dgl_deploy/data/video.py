@@ -1,18 +1,11 @@
-"""Video frames for CLIP, without torch: uniform frame sampling with decord, CLIP-style resize + centre crop,
-uint8 out. This is the one preprocessing path of every backend and of training (CLIP normalisation happens
-after it, inside the exported graphs or `model.pixels.normalize`).
-
-Sampling formula (whole clip of N decodable frames, T wanted):
-    first, last = 0, N - 1
-    idx_i = rint(first + i * (last - first) / (T - 1)),  i = 0 … T-1      (np.linspace, round half to even)
-With a segment [start_s, end_s] (seconds, at the container's average fps):
-    first = clip(floor(start_s * fps), 0, N - 1),  last = clip(ceil(end_s * fps) - 1, first, N - 1)
-so a segment past the end of the clip clamps to its last frame. T = 1 takes `first`. Clips with fewer
-than T frames repeat frames (the linspace hits some indices twice).
+"""Video frames for CLIP, without torch: frame sampling (`data.sampling`: `uniform` or `reference`) with decord,
+CLIP-style resize + centre crop, uint8 out. This is the one preprocessing path of every backend and of training
+(CLIP normalisation happens after it, inside the exported graphs or `model.pixels.normalize`).
 
 Pixels: resize the shorter side to `image_size` with Pillow's bicubic filter (antialiased; the filter of
 open_clip's own preprocessing, which resizes PIL images), then centre-crop to a square with torchvision's
-sizes: long side int(S * long / short), offsets round((side - S) / 2).
+sizes: long side int(S * long / short), offsets round((side - S) / 2). A frame whose shorter side is already S
+is only cropped (the bicubic weights are 1 at whole-pixel offsets): the reference's prepared videos.
 
 Robustness: `decode_frames` runs decord in the calling process. `read_frames` and `DecodeProcess`
 run it in a separate process under a per-file time limit, so a hang or a segfault on a bad file
@@ -21,7 +14,6 @@ becomes a `VideoError` for that file, never a dead or stuck caller.
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -35,6 +27,7 @@ import decord
 import numpy as np
 from PIL import Image
 
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling, frame_indices
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.errors import DGLError
 
@@ -49,18 +42,6 @@ class VideoError(DGLError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
-
-
-def frame_indices(num_available: int, fps: float, num_frames: int, segment: Segment | None = None) -> np.ndarray:
-    """The `num_frames` frame indices to decode, int64 (T,); formula in the module docstring."""
-    first, last = 0, num_available - 1
-    if segment is not None:
-        start_s, end_s = segment
-        if not (fps > 0 and 0 <= start_s < end_s):
-            raise ValueError(f"invalid segment {segment} (fps {fps})")
-        first = min(max(math.floor(start_s * fps), 0), last)
-        last = min(max(math.ceil(end_s * fps) - 1, first), last)
-    return np.rint(np.linspace(first, last, num_frames)).astype(np.int64)
 
 
 def resize_center_crop(frames: np.ndarray, image_size: int) -> np.ndarray:
@@ -105,9 +86,13 @@ def _open_failure(message: str) -> str:
     return f"corrupt or truncated video ({message})"
 
 
-def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None) -> np.ndarray:
-    """Decode and preprocess in this process (no time limit): (T, S, S, 3) uint8. Raises VideoError."""
+def decode_frames(
+    path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None, sampling: Sampling = DEFAULT_SAMPLING
+) -> np.ndarray:
+    """Decode the frames `sampling` picks and preprocess them in this process (no time limit): (T, S, S, 3) uint8.
+    Raises VideoError for the file, DGLError for an unknown `sampling`."""
     path = Path(path)
+    check_sampling(sampling)
     _check_file(path)
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
@@ -119,7 +104,7 @@ def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: S
     if count == 0:
         raise VideoError(path, "no video frames")
     try:
-        indices = frame_indices(count, reader.get_avg_fps(), num_frames, segment)
+        indices = frame_indices(count, reader.get_avg_fps(), num_frames, segment, sampling)
     except ValueError as exc:
         raise VideoError(path, str(exc)) from None
     try:
@@ -132,7 +117,7 @@ def decode_frames(path: str | Path, num_frames: int, image_size: int, segment: S
 
 
 def _serve(conn: mp.connection.Connection) -> None:
-    """Worker loop: receive (path, num_frames, image_size, segment), send ('ok', frames) or ('error', reason)."""
+    """Worker loop: receive (path, num_frames, image_size, segment, sampling), send ('ok', frames) or ('error', reason)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _silence_stderr()  # ffmpeg/decord print to fd 2; the reason of a failure travels back in the reply
     conn.send(("ready", None))
@@ -217,13 +202,15 @@ class DecodeProcess:
         image_size: int,
         segment: Segment | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        sampling: Sampling = DEFAULT_SAMPLING,
     ) -> np.ndarray:
         """Like `decode_frames`, in the subprocess, failing with VideoError after `timeout` seconds."""
         path = Path(path)
+        check_sampling(sampling)
         _check_file(path)
         conn = self._conn if self._proc is not None and self._proc.is_alive() else self._start()
         try:
-            conn.send((str(path), num_frames, image_size, segment))
+            conn.send((str(path), num_frames, image_size, segment, sampling))
             if not conn.poll(timeout):
                 self._stop()
                 raise VideoError(path, f"decoding timed out after {timeout:g} s")
@@ -257,8 +244,9 @@ def read_frames(
     image_size: int,
     segment: Segment | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    sampling: Sampling = DEFAULT_SAMPLING,
 ) -> np.ndarray:
-    """T uniformly sampled frames of `path`, resized + centre-cropped: (T, S, S, 3) uint8.
+    """T frames of `path` picked by `sampling`, resized + centre-cropped: (T, S, S, 3) uint8.
 
     Decodes in a shared background process (started on first use, ~3 s) under a `timeout` per file;
     raises VideoError naming the file and the reason for missing, empty, non-video, corrupt,
@@ -268,4 +256,4 @@ def read_frames(
     with _shared_lock:
         if _shared is None:
             _shared = DecodeProcess()
-        return _shared.decode(path, num_frames, image_size, segment, timeout)
+        return _shared.decode(path, num_frames, image_size, segment, timeout, sampling)

@@ -6,10 +6,15 @@ per video (MSR-VTT train, VATEX) are scored with the multi-caption protocol of `
 Videos that fail to decode are reported and left out *together with their captions* (the matrix
 then only holds the decodable videos); the report says how many, so numbers are never silently
 computed on a different gallery.
+
+Frames are picked by a frame-sampling mode (`data.sampling`: `uniform` or `reference`); `evaluate_model`
+defaults to the one the model was trained with (`recorded_sampling`), so a released reference checkpoint is
+evaluated on the reference's frames.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +24,17 @@ import numpy as np
 from dgl_deploy.data.datasets import RetrievalDataset, load_dataset
 from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.data.loader import VideoFailure, iter_video_batches
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate
 from dgl_deploy.evaluation.rerank import RerankMethod
 from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.runtime.backends.select import open_encoder
+from dgl_deploy.runtime.manifest import load_manifest
 
 TEXT_BATCH = 256  # captions per encode_text call
 EXPORT_FILE_SUFFIXES = (".onnx", ".plan")  # files inside an export folder: not runnable on their own
+REFERENCE_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")  # DGL reference checkpoints (model.loading)
 
 
 @dataclass
@@ -49,16 +57,18 @@ class ModelEvaluation:
     num_videos: int  # videos scored
     num_captions: int  # captions scored
     failures: list[VideoFailure]  # videos (and their captions) left out
+    frame_sampling: Sampling = DEFAULT_SAMPLING  # how frames were picked
 
 
 def _embed_items(
-    encoder: Encoder, dataset: RetrievalDataset, batch_size: int, workers: int, cache: FrameCache | None = None
+    encoder: Encoder, dataset: RetrievalDataset, batch_size: int, workers: int, cache: FrameCache | None, sampling: Sampling
 ) -> tuple[np.ndarray, list[int], list[VideoFailure]]:
     """(Nv, E) embeddings of the decodable videos, their item indices, and the failures."""
     chunks: list[np.ndarray] = []
     decoded: list[int] = []
     failures: list[VideoFailure] = []
-    for batch in iter_video_batches(dataset.items, encoder.frames, encoder.image_size, batch_size, workers, cache=cache):
+    for batch in iter_video_batches(dataset.items, encoder.frames, encoder.image_size, batch_size, workers, cache=cache,
+                                    sampling=sampling):
         failures.extend(batch.failures)
         if batch.indices:
             chunks.append(encoder.encode_videos(batch.frames))  # (B, E)
@@ -74,10 +84,15 @@ def embed_captions(encoder: Encoder, captions: list[str]) -> np.ndarray:
 
 
 def embed_dataset(
-    encoder: Encoder, dataset: RetrievalDataset, batch_size: int = 32, workers: int = 4, cache: FrameCache | None = None
+    encoder: Encoder,
+    dataset: RetrievalDataset,
+    batch_size: int = 32,
+    workers: int = 4,
+    cache: FrameCache | None = None,
+    sampling: Sampling = DEFAULT_SAMPLING,
 ) -> Embeddings:
-    """Embed every decodable video of `dataset` and all captions of those videos."""
-    video, decoded, failures = _embed_items(encoder, dataset, batch_size, workers, cache)
+    """Embed every decodable video of `dataset` (frames picked by `sampling`) and all captions of those videos."""
+    video, decoded, failures = _embed_items(encoder, dataset, batch_size, workers, cache, check_sampling(sampling))
     captions = [caption for item in decoded for caption in dataset.items[item].captions]
     c2v = np.repeat(np.arange(len(decoded)), [len(dataset.items[item].captions) for item in decoded]).astype(np.int64)
     return Embeddings(embed_captions(encoder, captions), video, c2v, decoded, failures)
@@ -103,21 +118,40 @@ def evaluate_model(
     batch_size: int = 32,
     workers: int = 4,
     skip_missing: bool = False,
+    frame_sampling: str | None = None,
     rerank: RerankMethod | str | None = None,
     query_bank: np.ndarray | None = None,
     **rerank_options: Any,
 ) -> ModelEvaluation:
     """Load a split, embed it with `model` (checkpoint or export folder) on `backend`, return its metrics.
 
-    `rerank`, `query_bank` and `rerank_options` are passed to `metrics.evaluate`.
+    `frame_sampling` (None: the model's own, `recorded_sampling`) picks the frames. `rerank`, `query_bank`
+    and `rerank_options` are passed to `metrics.evaluate`.
     """
     check_model_path(Path(model))
+    chosen = None if frame_sampling is None else check_sampling(frame_sampling, "--frame-sampling")
     dataset = load_dataset(kind, annotations, videos, split, skip_missing=skip_missing)
     if not dataset.items:
         raise DGLError(f"{annotations}: the {kind} split {dataset.split or ''} has no videos")
-    encoder = open_encoder(model, backend, device, precision)
-    return evaluate_encoder(encoder, dataset, batch_size=batch_size, workers=workers, rerank=rerank,
+    encoder = open_encoder(model, backend, device, precision)  # also checks the file, so its config can be read
+    sampling = chosen or recorded_sampling(Path(model))
+    return evaluate_encoder(encoder, dataset, batch_size=batch_size, workers=workers, sampling=sampling, rerank=rerank,
                             query_bank=query_bank, **rerank_options)
+
+
+def recorded_sampling(model: Path) -> Sampling:
+    """The frame sampling a model (already opened, so its metadata is known to be well-formed) was trained with:
+    `frame_sampling` of its config (export manifest or checkpoint metadata), "uniform" where the config has none
+    (older files); a DGL reference checkpoint (.pth) was trained on the reference's frames."""
+    if model.is_dir():
+        config = load_manifest(model).config
+    elif model.suffix in REFERENCE_CHECKPOINT_SUFFIXES:
+        return "reference"
+    else:
+        from dgl_deploy.model.checkpoint import read_metadata  # torch side: only reached for a checkpoint
+
+        config = json.loads(read_metadata(model).get("config", "{}"))
+    return check_sampling(config.get("frame_sampling", DEFAULT_SAMPLING), f"{model}: recorded frame sampling")
 
 
 def check_model_path(model: Path) -> None:
@@ -134,12 +168,13 @@ def evaluate_encoder(
     *,
     batch_size: int = 32,
     workers: int = 4,
+    sampling: Sampling = DEFAULT_SAMPLING,
     rerank: RerankMethod | str | None = None,
     query_bank: np.ndarray | None = None,
     **rerank_options: Any,
 ) -> ModelEvaluation:
     """Metrics of any Encoder (a DGL backend, or a baseline such as mean-pooled CLIP) on a loaded split."""
-    embeddings = embed_dataset(encoder, dataset, batch_size, workers)
+    embeddings = embed_dataset(encoder, dataset, batch_size, workers, sampling=sampling)
     sims = similarity(embeddings)
     metrics = evaluate(sims, embeddings.caption_to_video, rerank, query_bank, **rerank_options)
-    return ModelEvaluation(metrics, encoder.describe(), sims.shape[1], sims.shape[0], embeddings.failures)
+    return ModelEvaluation(metrics, encoder.describe(), sims.shape[1], sims.shape[0], embeddings.failures, sampling)
