@@ -4,7 +4,8 @@ like this", a clip upload, the messages for an empty query and an API error, mom
 server with a token.
 
 The model is a tiny random-init dgl-tiny exported to ONNX; the videos are synthetic. Skipped where Playwright
-(`pip install playwright`) or a Chromium (`apt-get install chromium`; no browser download is needed) is missing.
+(`pip install playwright`) or a Chromium (`apt-get install chromium`; no browser download is needed) is missing,
+unless $DGL_REQUIRE_BROWSER is set (CI): then that is a failure. $DGL_CHROMIUM names another Chromium.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from dgl_deploy.runtime.backends.select import open_encoder
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
+if os.environ.get("DGL_REQUIRE_BROWSER"):  # CI: a missing browser is a failure, not a skip
+    import playwright.sync_api as sync_api
+else:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -48,14 +52,15 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    skip = pytest.fail if os.environ.get("DGL_REQUIRE_BROWSER") else pytest.skip
     executable = _chromium()
     if executable is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set DGL_CHROMIUM)")
+        skip("no Chromium found (apt-get install chromium, or set DGL_CHROMIUM)")
     with sync_api.sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         except sync_api.Error as exc:
-            pytest.skip(f"{executable} does not start under Playwright: {str(exc).splitlines()[0]}")
+            skip(f"{executable} does not start under Playwright: {str(exc).splitlines()[0]}")
         yield chromium
         chromium.close()
 
