@@ -7,6 +7,8 @@ from typing import Any
 
 from dgl_deploy.errors import DGLError
 
+# Sizes a file may declare: generous for real CLIPs, small enough that a hostile file cannot make us
+# allocate gigabytes before its shapes are checked.
 SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "frames": (1, 1024), "max_words": (2, 1024), "image_size": (16, 1024), "embed_dim": (1, 65536),
     "text_prompts": (0, 1024), "local_prompts": (1, 1024), "global_prompts": (1, 1024), "prompt_layers": (1, 1024),

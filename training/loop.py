@@ -139,7 +139,8 @@ class Trainer:
     def _build_model(self) -> DGLModel:
         torch.manual_seed(self.cfg.seed)  # prompt init (and a random-init backbone) follow the seed
         model = create_model(self.cfg.model_name, self.cfg.pretrained, latent=self.cfg.latent,
-                             frames=self.cfg.frames, max_words=self.cfg.max_words)
+                             frames=self.cfg.frames, max_words=self.cfg.max_words,
+                             frame_sampling=self.cfg.frame_sampling)
         return model.to(self.device).train()
 
     # ---- run directory ----------------------------------------------------------------------------------

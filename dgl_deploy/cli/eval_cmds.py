@@ -3,28 +3,18 @@ optionally with labelled re-ranked rows."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 
 from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
-from dgl_deploy.cli.options import Backend, DatasetKind, Precision
-from dgl_deploy.data.sampling import SAMPLINGS
+from dgl_deploy.cli.options import Backend, DatasetKind, FrameSampling, Precision
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate_similarity_file, format_metrics_table, load_npy, results_to_json
 from dgl_deploy.evaluation.rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankMethod
-
-FrameSampling = Enum("FrameSampling", {name: name for name in SAMPLINGS}, type=str)  # type: ignore[misc]
-
-
-def frame_sampling_option(prefix: str, default: str) -> Any:
-    """`--frame-sampling uniform|reference` (None when not given); `default` says what not giving it means."""
-    return typer.Option(None, "--frame-sampling", help=f"{prefix}Frames the model sees: uniform (evenly spaced over the "
-                        f"clip) or reference (the DGL reference code's: segment centres, for its numbers). [{default}]")
 
 
 @command("eval")
@@ -41,7 +31,7 @@ def eval_command(
     batch_size: int = opt.batch_size(32, "--model: "),
     workers: int = opt.workers(4, "--model: "),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="--model: leave out annotated videos whose file is missing."),
-    frame_sampling: Optional[FrameSampling] = frame_sampling_option("--model: ", "the model's own"),
+    frame_sampling: Optional[FrameSampling] = opt.frame_sampling("--model: ", "the model's own"),
     captions_to_videos: Optional[Path] = typer.Option(
         None, "--captions-to-videos", help="(num_captions,) int .npy: each caption's ground-truth video (default: diagonal)."
     ),

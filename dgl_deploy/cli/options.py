@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from dgl_deploy.data.datasets import KINDS
+from dgl_deploy.data.sampling import SAMPLINGS
 
 
 class Backend(str, Enum):
@@ -31,6 +32,7 @@ class Precision(str, Enum):
 
 
 DatasetKind = Enum("DatasetKind", {kind: kind for kind in KINDS}, type=str)  # type: ignore[misc]
+FrameSampling = Enum("FrameSampling", {name: name for name in SAMPLINGS}, type=str)  # type: ignore[misc]
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -68,3 +70,9 @@ def dataset(prefix: str = "") -> Any:
 
 def timeout(default: float, flag: str, what: str) -> Any:
     return typer.Option(default, flag, min=0.001, max=86400.0, help=f"Seconds allowed to decode {what}.")
+
+
+def frame_sampling(prefix: str, default: str) -> Any:
+    """`--frame-sampling uniform|reference` (None when not given); `default` says what not giving it means."""
+    return typer.Option(None, "--frame-sampling", help=f"{prefix}Frames the model sees: uniform (evenly spaced over the "
+                        f"clip) or reference (the DGL reference code's: segment centres, for its numbers). [{default}]")

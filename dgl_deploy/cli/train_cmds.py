@@ -10,8 +10,7 @@ import typer
 
 from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
-from dgl_deploy.cli.eval_cmds import FrameSampling, frame_sampling_option
-from dgl_deploy.cli.options import DatasetKind
+from dgl_deploy.cli.options import DatasetKind, FrameSampling
 
 
 class Latent(str, Enum):
@@ -41,7 +40,7 @@ def train_command(
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[0.2]"),
     warmup: Optional[float] = typer.Option(None, "--warmup", help="Warm-up fraction of all steps (then cosine). [0.1]"),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per video. [12]"),
-    frame_sampling: Optional[FrameSampling] = frame_sampling_option("", "uniform"),
+    frame_sampling: Optional[FrameSampling] = opt.frame_sampling("", "uniform"),
     max_words: Optional[int] = typer.Option(None, "--max-words", min=2, help="Caption tokens incl. SOT/EOT. [32]"),
     accum_steps: Optional[int] = typer.Option(None, "--accum-steps", min=1, help="Micro-batches per step (each its own InfoNCE). [1]"),
     amp: Optional[Amp] = typer.Option(None, "--amp", help="CUDA mixed precision; CPU runs fp32. [bf16]"),

@@ -8,13 +8,12 @@ then only holds the decodable videos); the report says how many, so numbers are 
 computed on a different gallery.
 
 Frames are picked by a frame-sampling mode (`data.sampling`: `uniform` or `reference`); `evaluate_model`
-defaults to the one the model was trained with (`recorded_sampling`), so a released reference checkpoint is
+defaults to the one the model was trained with (`Encoder.frame_sampling`), so a released reference checkpoint is
 evaluated on the reference's frames.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,9 @@ from dgl_deploy.evaluation.metrics import evaluate
 from dgl_deploy.evaluation.rerank import RerankMethod
 from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.runtime.backends.select import open_encoder
-from dgl_deploy.runtime.manifest import load_manifest
 
 TEXT_BATCH = 256  # captions per encode_text call
 EXPORT_FILE_SUFFIXES = (".onnx", ".plan")  # files inside an export folder: not runnable on their own
-REFERENCE_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")  # DGL reference checkpoints (model.loading)
 
 
 @dataclass
@@ -125,7 +122,7 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Load a split, embed it with `model` (checkpoint or export folder) on `backend`, return its metrics.
 
-    `frame_sampling` (None: the model's own, `recorded_sampling`) picks the frames. `rerank`, `query_bank`
+    `frame_sampling` (None: the one the model was tuned on, `Encoder.frame_sampling`) picks the frames. `rerank`, `query_bank`
     and `rerank_options` are passed to `metrics.evaluate`.
     """
     check_model_path(Path(model))
@@ -133,25 +130,10 @@ def evaluate_model(
     dataset = load_dataset(kind, annotations, videos, split, skip_missing=skip_missing)
     if not dataset.items:
         raise DGLError(f"{annotations}: the {kind} split {dataset.split or ''} has no videos")
-    encoder = open_encoder(model, backend, device, precision)  # also checks the file, so its config can be read
-    sampling = chosen or recorded_sampling(Path(model))
+    encoder = open_encoder(model, backend, device, precision)
+    sampling = chosen or check_sampling(encoder.frame_sampling, f"{model}: recorded frame sampling")
     return evaluate_encoder(encoder, dataset, batch_size=batch_size, workers=workers, sampling=sampling, rerank=rerank,
                             query_bank=query_bank, **rerank_options)
-
-
-def recorded_sampling(model: Path) -> Sampling:
-    """The frame sampling a model (already opened, so its metadata is known to be well-formed) was trained with:
-    `frame_sampling` of its config (export manifest or checkpoint metadata), "uniform" where the config has none
-    (older files); a DGL reference checkpoint (.pth) was trained on the reference's frames."""
-    if model.is_dir():
-        config = load_manifest(model).config
-    elif model.suffix in REFERENCE_CHECKPOINT_SUFFIXES:
-        return "reference"
-    else:
-        from dgl_deploy.model.checkpoint import read_metadata  # torch side: only reached for a checkpoint
-
-        config = json.loads(read_metadata(model).get("config", "{}"))
-    return check_sampling(config.get("frame_sampling", DEFAULT_SAMPLING), f"{model}: recorded frame sampling")
 
 
 def check_model_path(model: Path) -> None:

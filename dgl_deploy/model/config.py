@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dgl_deploy import defaults
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING, check_sampling
 from dgl_deploy.errors import DGLError
 from dgl_deploy.limits import SIZE_LIMITS, check_keys, check_number
 
 LatentSpace = Literal["transformer", "linear"]
 
-# Sizes a file may declare: generous for real CLIPs, small enough that a hostile file cannot make us
-# allocate gigabytes before its shapes are checked.
 # The open_clip tower config keys dgl-deploy writes (backbone.arch_of), with their limits; anything else
 # (timm or Hugging Face towers, custom kwargs) is refused rather than passed to open_clip.
 _MLP_RATIO = (0.01, 64.0)
@@ -62,6 +61,7 @@ class DGLConfig:
     local_prompts: int = 4  # [Ll] prompt tokens inserted after each frame's CLS
     global_prompts: int = 4  # [G] global video prompt tokens, prepended once per video
     prompt_layers: int | None = None  # [K] layers that get prompts; None = all vision layers
+    frame_sampling: str = DEFAULT_SAMPLING  # frames the prompts were tuned on: uniform | reference (data.sampling)
 
     def __post_init__(self) -> None:
         if self.latent not in ("transformer", "linear"):
@@ -70,6 +70,7 @@ class DGLConfig:
             check_number(name, getattr(self, name), *SIZE_LIMITS[name])
         if self.prompt_layers is not None:
             check_number("prompt_layers", self.prompt_layers, *SIZE_LIMITS["prompt_layers"])
+        check_sampling(self.frame_sampling, "frame_sampling")
         if self.latent == "linear" and self.text_prompts != 2 * self.local_prompts:
             raise DGLError(
                 f"the linear latent space makes 2 * local_prompts = {2 * self.local_prompts} text prompts, "

@@ -90,4 +90,5 @@ def _config_from_shapes(prompts: dict[str, torch.Tensor], latent: str, width: in
     if cols % width:
         raise DGLError(f"{path}: prompt width {cols} is not a multiple of the vision width {width}")
     return DGLConfig(latent=latent, frames=frames, max_words=max_words, text_prompts=text, local_prompts=local,
-                     global_prompts=global_prompts, prompt_layers=cols // width)
+                     global_prompts=global_prompts, prompt_layers=cols // width,
+                     frame_sampling="reference")  # released checkpoints were tuned on the reference's frames

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING, check_sampling
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
 from dgl_deploy.limits import SIZE_LIMITS, check_number
@@ -117,6 +118,11 @@ class Manifest:
         entries = [g for g in self.graphs if g.precision == precision]
         return {g.role for g in entries} == {"text", "video"} and \
             all(g.parity.get("min_cosine", 0.0) >= min_cosine for g in entries)
+
+    @property
+    def frame_sampling(self) -> str:
+        """The frames the model was tuned on (its config's `frame_sampling`; "uniform" for older exports)."""
+        return check_sampling(self.config.get("frame_sampling", DEFAULT_SAMPLING), "manifest frame_sampling")
 
     def precisions(self, role: str) -> list[str]:
         return [g.precision for g in self.graphs if g.role == role]

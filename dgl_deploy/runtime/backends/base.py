@@ -20,6 +20,7 @@ class Encoder(Protocol):
     image_size: int  # H = W of each frame
     max_words: int  # W token ids per caption
     embed_dim: int  # E
+    frame_sampling: str  # which frames the model was tuned on ("uniform" | "reference", data.sampling)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(B,) captions -> (B, E) float32."""

@@ -24,6 +24,7 @@ class MeanPoolEncoder:
         self.device = torch.device(device)
         self.fingerprint = f"meanpool-{fingerprint}"
         self.frames, self.image_size = frames, int(clip.visual.image_size[0])
+        self.frame_sampling = "uniform"
         self.max_words, self.embed_dim = int(clip.context_length), int(clip.visual.proj.shape[1])
         self._tokenize = Tokenizer(self.max_words, clip.vocab_size)
 

@@ -99,6 +99,7 @@ class OnnxEncoder:
             check_graph_signature(self.folder, self.manifest, self.manifest.graph(role, self.precision))
         m = self.manifest
         self.fingerprint, self.frames, self.image_size = m.fingerprint, m.frames, m.image_size
+        self.frame_sampling = m.frame_sampling
         self.max_words, self.embed_dim = m.max_words, m.embed_dim
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._tokenizer: Any = None

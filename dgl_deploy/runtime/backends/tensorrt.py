@@ -195,6 +195,7 @@ class TensorRTEncoder:
         if reason:
             raise DGLError(f"tensorrt backend: {reason}")
         self.fingerprint, self.frames, self.image_size = m.fingerprint, m.frames, m.image_size
+        self.frame_sampling = m.frame_sampling
         self.max_words, self.embed_dim = m.max_words, m.embed_dim
         self.precision = m.engines[0].precision
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

@@ -24,6 +24,7 @@ class TorchEncoder:
         self.amp = amp  # None, "fp16" or "bf16" (CUDA autocast)
         self.fingerprint = fingerprint
         self.frames, self.image_size = model.config.frames, model.image_size
+        self.frame_sampling = model.config.frame_sampling
         self.max_words, self.embed_dim = model.config.max_words, model.embed_dim
         self._tokenize = tokenizer_for(model)
         with torch.no_grad():
