@@ -49,6 +49,7 @@ def test_query_json_uses_recorded_model(index) -> None:
     data = json.loads(result.stdout)
     assert [d["query"] for d in data] == ["a red circle", "a blue square"]
     assert all(len(d["results"]) == 3 and d["results"][0]["rank"] == 1 for d in data)
+    assert not any("start" in hit or "end" in hit for d in data for hit in d["results"])  # whole videos: no times
 
 
 def test_video_query_finds_itself(index) -> None:

@@ -76,3 +76,29 @@ def test_killed_ray_job_resumes(workdir, tmp_path) -> None:
     ref, got = open_store(workdir / "ref" / "emb.npy"), open_store(out)
     assert got.ids == ref.ids
     np.testing.assert_allclose(np.asarray(got.vectors), np.asarray(ref.vectors), atol=1e-5)
+
+
+@pytest.mark.timeout(300)
+def test_ray_segments_equal_single_machine(workdir, tmp_path) -> None:
+    from dgl_deploy.data.long_clips import Shot, write_shots
+    from dgl_deploy.data.windows import Segmentation
+    from dgl_deploy.retrieval.ray_embed import RaySettings, embed_videos_ray
+
+    videos = tmp_path / "long"
+    write_shots(videos / "moments.mp4", [Shot("red", "circle", 10.0), Shot("blue", "square", 10.0)])
+    write_shots(videos / "short.mp4", [Shot("green", "triangle", 4.0)])
+    (videos / "empty.mp4").write_bytes(b"")
+    settings = EmbedSettings(chunk_size=2, batch_size=2, workers=1, segments=Segmentation(10.0, 5.0))
+    encoder = open_encoder(workdir / "model.safetensors", backend="torch", log=None)
+    embed_videos(videos, tmp_path / "ref" / "emb.npy", encoder, settings, model=str(workdir / "model.safetensors"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        embed_videos_ray(videos, tmp_path / "ray" / "emb.npy", workdir / "model.safetensors", settings,
+                         RaySettings(num_cpus=2))
+    finally:
+        ray.shutdown()
+    ref, got = open_store(tmp_path / "ref" / "emb.npy"), open_store(tmp_path / "ray" / "emb.npy")
+    assert got.ids == ref.ids == ["moments.mp4"] * 3 + ["short.mp4"]
+    np.testing.assert_array_equal(got.spans, ref.spans)
+    np.testing.assert_allclose(np.asarray(got.vectors), np.asarray(ref.vectors), atol=1e-5)
+    assert (tmp_path / "ray" / "emb.errors.tsv").read_text() == (tmp_path / "ref" / "emb.errors.tsv").read_text()

@@ -12,8 +12,11 @@ import typer
 from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
 from dgl_deploy.cli.options import Backend, Precision
+from dgl_deploy.data.windows import DEFAULT_SCENE_THRESHOLD, Segmentation
+from dgl_deploy.errors import DGLError
 
 EXIT_SOME_FAILED = 3  # `dgl embed` finished, but some files could not be embedded (see the errors file)
+SCENES_WINDOW = 10.0  # seconds: --window when --scenes is given without one
 
 
 class _BarReporter:
@@ -95,7 +98,17 @@ def embed(
     workers: int = opt.workers(2),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, max=1_000_000, help="Videos per resumable chunk."),
     fp16: bool = typer.Option(False, "--fp16", help="Store float16 embeddings (half the size)."),
-    timeout: float = opt.timeout(60.0, "--timeout", "one file"),
+    window: Optional[float] = typer.Option(
+        None, "--window", min=0.001, max=1e6, help="Search inside long videos: one row per window of this many seconds "
+                                                  "(default: one row per video)."),
+    stride: Optional[float] = typer.Option(None, "--stride", min=0.001, max=1e6,
+                                           help="With --window: seconds between window starts (default: the window)."),
+    scenes: bool = typer.Option(False, "--scenes", help="Cut at shot boundaries (PySceneDetect), split shots longer than --window "
+                                                        f"(default {SCENES_WINDOW:g} s), merge shots under a quarter of it. "
+                                                        "Needs pip install 'dgl-deploy[scenes]'."),
+    scene_threshold: float = typer.Option(DEFAULT_SCENE_THRESHOLD, "--scene-threshold", min=0.001, max=1e6,
+                                          help="With --scenes: ContentDetector threshold (lower: more cuts)."),
+    timeout: float = opt.timeout(60.0, "--timeout", "one file (with --window: one group of its windows)"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted job (the default)."),
     update: bool = typer.Option(False, "--update", help="Add only videos the existing embeddings do not have."),
     prune: bool = typer.Option(False, "--prune", help="With --update: drop the rows whose video file no longer exists."),
@@ -116,7 +129,8 @@ def embed(
     if not resume and paths.parts.exists() and not overwrite:
         typer.echo(f"error: {paths.parts} holds an unfinished job: rerun with --resume or --overwrite", err=True)
         raise typer.Exit(1)
-    settings = EmbedSettings(batch_size=batch_size, workers=workers, chunk_size=chunk_size, fp16=fp16, timeout=timeout)
+    settings = EmbedSettings(batch_size=batch_size, workers=workers, chunk_size=chunk_size, fp16=fp16, timeout=timeout,
+                             segments=_segmentation(window, stride, scenes, scene_threshold))
     if ray is None:
         # open_encoder says which backend it chose (one stderr line), except in quiet / JSON-log mode
         encoder = open_encoder(model, backend=backend.value, device=device, precision=precision.value, **({"log": None} if quiet or json_log else {}))
@@ -143,11 +157,21 @@ def embed(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+def _segmentation(window: float | None, stride: float | None, scenes: bool, threshold: float) -> Segmentation | None:
+    """The --window/--stride/--scenes options as a Segmentation (None: one row per video)."""
+    if window is None and not scenes:
+        if stride is not None:
+            raise DGLError("--stride needs --window (the length of each window, in seconds)")
+        return None
+    window = SCENES_WINDOW if window is None else window
+    return Segmentation(window, window if stride is None else stride, scenes, threshold)
+
+
 def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001
     rate = result.embedded / result.seconds if result.seconds else 0.0
     if json_log:
         typer.echo(json.dumps({"event": "done", "out": str(result.out), "found": result.total,
-                               "embedded": result.embedded, "existing": result.existing,
+                               "embedded": result.embedded, "new_rows": result.new_rows, "existing": result.existing,
                                "failed": len(result.failures), "missing": result.missing, "pruned": result.pruned,
                                "rows": result.rows, "up_to_date": result.up_to_date,
                                "seconds": round(result.seconds, 3), "videos_per_second": round(rate, 3)}))
@@ -157,7 +181,8 @@ def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001
                    "nothing written")
     else:
         pruned = f", {result.pruned} dropped (--prune)" if result.pruned else ""
-        typer.echo(f"{result.embedded} embedded, {result.existing} kept{pruned}, {len(result.failures)} failed of "
+        windows = f" as {result.new_rows} windows" if result.new_rows != result.embedded else ""
+        typer.echo(f"{result.embedded} embedded{windows}, {result.existing} rows kept{pruned}, {len(result.failures)} failed of "
                    f"{result.total} videos in {result.seconds:.1f} s ({rate:.1f} videos/s) -> {result.out} "
                    f"({result.rows} rows)")
     if result.missing:
@@ -180,13 +205,17 @@ def query(
     backend: Backend = opt.backend(),
     device: str = opt.device(),
     precision: Precision = opt.precision(),
+    per_video: Optional[int] = typer.Option(
+        None, "--per-video", min=0, max=100_000, help="Moments per video in a set made with --window (default 1: the "
+                                                      "best moment of each video; 0: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
-    """Search embeddings with text (or a video); the query model must be the one that made them."""
+    """Search embeddings with text (or a video); the query model must be the one that made them. Hits of a set
+    made with --window are moments: video, start and end (seconds)."""
     from dgl_deploy.retrieval.query import run_query
 
     results = run_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,
-                        backend=backend.value, device=device, precision=precision.value)
+                        backend=backend.value, device=device, precision=precision.value, per_video=per_video)
     if as_json:
         typer.echo(json.dumps(results, indent=1))
         return
@@ -203,5 +232,13 @@ def _print_hits(results: list[dict]) -> None:
         for column, justify in (("rank", "right"), ("score", "right"), ("video", "left")):
             table.add_column(column, justify=justify)
         for hit in result["results"]:
-            table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", hit["id"])
+            moment = f"  {_clock(hit['start'])}-{_clock(hit['end'])}" if "start" in hit else ""
+            table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", f"{hit['id']}{moment}")
         console.print(table)
+
+
+def _clock(seconds: float) -> str:
+    """mm:ss (h:mm:ss from an hour on), seconds rounded down."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"

@@ -1,14 +1,20 @@
-"""Parallel video loading: decode many files in worker processes, yield batches in input order.
+"""Parallel video loading: decode many files in worker processes, yield them in input order.
 
-`workers` threads each drive one `DecodeProcess` (a crash-isolated decoder with a per-file time
-limit). At most `batch_size * (prefetch + 1)` files are in flight or decoded-but-unconsumed, so
-decoding overlaps with the consumer while memory stays bounded. A file that fails becomes a
-`VideoFailure` (path + reason) in the next yielded batch; loading goes on.
+`iter_video_batches` (T frames per file): `workers` threads each drive one `DecodeProcess` (a crash-isolated
+decoder with a per-file time limit). At most `batch_size * (prefetch + 1)` files are in flight or
+decoded-but-unconsumed, so decoding overlaps with the consumer while memory stays bounded. A file that fails
+becomes a `VideoFailure` (path + reason) in the next yielded batch; loading goes on.
+
+`iter_window_groups` (T frames per window of each file, `dgl embed --window`): `workers` threads each stream
+one file's windows from a `WindowDecodeProcess` (each frame decoded once per file, a time limit per group of
+windows); each file in flight holds at most `GROUPS_AHEAD` decoded groups, so memory stays bounded whatever
+the length of the files.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +25,12 @@ from typing import Any
 import numpy as np
 
 from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling
 from dgl_deploy.data.video import DEFAULT_TIMEOUT_S, DecodeProcess, Segment, VideoError, decode_frames
+from dgl_deploy.data.window_decode import MAX_GROUP_FRAMES, WindowDecodeProcess, WindowStacks
+from dgl_deploy.data.windows import Segmentation
+
+GROUPS_AHEAD = 2  # decoded groups of windows waiting per file in flight
 
 
 @dataclass(frozen=True)
@@ -56,12 +67,13 @@ class _Decoders:
         for decoder in self._all:
             self._free.put(decoder)
 
-    def decode(self, path: Path, num_frames: int, image_size: int, segment: Segment | None, timeout: float) -> np.ndarray:
+    def decode(self, path: Path, num_frames: int, image_size: int, segment: Segment | None, timeout: float,
+               sampling: Sampling) -> np.ndarray:
         if not self._all:
-            return decode_frames(path, num_frames, image_size, segment)
+            return decode_frames(path, num_frames, image_size, segment, sampling)
         decoder = self._free.get()
         try:
-            return decoder.decode(path, num_frames, image_size, segment, timeout)
+            return decoder.decode(path, num_frames, image_size, segment, timeout, sampling)
         finally:
             self._free.put(decoder)
 
@@ -81,12 +93,14 @@ def iter_video_batches(
     prefetch: int = 2,
     cache: FrameCache | None = None,
     isolate: bool = True,
+    sampling: Sampling = DEFAULT_SAMPLING,
 ) -> Iterator[VideoBatch]:
     """Yield `VideoBatch`es of up to `batch_size` decoded items, in the order of `items`.
 
     items: paths or objects with `.path` / `.segment` (seconds). workers: decoding threads (each with
     its own subprocess when `isolate`; `isolate=False` decodes in-thread: faster start, but no time
-    limit and a decoder segfault kills the caller). cache: read/write decoded frames there.
+    limit and a decoder segfault kills the caller). cache: read/write decoded frames there. sampling: which
+    frames of each item (`data.sampling`).
     Closing the generator (break, exception, Ctrl-C) kills the decoders without waiting.
     """
     if batch_size < 1 or workers < 1:
@@ -97,11 +111,11 @@ def iter_video_batches(
 
     def load(index: int) -> np.ndarray:
         path, segment = sources[index]
-        if cache is not None and (hit := cache.get(path, num_frames, image_size, segment)) is not None:
+        if cache is not None and (hit := cache.get(path, num_frames, image_size, segment, sampling)) is not None:
             return hit
-        frames = decoders.decode(path, num_frames, image_size, segment, timeout)  # (T, S, S, 3)
+        frames = decoders.decode(path, num_frames, image_size, segment, timeout, sampling)  # (T, S, S, 3)
         if cache is not None:
-            cache.put(path, num_frames, image_size, segment, frames)
+            cache.put(path, num_frames, image_size, segment, frames, sampling)
         return frames
 
     pending: deque[tuple[int, Future[np.ndarray]]] = deque()
@@ -137,3 +151,89 @@ def iter_video_batches(
             future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
         decoders.close()
+
+
+@dataclass(frozen=True)
+class WindowGroup:
+    """Consecutive windows of one input file (`stacks.last`: its final ones)."""
+
+    index: int  # position in the `paths` passed to the loader
+    stacks: WindowStacks
+
+
+_END = object()  # a file's stream ended (its last group was queued)
+
+
+def iter_window_groups(
+    paths: Sequence[Path | str],
+    segmentation: Segmentation,
+    num_frames: int,
+    image_size: int,
+    workers: int = 2,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    max_frames: int = MAX_GROUP_FRAMES,
+) -> Iterator[WindowGroup | VideoFailure]:
+    """Every window of every file, in input order: a file's `WindowGroup`s, then the next file's. A file that
+    fails yields a `VideoFailure` after the groups it already gave (the consumer drops those); loading goes on.
+    `timeout` applies to each group. Closing the generator kills the decoders without waiting."""
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    decoders = [WindowDecodeProcess() for _ in range(workers)]
+    free: queue.Queue[WindowDecodeProcess] = queue.Queue()
+    for decoder in decoders:
+        free.put(decoder)
+    closing = threading.Event()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="dgl-windows")
+
+    def produce(index: int, out: queue.Queue) -> None:
+        decoder = free.get()
+        try:
+            for stacks in decoder.stream(paths[index], segmentation, num_frames, image_size, timeout, max_frames):
+                if not _put(out, WindowGroup(index, stacks), closing):
+                    return
+            _put(out, _END, closing)
+        except VideoError as exc:
+            _put(out, VideoFailure(index, exc.path, exc.reason), closing)
+        except BaseException as exc:  # e.g. a decoder that cannot start: the consumer raises it
+            _put(out, exc, closing)
+        finally:
+            free.put(decoder)
+
+    in_flight: deque[queue.Queue] = deque()
+    upcoming = iter(range(len(paths)))
+
+    def submit_next() -> None:
+        index = next(upcoming, None)
+        if index is not None:
+            in_flight.append(queue.Queue(maxsize=GROUPS_AHEAD))
+            pool.submit(produce, index, in_flight[-1])
+
+    try:
+        for _ in range(2 * workers):  # files run in submission order, so the one consumed next is always running
+            submit_next()
+        while in_flight:
+            out = in_flight.popleft()
+            submit_next()
+            while (item := out.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, VideoFailure):
+                    break
+    finally:
+        closing.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for decoder in decoders:
+            decoder.close()
+
+
+def _put(out: queue.Queue, item: object, closing: threading.Event) -> bool:
+    """Queue `item`, waiting for room unless the loader is closing (then False)."""
+    while not closing.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False

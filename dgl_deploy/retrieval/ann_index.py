@@ -1,9 +1,10 @@
 """Approximate nearest-neighbour indexes (FAISS) over an embedding set, and one way to open any index.
 
 `dgl index build emb.npy --out index/` writes `index/index.faiss` and `index/index.json`. The manifest ties
-the index to its embeddings: the model fingerprint, the row count and the ids digest (`store.ids_digest`)
-must match the embedding set it is opened with, so an index never silently answers for other rows or
-another model. Vectors are L2-normalised, so inner product = cosine similarity.
+the index to its embeddings: the model fingerprint, the row count, the ids digest (`store.ids_digest`) and,
+for a segmented set, the segments digest must match the embedding set it is opened with, so an index never
+silently answers for other rows, other windows or another model. Hits of a segmented set carry their window.
+Vectors are L2-normalised, so inner product = cosine similarity.
 
 Kinds, and when `auto` picks them (N rows; `AUTO_FLAT_MAX_ROWS`, `AUTO_IVF_FLAT_MAX_ROWS`):
   flat      N < 100k        exact (brute force), memory 4*E*N bytes
@@ -35,7 +36,7 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, check_queries, search, top_k
+from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, check_queries, make_hit, search, top_k
 from dgl_deploy.retrieval.store import EmbeddingStore, ids_digest, open_store
 from dgl_deploy.runtime.manifest import check_same_model
 
@@ -142,7 +143,7 @@ class AnnIndex:
             raise DGLError(f"{self.store.paths.emb}: row {rows[~np.isfinite(scores)][0]} is NaN/inf: the set is "
                            "damaged, re-embed it")
         order = np.lexsort((rows, -scores))[:k]  # score descending, then row ascending (as exact search)
-        return [Hit(r + 1, float(scores[i]), int(rows[i]), self.store.ids[rows[i]]) for r, i in enumerate(order)]
+        return [make_hit(self.store, r + 1, scores[i], rows[i]) for r, i in enumerate(order)]
 
 
 def choose_kind(rows: int) -> str:
@@ -272,6 +273,7 @@ def _manifest(store: EmbeddingStore, out: Path, settings: IndexSettings, recall:
         "model_fingerprint": store.fingerprint,
         "count": len(store.ids),
         "ids_sha256": ids_digest(store.ids),
+        **({"spans_sha256": store.manifest["spans_sha256"]} if store.spans is not None else {}),
         "embed_dim": int(store.vectors.shape[1]),
         "recall_at_10": recall,
         "recall_queries": min(settings.recall_queries, len(store.ids)),
@@ -343,9 +345,10 @@ def _check_store(folder: Path, manifest: dict[str, Any], store: EmbeddingStore) 
     """The index answers only for the exact rows (ids, count) and model it was built from."""
     check_same_model(manifest["model_fingerprint"], store.fingerprint, f"{folder} (index of {store.paths.emb})",
                      fix="rebuild the index with `dgl index build`")
-    if len(store.ids) != manifest["count"] or ids_digest(store.ids) != manifest["ids_sha256"]:
+    if len(store.ids) != manifest["count"] or ids_digest(store.ids) != manifest["ids_sha256"] or \
+            manifest.get("spans_sha256") != store.manifest.get("spans_sha256"):
         raise DGLError(f"{folder}: built from other embeddings ({manifest['count']} rows) than {store.paths.emb} "
-                       f"({len(store.ids)} rows, or other ids): rebuild the index with `dgl index build`")
+                       f"({len(store.ids)} rows, or other ids or segments): rebuild the index with `dgl index build`")
 
 
 def _search_params(settings: IndexSettings, k: int) -> Any:

@@ -29,6 +29,14 @@ a parent of the root finds the ids that the root's own files already have.
 Deleted videos: rows whose file (root / id) no longer exists are kept and counted (`EmbedResult.missing`);
 `prune=True` (with `update`) drops them in the same generation switch, which renumbers the rows after them.
 Pruning is refused while the root folder itself is missing (an unmounted disk is not a deletion).
+
+Segments (`settings.segments`, `dgl embed --window W --stride S [--scenes]`): each video becomes one row per
+window (`data.windows`), decoded once per file (`loader.iter_window_groups`); the ids sidecar repeats the video's
+id for each of its rows and `emb.segments.npy` holds each row's (start, end) seconds (`store`). Everything above
+works per video: a video's rows are all written or none (a decode failure or a NaN/inf window fails the whole
+video), chunks hold whole videos, `--update` adds a new video's windows, `--prune` drops all rows of a deleted
+one. The segmentation is recorded in the manifest; a job with another one (or none) on an existing set is
+refused: one file never mixes whole-video rows and windows, or two kinds of windows.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dgl_deploy.data.discover import VideoSource, find_videos, rebase, source_root
+from dgl_deploy.data.windows import Segmentation, describe_record
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
 from dgl_deploy.retrieval.store import (
@@ -73,7 +82,8 @@ class EmbedSettings:
     workers: int = 2  # decoding workers (each a crash-isolated process)
     chunk_size: int = 256  # videos per resumable chunk file
     fp16: bool = False  # store float16 rows (half the size)
-    timeout: float = 60.0  # seconds allowed to decode one file
+    timeout: float = 60.0  # seconds allowed to decode one file (with segments: one group of its windows)
+    segments: Segmentation | None = None  # one row per window of each video; None: one row per video
 
     def __post_init__(self) -> None:
         """Refuse values no job can run with (library callers get the CLI's checks too)."""
@@ -86,6 +96,12 @@ class EmbedSettings:
             raise DGLError(f"EmbedSettings: timeout must be a number of seconds > 0, got {self.timeout!r}")
         if not isinstance(self.fp16, bool):
             raise DGLError(f"EmbedSettings: fp16 must be True or False, got {self.fp16!r}")
+        if self.segments is not None and not isinstance(self.segments, Segmentation):
+            raise DGLError(f"EmbedSettings: segments must be a Segmentation or None, got {self.segments!r}")
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the manifest records them (segments as `Segmentation.record`)."""
+        return {**asdict(self), "segments": self.segments.record() if self.segments else None}
 
 
 @dataclass
@@ -94,7 +110,7 @@ class EmbedResult:
 
     out: Path
     total: int  # videos found
-    embedded: int  # rows written by this job
+    embedded: int  # videos embedded by this job
     existing: int  # rows kept from an earlier set (--update)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
     seconds: float = 0.0
@@ -105,11 +121,12 @@ class EmbedResult:
     missing: int = 0  # rows kept whose video file no longer exists
     pruned: int = 0  # rows dropped because their video file no longer exists (--prune)
     up_to_date: bool = False  # the set already held every video: nothing was written
+    new_rows: int = 0  # rows written by this job (= embedded, unless segmented)
 
     @property
     def rows(self) -> int:
         """Rows in the set after the job."""
-        return self.existing + self.embedded
+        return self.existing + self.new_rows
 
 
 class Reporter(Protocol):
@@ -197,7 +214,11 @@ def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: Emb
     be written. Every refusal comes before anything is created."""
     if prune and not update:
         raise DGLError("--prune drops rows of an existing set: use it with --update")
-    existing = _existing(paths, encoder, update, overwrite)
+    if settings.segments and settings.segments.scenes:
+        from dgl_deploy.data.scenes import require_scenedetect
+
+        require_scenedetect()
+    existing = _existing(paths, encoder, settings, update, overwrite)
     root = (existing.recorded_path("source_root") if existing else None) or source_root(source)
     videos = rebase(find_videos(source), source_root(source), root)
     known = set(existing.ids) if existing else set()
@@ -219,13 +240,20 @@ def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: Emb
     return job
 
 
-def _existing(paths: StorePaths, encoder: Encoder, update: bool, overwrite: bool) -> EmbeddingStore | None:
-    """The set at `paths` (checked to be this model's), or None when there is none or it is to be replaced."""
+def _existing(paths: StorePaths, encoder: Encoder, settings: EmbedSettings, update: bool,
+              overwrite: bool) -> EmbeddingStore | None:
+    """The set at `paths` (checked to be this model's and segmented as asked), or None when there is none or it
+    is to be replaced."""
     if overwrite or not (paths.manifest.exists() or paths.emb.exists()):
         return None
     store = open_store(paths.emb)
     fix = "--update needs the model that made them" if update else "embed into another --out"
     check_same_model(store.fingerprint, encoder.fingerprint, str(paths.emb), fix=f"{fix}, or --overwrite to redo it")
+    wanted = settings.segments.record() if settings.segments else None
+    if store.segments != wanted:
+        raise DGLError(f"{paths.emb} holds {describe_record(store.segments)}, this job makes "
+                       f"{describe_record(wanted)}: one set never mixes the two; embed into another --out, or "
+                       "--overwrite to redo the set")
     return store
 
 
@@ -253,8 +281,8 @@ def _descriptor(encoder: Encoder, settings: EmbedSettings, todo: list[VideoSourc
     """Everything that determines the output of the pending work; a resumed job must match it exactly."""
     return {"model_fingerprint": encoder.fingerprint, "frames": encoder.frames, "image_size": encoder.image_size,
             "batch_size": settings.batch_size, "chunk_size": settings.chunk_size, "fp16": settings.fp16,
-            "base_rows": base, "todo": len(todo), "todo_ids": ids_digest([v.id for v in todo]),
-            "source": str(source)}
+            "base_rows": base, "todo": len(todo), "todo_ids": ids_digest([v.id for v in todo]), "source": str(source),
+            **({"segments": settings.segments.record()} if settings.segments else {})}
 
 
 def _digest(descriptor: dict) -> str:
@@ -300,95 +328,149 @@ def start_chunks(job: EmbedJob, settings: EmbedSettings, reporter: Reporter) -> 
     chunks = [range(start, min(start + size, len(job.todo))) for start in range(0, len(job.todo), size)]
     pending = []
     for k, span in enumerate(chunks):
-        if not _chunk_matches(chunk_file(parts, k), [job.todo[i].id for i in span], job.embed_dim):
+        expected = [job.todo[i].id for i in span]
+        if not _chunk_matches(chunk_file(parts, k), expected, job.embed_dim, settings.segments is not None):
             chunk_file(parts, k).unlink(missing_ok=True)
             pending.append(k)
     reporter.start(len(job.todo), len(job.todo) - sum(len(chunks[k]) for k in pending))
     return chunks, pending
 
 
-def _chunk_matches(path: Path, expected_ids: list[str], dim: int) -> bool:
+def _chunk_matches(path: Path, expected_ids: list[str], dim: int, segmented: bool) -> bool:
+    """Whether the chunk file holds exactly these videos (each written or failed), with rows (and segments) of
+    the right shapes: one row per video, or any number of rows per video when `segmented`."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            ids, failed, rows = list(data["ids"]), list(data["failed_ids"]), data["rows"]
+            ids, failed, rows = list(map(str, data["ids"])), list(map(str, data["failed_ids"])), data["rows"]
+            spans = data["spans"].shape if "spans" in data.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return False
-    return sorted(map(str, ids + failed)) == sorted(expected_ids) and rows.shape == (len(ids), dim)
+    videos = list(dict.fromkeys(ids))
+    return sorted(videos + failed) == sorted(expected_ids) and rows.shape == (len(ids), dim) and \
+        (spans == (len(ids), 2) if segmented else spans is None and len(videos) == len(ids))
+
+
+@dataclass
+class _Rows:
+    """Per-row items (frame stacks waiting for the encoder, or encoded rows) with the position in `todo` of each
+    row's video and the row's (start, end) seconds (None for a whole video)."""
+
+    items: list[np.ndarray] = field(default_factory=list)  # (T, S, S, 3) uint8 or (E,) float32 each
+    owners: list[int] = field(default_factory=list)
+    spans: list[Any] = field(default_factory=list)
+
+    def extend(self, items: Any, owners: list[int], spans: list[Any]) -> None:
+        self.items += list(items)
+        self.owners += owners
+        self.spans += spans
+
+    def drop(self, position: int) -> None:
+        """Forget the rows of the video at `position` (it failed)."""
+        keep = [i for i, owner in enumerate(self.owners) if owner != position]
+        self.items = [self.items[i] for i in keep]
+        self.owners = [self.owners[i] for i in keep]
+        self.spans = [self.spans[i] for i in keep]
 
 
 def _run_chunks(job: EmbedJob, encoder: Encoder, settings: EmbedSettings, reporter: Reporter) -> None:
     chunks, pending = start_chunks(job, settings, reporter)
     positions = [i for k in pending for i in chunks[k]]
-    for k, rows, ids, failures in _encoded_chunks(job.todo, positions, chunks, encoder, settings, job.result):
-        reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), rows, ids, failures, settings.fp16))
+    for k, rows, failures in _encoded_chunks(job.todo, positions, chunks, encoder, settings, job.result):
+        spans = np.array(rows.spans, np.float64).reshape(-1, 2) if settings.segments else None
+        reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), _stack(rows.items, encoder.embed_dim),
+                                      [job.todo[p].id for p in rows.owners], failures, settings.fp16, spans))
 
 
 def _encoded_chunks(todo: list[VideoSource], positions: list[int], chunks: list[range], encoder: Encoder,
-                    settings: EmbedSettings, result: EmbedResult) -> Iterator[tuple[int, np.ndarray, list, list]]:
-    """Decode `positions` of `todo` in the background; yield (chunk, rows, ids, failures) per finished chunk."""
-    from dgl_deploy.data.loader import iter_video_batches
+                    settings: EmbedSettings, result: EmbedResult) -> Iterator[tuple[int, _Rows, list[tuple[str, str]]]]:
+    """Decode `positions` of `todo` in the background; yield (chunk, its rows, its failures) per finished chunk.
+    An encoder call takes `batch_size` rows (windows, or whole videos) of one chunk: never straddles chunks."""
+    from dgl_deploy.data.loader import VideoFailure
 
     chunk_of = {i: i // settings.chunk_size for i in positions}
     remaining = {k: len(chunks[k]) for k in set(chunk_of.values())}
-    frames: list[np.ndarray] = []
-    owners: list[int] = []  # position in `todo` of each buffered frame stack
-    done: dict[int, tuple[list[np.ndarray], list[str], list[tuple[str, str]]]] = {}
-    batches = iter_video_batches([todo[i].path for i in positions], encoder.frames, encoder.image_size,
-                                 settings.batch_size, settings.workers, timeout=settings.timeout)
+    waiting = _Rows()  # frame stacks for the next encoder call
+    done: dict[int, tuple[_Rows, list[tuple[str, str]]]] = {}
     waited = time.perf_counter()
-    for batch in batches:
+    for piece in _decoded([todo[i].path for i in positions], encoder, settings):
         result.decode_wait_seconds += time.perf_counter() - waited
-        events = [(f.index, None, f.reason) for f in batch.failures]
-        events += [(i, stack, None) for i, stack in zip(batch.indices, batch.frames, strict=False)]
-        for local, stack, reason in sorted(events, key=lambda e: e[0]):
-            position = positions[local]
-            k = chunk_of[position]
-            rows, ids, failures = done.setdefault(k, ([], [], []))
-            if reason is not None:
-                failures.append((todo[position].id, reason))
-            else:
-                frames.append(stack)
-                owners.append(position)
+        position = positions[piece.index]
+        k = chunk_of[position]
+        rows, failures = done.setdefault(k, (_Rows(), []))
+        if isinstance(piece, VideoFailure):
+            failures.append((todo[position].id, piece.reason))
+            waiting.drop(position)
+            rows.drop(position)
+        else:
+            stacks = piece.stacks
+            spans = [None] * len(stacks.frames) if stacks.spans is None else [tuple(map(float, s)) for s in stacks.spans]
+            for frames, span in zip(stacks.frames, spans, strict=True):
+                waiting.extend([frames], [position], [span])
+                if len(waiting.items) == settings.batch_size:
+                    _encode(encoder, waiting, rows, result)
+                    waiting = _Rows()
+        if isinstance(piece, VideoFailure) or piece.stacks.last:
             remaining[k] -= 1
-            if len(frames) == settings.batch_size or (remaining[k] == 0 and frames):
-                _encode(encoder, frames, owners, todo, done, chunk_of, result)
-                frames, owners = [], []
-            if remaining[k] == 0:
-                rows, ids, failures = done.pop(k)
-                yield k, _stack(rows, encoder.embed_dim), ids, failures
+        if remaining[k] == 0:
+            if waiting.items:
+                _encode(encoder, waiting, rows, result)
+                waiting = _Rows()
+            yield k, *done.pop(k)
         waited = time.perf_counter()
 
 
-def _encode(encoder: Encoder, frames: list[np.ndarray], owners: list[int], todo: list[VideoSource],
-            done: dict, chunk_of: dict[int, int], result: EmbedResult) -> None:
-    """One encoder call on frames of a single chunk (a batch never straddles chunks)."""
+def _decoded(paths: list[Path], encoder: Encoder, settings: EmbedSettings) -> Iterator[Any]:
+    """`loader.WindowGroup`s and `VideoFailure`s in file order: every window of each file (segmented), or each
+    file's T frames as one group (its `spans` None)."""
+    from dgl_deploy.data.loader import WindowGroup, iter_video_batches, iter_window_groups
+    from dgl_deploy.data.window_decode import WindowStacks
+
+    if settings.segments:
+        yield from iter_window_groups(paths, settings.segments, encoder.frames, encoder.image_size, settings.workers,
+                                      timeout=settings.timeout)
+        return
+    for batch in iter_video_batches(paths, encoder.frames, encoder.image_size, settings.batch_size, settings.workers,
+                                    timeout=settings.timeout):
+        pieces = {f.index: f for f in batch.failures}
+        pieces.update((i, WindowGroup(i, WindowStacks(None, stack[None], 0, 1)))
+                      for i, stack in zip(batch.indices, batch.frames, strict=True))
+        yield from (pieces[i] for i in sorted(pieces))
+
+
+def _encode(encoder: Encoder, waiting: _Rows, rows: _Rows, result: EmbedResult) -> None:
+    """One encoder call on the waiting frame stacks (all of one chunk); appends the rows to `rows`."""
     started = time.perf_counter()
-    vectors = encoder.encode_videos(np.stack(frames))  # (B, E)
+    vectors = encoder.encode_videos(np.stack(waiting.items))  # (B, E)
     result.encode_seconds += time.perf_counter() - started
-    rows, ids, _ = done[chunk_of[owners[0]]]
-    rows.append(vectors)
-    ids.extend(todo[p].id for p in owners)
+    rows.extend(vectors, waiting.owners, waiting.spans)
 
 
 def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
-    return np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
+    return np.stack(rows) if rows else np.zeros((0, dim), np.float32)
 
 
-def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]],
-                fp16: bool) -> tuple[int, int]:
-    """Write one finished chunk atomically; a row that is not finite once stored (NaN/inf from the encoder, or
-    beyond the float16 range) becomes a failure. Returns (rows written, failures)."""
+def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]], fp16: bool,
+                spans: np.ndarray | None = None) -> tuple[int, int]:
+    """Write one finished chunk atomically: rows (R, E) of the videos `ids` (one per row) and, when segmented,
+    their (R, 2) `spans`. A video with a row that is not finite once stored (NaN/inf from the encoder, or beyond
+    the float16 range) becomes a failure, all its rows dropped. Returns (videos written, videos failed)."""
     with np.errstate(over="ignore"):
         stored = np.asarray(rows).astype(np.float16 if fp16 else np.float32)
-    finite = np.isfinite(stored).all(axis=1)
-    failures = failures + [(i, _not_finite_reason(row)) for i, row, ok in zip(ids, rows, finite, strict=True)
-                           if not ok]
-    ids = [i for i, ok in zip(ids, finite, strict=True) if ok]
+    bad: dict[str, str] = {}
+    for video_id, row, ok in zip(ids, rows, np.isfinite(stored).all(axis=1), strict=True):
+        if not ok:
+            bad.setdefault(video_id, _not_finite_reason(row))
+    failures = failures + list(bad.items())
+    keep = np.array([i not in bad for i in ids], bool)
+    ids = [i for i, ok in zip(ids, keep, strict=True) if ok]
+    arrays = {"rows": stored[keep], "ids": np.array(ids, dtype=str),
+              "failed_ids": np.array([f[0] for f in failures], dtype=str),
+              "failed_reasons": np.array([f[1] for f in failures], dtype=str)}
+    if spans is not None:
+        arrays["spans"] = np.asarray(spans, np.float64).reshape(-1, 2)[keep]
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, rows=stored[finite], ids=np.array(ids, dtype=str),
-                 failed_ids=np.array([f[0] for f in failures], dtype=str),
-                 failed_reasons=np.array([f[1] for f in failures], dtype=str))
-    return len(ids), len(failures)
+        np.savez(handle, **arrays)
+    return len(dict.fromkeys(ids)), len(failures)
 
 
 def _not_finite_reason(row: np.ndarray) -> str:
@@ -408,17 +490,23 @@ def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
     paths, result = job.paths, job.result
     count = -(-len(job.todo) // settings.chunk_size)
     new_ids: list[str] = []
+    new_spans: list[np.ndarray] = []
     for chunk in _read_chunks(paths.parts, count):
         new_ids += map(str, chunk["ids"])
+        new_spans += [chunk["spans"]] if "spans" in chunk else []
         result.failures += [(str(i), str(r)) for i, r in zip(chunk["failed_ids"], chunk["failed_reasons"], strict=True)]
-    result.embedded = len(new_ids)
+    result.new_rows, result.embedded = len(new_ids), len(set(new_ids))
     kept = job.existing.ids if job.existing else []
     ids = [kept[row] for run in job.keep for row in run] + new_ids
     blocks = [job.existing.vectors[run.start:run.stop] for run in job.keep] if job.existing else []
+    spans = None
+    if settings.segments:
+        kept_spans = [job.existing.spans[run.start:run.stop] for run in job.keep] if job.existing else []
+        spans = np.concatenate([np.zeros((0, 2)), *kept_spans, *new_spans])
     new_rows = (chunk["rows"] for chunk in _read_chunks(paths.parts, count))
     atomic_write_text(paths.errors, "".join(f"{i}\t{r}\n" for i, r in result.failures))
     write_set(paths, itertools.chain(blocks, new_rows), ids, dim=job.embed_dim,
-              dtype=np.float16 if settings.fp16 else np.float32, fields=_manifest_fields(job, settings))
+              dtype=np.float16 if settings.fp16 else np.float32, fields=_manifest_fields(job, settings), spans=spans)
     shutil.rmtree(paths.parts, ignore_errors=True)
 
 
@@ -432,7 +520,7 @@ def _manifest_fields(job: EmbedJob, settings: EmbedSettings) -> dict[str, Any]:
         "image_size": job.descriptor["image_size"],
         "source": job.descriptor["source"],
         **path_fields("source_root", job.root, folder),
-        "settings": asdict(settings),
+        "settings": settings.record(),
         "failures": len(result.failures),
         "missing": result.missing,
         "job": _digest(job.descriptor),

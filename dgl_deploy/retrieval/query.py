@@ -1,14 +1,21 @@
 """`dgl query`: encode texts (or a video) with the model that made an embedding set and search it
 (exactly, or through a FAISS index folder made by `dgl index build`).
 
+In a segmented set (`dgl embed --window`) each hit is a moment: the video's id with the `start` and `end`
+(seconds) of its window. `per_video` keeps at most that many moments of any one video (default 1 for a
+segmented set, so one long video does not fill the top-k; 0 = no limit): the top rows are fetched, grouped by
+video, and fetched again with a larger k until k hits are found or every row was scored.
+
 Importing this module does not import torch: with an exported (ONNX/TensorRT) model, start-up is the
 ONNX session plus a memory map of the embeddings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.ann_index import ExactIndex, SearchIndex, open_index
@@ -41,9 +48,45 @@ def _as_index(index: EmbeddingStore | SearchIndex) -> SearchIndex:
     return ExactIndex(index) if isinstance(index, EmbeddingStore) else index
 
 
+def default_per_video(store: EmbeddingStore) -> int:
+    """Moments per video when not given: 1 for a segmented set, no limit (0) for one row per video."""
+    return 1 if store.spans is not None else 0
+
+
+def search_moments(index: SearchIndex, queries: np.ndarray, k: int, per_video: int = 0) -> list[list[Hit]]:
+    """Top-k hits for each query vector (Q, E) with at most `per_video` rows of any one video (0: no limit),
+    ranked 1..k; see the module docstring."""
+    if isinstance(per_video, bool) or not isinstance(per_video, int) or per_video < 0:
+        raise DGLError(f"per_video must be a whole number >= 0, got {per_video!r}")
+    if per_video == 0:
+        return index.search(queries, k)
+    total = index.store.vectors.shape[0]
+    results: list[list[Hit]] = [[] for _ in range(len(queries))]
+    pending, fetch = list(range(len(queries))), min(total, 2 * k * per_video)
+    while pending:
+        still = []
+        for q, hits in zip(pending, index.search(queries[pending], max(fetch, 1)), strict=True):
+            results[q] = _per_video(hits, per_video, k)
+            if len(results[q]) < k and len(hits) == fetch < total:  # more rows to look at
+                still.append(q)
+        pending, fetch = still, min(total, 4 * fetch)
+    return results
+
+
+def _per_video(hits: list[Hit], per_video: int, k: int) -> list[Hit]:
+    """The best `k` of `hits` (best first) with at most `per_video` of each video, re-ranked."""
+    kept: list[Hit] = []
+    seen: dict[str, int] = {}
+    for hit in hits:
+        if seen.get(hit.id, 0) < per_video and len(kept) < k:
+            seen[hit.id] = seen.get(hit.id, 0) + 1
+            kept.append(replace(hit, rank=len(kept) + 1))
+    return kept
+
+
 def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Sequence[str],
-                k: int = 10) -> list[list[Hit]]:
-    """Top-k videos for each text."""
+                k: int = 10, per_video: int = 0) -> list[list[Hit]]:
+    """Top-k videos (moments of a segmented set, at most `per_video` per video; 0: no limit) for each text."""
     index = _as_index(index)
     check_encoder(index.store, encoder)
     if not texts:
@@ -51,29 +94,34 @@ def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Se
     blank = [n for n, text in enumerate(texts, 1) if not text.strip()]
     if blank:
         raise DGLError(f"query text is empty (query {blank[0]} of {len(texts)})")
-    return index.search(encoder.encode_text(list(texts)), k)
+    return search_moments(index, encoder.encode_text(list(texts)), k, per_video)
 
 
-def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Path | str, k: int = 10) -> list[Hit]:
-    """Top-k videos most similar to `video` (video -> video)."""
+def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Path | str, k: int = 10,
+                per_video: int = 0) -> list[Hit]:
+    """Top-k videos (or moments) most similar to `video` (video -> video)."""
     from dgl_deploy.data.video import read_frames
 
     index = _as_index(index)
     check_encoder(index.store, encoder)
     frames = read_frames(video, encoder.frames, encoder.image_size)  # (T, H, W, 3)
-    return index.search(encoder.encode_videos(frames[None]), k)[0]
+    return search_moments(index, encoder.encode_videos(frames[None]), k, per_video)[0]
 
 
 def hits_to_dicts(queries: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list[dict]:
-    return [{"query": q, "results": [asdict(h) for h in hs]} for q, hs in zip(queries, hits, strict=False)]
+    """JSON-ready results: rank, score, row, id, and start/end (seconds) for the moments of a segmented set."""
+    return [{"query": q, "results": [_hit_dict(h) for h in hs]} for q, hs in zip(queries, hits, strict=False)]
+
+
+def _hit_dict(hit: Hit) -> dict:
+    return {key: value for key, value in asdict(hit).items() if value is not None or key not in ("start", "end")}
 
 
 def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
               queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
-              precision: str = "auto",
-              device: str = "auto") -> list[dict]:
+              precision: str = "auto", device: str = "auto", per_video: int | None = None) -> list[dict]:
     """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search,
-    return JSON-ready results."""
+    return JSON-ready results (`per_video` None: `default_per_video`)."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
     searchable = open_index(index)
@@ -82,9 +130,10 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
         raise DGLError("give query texts (arguments or --file) or --video, not both / neither")
     encoder = open_encoder(resolve_model(searchable.store, model), backend=backend, device=device,
                            precision=precision)
+    limit = default_per_video(searchable.store) if per_video is None else per_video
     if video:
-        return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k)])
-    return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k))
+        return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k, limit)])
+    return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k, limit))
 
 
 def _read_queries(path: Path) -> list[str]:
@@ -102,4 +151,5 @@ def _read_queries(path: Path) -> list[str]:
     return queries
 
 
-__all__ = ["open_store", "resolve_model", "query_texts", "query_video", "hits_to_dicts", "run_query"]
+__all__ = ["open_store", "resolve_model", "default_per_video", "search_moments", "query_texts", "query_video",
+           "hits_to_dicts", "run_query"]

@@ -1,8 +1,9 @@
 """`dgl embed --ray ADDRESS`: the `dgl embed` job on a Ray cluster (Ray Data).
 
-file list -> decode on CPU tasks (`video.read_frames`, per-file time limit) -> encode on an actor pool
-(each actor opens the model once) -> the driver writes each finished chunk to `<out>.parts/` as soon as
-all its videos are back. Chunks, the job file, resume checks and the final merge are those of
+file list -> decode on CPU tasks (`video.read_frames`, per-file time limit; with segments, every window of the
+file from one `WindowDecodeProcess` pass, one row per window) -> encode on an actor pool (each actor opens the
+model once) -> the driver writes each finished chunk to `<out>.parts/` as soon as all its videos (all their
+windows) are back. Chunks, the job file, resume checks and the final merge are those of
 `dgl_deploy.retrieval.embed`, so the output layout (ids order, manifest, errors file) is the single-machine one,
 a killed job resumes from its finished chunks, a job may even be resumed by the other runner, and the
 same output lock, stale-chunk checks and NaN/inf refusal apply.
@@ -11,12 +12,14 @@ Rows match the single-machine ones to float rounding (batches are formed differe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.embed import (
     EmbedJob,
@@ -80,44 +83,102 @@ def _run_chunks(job: EmbedJob, model: str, encoder: Any, settings: EmbedSettings
         return
     if not ray.is_initialized():
         ray.init(**_init_args(ray_settings))
-    decode = _Decode(encoder.frames, encoder.image_size, settings.timeout)
+    decode = _Decode(encoder.frames, encoder.image_size, settings.timeout, settings.segments)
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))
-               .map(decode, num_cpus=1)
+               .flat_map(decode, num_cpus=1)
                .map_batches(_Encode, fn_constructor_kwargs={"model": model, "backend": ray_settings.backend,
                                                             "precision": ray_settings.precision,
                                                             "device": ray_settings.device},
                             batch_size=settings.batch_size, num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(size=ray_settings.encoders)))
-    waiting: dict[int, dict[int, tuple[np.ndarray, str]]] = {}  # chunk -> position -> (vector, error)
+    videos = {k: _Chunk() for k in pending}
     for row in dataset.iter_rows():
         position = int(row["position"])
         k = position // settings.chunk_size
-        waiting.setdefault(k, {})[position] = (row["vector"], str(row["error"]))
-        if len(waiting[k]) == len(chunks[k]):
-            done = sorted(waiting.pop(k).items())
-            rows = [vector for _, (vector, error) in done if not error]
-            ids = [todo[p].id for p, (_, error) in done if not error]
-            failures = [(todo[p].id, error) for p, (_, error) in done if error]
-            stacked = np.stack(rows) if rows else np.zeros((0, encoder.embed_dim), np.float32)
-            reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), stacked, ids, failures, settings.fp16))
+        videos[k].add(position, row)
+        if videos[k].complete(len(chunks[k])):
+            rows, ids, spans, failures = videos.pop(k).result(todo, encoder.embed_dim)
+            reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), rows, ids, failures, settings.fp16,
+                                          spans if settings.segments else None))
+
+
+@dataclass
+class _Chunk:
+    """The rows of one chunk as they come back, in any order: a video is complete when all its windows are back,
+    or its failure and every window decoded before it."""
+
+    windows: dict[int, dict[int, tuple[np.ndarray, float, float]]] = field(default_factory=dict)  # video -> window
+    expected: dict[int, int] = field(default_factory=dict)  # video -> window rows to wait for
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def add(self, position: int, row: dict[str, Any]) -> None:
+        if row["error"]:
+            self.errors[position] = str(row["error"])
+            self.expected[position] = int(row["windows"])  # the windows sent before the failure
+        else:
+            self.windows.setdefault(position, {})[int(row["window"])] = (row["vector"], row["start"], row["end"])
+            self.expected.setdefault(position, int(row["windows"]))
+
+    def complete(self, videos: int) -> bool:
+        done = [p for p, count in self.expected.items() if len(self.windows.get(p, {})) == count]
+        return len(done) == videos
+
+    def result(self, todo: list, dim: int) -> tuple[np.ndarray, list[str], np.ndarray, list[tuple[str, str]]]:
+        """(rows (R, E), ids, spans (R, 2), failures) in video then window order."""
+        kept = [(p, w) for p in sorted(self.windows) if p not in self.errors for w in sorted(self.windows[p])]
+        rows = np.stack([self.windows[p][w][0] for p, w in kept]) if kept else np.zeros((0, dim), np.float32)
+        spans = np.array([self.windows[p][w][1:] for p, w in kept], np.float64).reshape(-1, 2)
+        failures = [(todo[p].id, self.errors[p]) for p in sorted(self.errors)]
+        return rows, [todo[p].id for p, _ in kept], spans, failures
 
 
 @dataclass(frozen=True)
 class _Decode:
-    """Ray Data map: one file -> its frames, or the reason it failed (frames then all zero)."""
+    """Ray Data flat map: one file -> one row per window (one for the whole file without `segments`), each
+    with the file's window count; a failure ends the file with an error row (frames all zero) that counts the
+    windows sent before it."""
 
     frames: int
     image_size: int
     timeout: float
+    segments: Segmentation | None = None
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from dgl_deploy.data.video import VideoError, read_frames
 
+        sent = 0
         try:
-            stack, error = read_frames(row["path"], self.frames, self.image_size, timeout=self.timeout), ""
+            if self.segments is None:
+                stack = read_frames(row["path"], self.frames, self.image_size, timeout=self.timeout)
+                yield self._row(row, 0, 1, (np.nan, np.nan), stack)
+                return
+            for stacks in _window_decoder().stream(row["path"], self.segments, self.frames, self.image_size,
+                                                   self.timeout):
+                for g, frames in enumerate(stacks.frames):
+                    yield self._row(row, stacks.first + g, stacks.total, stacks.spans[g], frames)
+                    sent += 1
         except VideoError as exc:
-            stack, error = np.zeros((self.frames, self.image_size, self.image_size, 3), np.uint8), exc.reason
-        return {"position": row["position"], "frames": stack, "error": error}
+            blank = np.zeros((self.frames, self.image_size, self.image_size, 3), np.uint8)
+            yield self._row(row, -1, sent, (np.nan, np.nan), blank, exc.reason)
+
+    @staticmethod
+    def _row(row: dict[str, Any], window: int, windows: int, span: Any, frames: np.ndarray,
+             error: str = "") -> dict[str, Any]:
+        return {"position": row["position"], "window": window, "windows": windows, "start": float(span[0]),
+                "end": float(span[1]), "frames": frames, "error": error}
+
+
+_decoder: Any = None
+
+
+def _window_decoder() -> Any:
+    """This Ray worker's window decoding subprocess (started on first use)."""
+    global _decoder
+    from dgl_deploy.data.window_decode import WindowDecodeProcess
+
+    if _decoder is None:
+        _decoder = WindowDecodeProcess()
+    return _decoder
 
 
 class _Encode:
@@ -133,7 +194,8 @@ class _Encode:
         vectors = np.zeros((len(ok), self.encoder.embed_dim), np.float32)
         if ok.any():
             vectors[ok] = self.encoder.encode_videos(np.asarray(batch["frames"])[ok])
-        return {"position": batch["position"], "error": batch["error"], "vector": vectors}
+        return {**{key: batch[key] for key in ("position", "window", "windows", "start", "end", "error")},
+                "vector": vectors}
 
 
 def _require_ray() -> None:

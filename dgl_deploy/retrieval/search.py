@@ -22,6 +22,13 @@ class Hit:
     score: float  # cosine similarity
     row: int  # row in the embedding set
     id: str  # the video's id (relative path)
+    start: float | None = None  # seconds: the row's window of the video (segmented sets); None: the whole video
+    end: float | None = None
+
+
+def make_hit(store: EmbeddingStore, rank: int, score: float, row: int) -> Hit:
+    """The hit for `row` of `store`, with its window's times when the set is segmented."""
+    return Hit(rank, float(score), int(row), store.ids[row], *store.span(int(row)))
 
 
 def top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS,
@@ -68,5 +75,5 @@ def search(store: EmbeddingStore, queries: np.ndarray, k: int = 10) -> list[list
     if store.vectors.shape[0] == 0:
         return [[] for _ in range(queries.shape[0])]
     scores, rows = top_k(store.vectors, queries.astype(np.float32), k, name=str(store.paths.emb))
-    return [[Hit(r + 1, float(s), int(row), store.ids[row]) for r, (s, row) in enumerate(zip(qs, qr, strict=False))]
+    return [[make_hit(store, r + 1, s, row) for r, (s, row) in enumerate(zip(qs, qr, strict=False))]
             for qs, qr in zip(scores, rows, strict=False)]

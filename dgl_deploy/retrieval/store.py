@@ -2,8 +2,11 @@
 
   emb.manifest.json      model fingerprint, settings, counts, ids checksum, source folder, and the generation
   emb.<gen>.npy          (N, E) float32 or float16 rows of the current generation (gen = gen-<12 hex digits>)
-  emb.<gen>.ids.txt      one id per row, same order
-  emb.npy, emb.ids.txt   symlinks to the current generation's files: the public names (np.load("emb.npy") works)
+  emb.<gen>.ids.txt      one id per row, same order (the video's id: a segmented set repeats it for each window)
+  emb.<gen>.segments.npy (N, 2) float64 start, end in seconds of each row, in a segmented set only
+                         (`dgl embed --window`; the segmentation is `settings.segments` in the manifest)
+  emb.npy, emb.ids.txt,  symlinks to the current generation's files: the public names (np.load("emb.npy") works)
+  emb.segments.npy
   emb.errors.tsv         the files that failed in the last job, with reasons
   emb.parts/, emb.lock   while a `dgl embed` job runs: finished chunks (for resume) and the writer's lock
 
@@ -15,8 +18,9 @@ switch (a reader that already opened one keeps reading it). A manifest without `
 before generations existed, or by hand) has its rows in emb.npy and its ids in emb.ids.txt directly.
 
 Every open checks the manifest (a JSON object of this format with the required keys), the rows (2-D, float32
-or float16, E as recorded, one per id) and the ids (their checksum as recorded): a damaged or edited set is
-one error line, never a traceback or silently wrong results.
+or float16, E as recorded, one per id), the ids (their checksum as recorded) and the segments of a segmented
+set ((N, 2) float64, their checksum as recorded): a damaged or edited set is one error line, never a traceback
+or silently wrong results.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ ROW_DTYPES = ("float32", "float16")
 COPY_ROWS = 65536  # rows copied per step when writing a generation (bounded memory for any set size)
 _REQUIRED = {"model_fingerprint": str, "count": int, "ids_sha256": str}
 _OPTIONAL = {"generation": str, "embed_dim": int, "model": str, "model_relative": str, "source_root": str,
-             "source_root_relative": str, "job": str}
+             "source_root_relative": str, "job": str, "settings": dict, "spans_sha256": str}
 _GENERATION = r"gen-[0-9a-f]{12}"
 
 
@@ -53,6 +57,7 @@ class StorePaths:
 
     emb: Path
     ids: Path
+    spans: Path
     manifest: Path
     errors: Path
     parts: Path
@@ -64,8 +69,8 @@ class StorePaths:
         if emb.suffix != ".npy":
             raise DGLError(f"{emb}: embeddings are written as .npy (e.g. emb.npy)")
         stem = emb.with_suffix("")
-        return cls(emb, Path(f"{stem}.ids.txt"), Path(f"{stem}.manifest.json"), Path(f"{stem}.errors.tsv"),
-                   Path(f"{stem}.parts"), Path(f"{stem}.lock"))
+        return cls(emb, Path(f"{stem}.ids.txt"), Path(f"{stem}.segments.npy"), Path(f"{stem}.manifest.json"),
+                   Path(f"{stem}.errors.tsv"), Path(f"{stem}.parts"), Path(f"{stem}.lock"))
 
     def rows_file(self, generation: str) -> Path:
         return self.emb.with_name(f"{self.emb.stem}.{generation}.npy")
@@ -73,14 +78,25 @@ class StorePaths:
     def ids_file(self, generation: str) -> Path:
         return self.emb.with_name(f"{self.emb.stem}.{generation}.ids.txt")
 
-    def data_files(self, manifest: dict[str, Any]) -> tuple[Path, Path]:
-        """(rows, ids) files the manifest names: its generation's, or the public names for a set without one."""
+    def spans_file(self, generation: str) -> Path:
+        return self.emb.with_name(f"{self.emb.stem}.{generation}.segments.npy")
+
+    def data_files(self, manifest: dict[str, Any]) -> list[Path]:
+        """[rows, ids(, segments of a segmented set)] files the manifest names: its generation's, or the public
+        names for a set without one."""
         generation = manifest.get("generation")
-        return (self.rows_file(generation), self.ids_file(generation)) if generation else (self.emb, self.ids)
+        files = [self.rows_file(generation), self.ids_file(generation), self.spans_file(generation)] if generation \
+            else [self.emb, self.ids, self.spans]
+        return files if manifest.get("spans_sha256") else files[:2]
 
 
 def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def spans_digest(spans: np.ndarray) -> str:
+    """Checksum of (N, 2) segment times (as little-endian float64)."""
+    return hashlib.sha256(np.ascontiguousarray(spans, dtype="<f8").tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -91,10 +107,23 @@ class EmbeddingStore:
     vectors: np.ndarray  # (N, E) float32 or float16, memory-mapped
     ids: list[str]
     manifest: dict[str, Any]
+    spans: np.ndarray | None = None  # (N, 2) float64 start, end in seconds (memory-mapped); None: whole videos
 
     @property
     def fingerprint(self) -> str:
         return str(self.manifest["model_fingerprint"])
+
+    @property
+    def segments(self) -> dict[str, Any] | None:
+        """The segmentation of a segmented set (`windows.Segmentation.record`), None for one row per video."""
+        return (self.manifest.get("settings") or {}).get("segments")
+
+    def span(self, row: int) -> tuple[float | None, float | None]:
+        """(start, end) seconds of `row`; (None, None) for a whole-video row."""
+        if self.spans is None:
+            return None, None
+        start, end = self.spans[row]
+        return float(start), float(end)
 
     def recorded_path(self, key: str) -> Path | None:
         """Where the manifest's `key` (e.g. "model") is: at its path relative to the set if that exists (the
@@ -158,11 +187,14 @@ def _manifest_problem(data: dict[str, Any]) -> str | None:
         return "count < 0 or embed_dim < 1"
     if data.get("generation") and not re.fullmatch(_GENERATION, data["generation"]):
         return f"bad generation {data['generation']!r}"
+    segments = (data.get("settings") or {}).get("segments")
+    if segments is not None and not isinstance(segments, dict) or bool(segments) != bool(data.get("spans_sha256")):
+        return "segments and their checksum must be recorded together"
     return None
 
 
 def _load(paths: StorePaths, manifest: dict[str, Any]) -> EmbeddingStore:
-    rows_file, ids_file = paths.data_files(manifest)
+    rows_file, ids_file, *spans_file = paths.data_files(manifest)
     try:
         vectors = np.load(rows_file, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -174,7 +206,23 @@ def _load(paths: StorePaths, manifest: dict[str, Any]) -> EmbeddingStore:
     if ids_digest(ids) != manifest["ids_sha256"]:
         raise DGLError(f"{ids_file}: the ids do not match the checksum in {paths.manifest.name} (edited or "
                        "reordered?): the set is damaged, re-embed it")
-    return EmbeddingStore(paths, vectors, ids, manifest)
+    spans = _load_spans(spans_file[0], manifest) if spans_file else None
+    return EmbeddingStore(paths, vectors, ids, manifest, spans)
+
+
+def _load_spans(path: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """The (N, 2) float64 segments of a segmented set, checked against the manifest."""
+    try:
+        spans = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise DGLError(f"{path}: cannot read the segments ({exc})") from None
+    if spans.shape != (manifest["count"], 2) or spans.dtype != np.float64 or \
+            spans_digest(spans) != manifest["spans_sha256"]:
+        raise DGLError(f"{path}: the segments ({spans.dtype} {spans.shape}) do not match the manifest's "
+                       f"{manifest['count']} rows and checksum: the set is damaged, re-embed it")
+    return spans
 
 
 def _check_rows(rows_file: Path, vectors: np.ndarray, ids: list[str], manifest: dict[str, Any]) -> None:
@@ -204,21 +252,35 @@ def path_fields(key: str, path: Path | str, folder: Path) -> dict[str, str]:
 
 
 def write_set(paths: StorePaths, blocks: Iterable[np.ndarray], ids: list[str], *, dim: int, dtype: Any,
-              fields: dict[str, Any]) -> dict[str, Any]:
-    """Write the rows (`blocks` concatenated: arrays or memory-map slices, one row per id) as a new generation
-    beside the current set and switch to it (see the module docstring); returns the manifest written (`fields`
-    plus format, generation, count, dimension, dtype and ids checksum). Refuses when the disk lacks room."""
+              fields: dict[str, Any], spans: np.ndarray | None = None) -> dict[str, Any]:
+    """Write the rows (`blocks` concatenated: arrays or memory-map slices, one row per id) and, for a segmented
+    set, their (N, 2) `spans` as a new generation beside the current set and switch to it (see the module
+    docstring); returns the manifest written (`fields` plus format, generation, count, dimension, dtype and
+    checksums). Refuses when the disk lacks room."""
     dtype = np.dtype(dtype)
     generation = f"gen-{secrets.token_hex(6)}"
     ids_text = "".join(f"{i}\n" for i in ids)
-    _check_space(paths, 128 + len(ids) * dim * dtype.itemsize + len(ids_text.encode()))
+    spans_size = 0 if spans is None else 128 + len(ids) * 16
+    _check_space(paths, 128 + len(ids) * dim * dtype.itemsize + len(ids_text.encode()) + spans_size)
     _write_rows(paths, paths.rows_file(generation), blocks, ids, dim, dtype)
     atomic_write_text(paths.ids_file(generation), ids_text)
+    checksums = {"ids_sha256": ids_digest(ids)}
+    if spans is not None:
+        spans = np.asarray(spans, dtype=np.float64)
+        if spans.shape != (len(ids), 2):
+            raise ValueError(f"segments {spans.shape} do not fit {len(ids)} rows")
+        with atomic_path(paths.spans_file(generation)) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, spans)
+        checksums["spans_sha256"] = spans_digest(spans)
     manifest = {**fields, "format": FORMAT, "generation": generation, "count": len(ids), "embed_dim": dim,
-                "dtype": dtype.name, "ids_sha256": ids_digest(ids)}
+                "dtype": dtype.name, **checksums}
     atomic_write_text(paths.manifest, json.dumps(manifest, indent=1))  # the switch
     atomic_symlink(paths.emb, paths.rows_file(generation).name)
     atomic_symlink(paths.ids, paths.ids_file(generation).name)
+    if spans is not None:
+        atomic_symlink(paths.spans, paths.spans_file(generation).name)
+    else:
+        paths.spans.unlink(missing_ok=True)
     _remove_stale_generations(paths, generation)
     return manifest
 
@@ -268,7 +330,7 @@ def _pieces(blocks: Iterable[np.ndarray], dtype: np.dtype) -> Iterator[np.ndarra
 def _remove_stale_generations(paths: StorePaths, current: str) -> None:
     """Remove every generation file of this set but `current`'s (older ones, and those of writes that were
     killed or failed before their switch)."""
-    pattern = re.compile(rf"\.?{re.escape(paths.emb.stem)}\.({_GENERATION})\.(npy|ids\.txt)(\.\w+\.tmp)?")
+    pattern = re.compile(rf"\.?{re.escape(paths.emb.stem)}\.({_GENERATION})\.(npy|ids\.txt|segments\.npy)(\.\w+\.tmp)?")
     for path in paths.emb.parent.iterdir():
         match = pattern.fullmatch(path.name)
         if match and match.group(1) != current:

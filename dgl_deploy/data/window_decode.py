@@ -1,0 +1,252 @@
+"""Decode every window of one video in one pass (`dgl embed --window`): T frames per window, each frame decoded
+and resized once however many windows share it.
+
+`decode_windows` opens the file once, finds its windows (`data.windows`; shots by `data.scenes` first with
+`--scenes`) and every window's frame indices (`video.frame_indices` with the window as segment), then decodes
+the sorted union of those frames in one forward pass through the file, `DECODE_BATCH` at a time, resizing each
+once. A window is complete once the pass reaches its last frame; complete windows go out in groups of
+`max_frames // T`, assembled as (G, T, S, S, 3) stacks from the shared frames, and frames that no later window
+needs are dropped. So no frame is decoded twice (overlapping windows share theirs) and memory is about one
+group's frames whatever the length of the file (a 2-hour 1080p file holds at most `DECODE_BATCH` full-size
+frames at a time).
+
+Why one forward pass (benchmarks/bench_segments.py, results in benchmarks/results/segments.json): on a
+10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) it took 10.2 s against
+27.4 s for a seek and a decode per window (which decodes overlapping stretches twice and restarts at a key
+frame for every window) and 19.5 s for decoding every frame in order; with sparse windows (60 s, no overlap,
+T = 8) 6.8 s against 9.4 s and 8.3 s.
+
+`WindowDecodeProcess` runs it in a crash-isolated subprocess that streams the groups back; the time limit
+applies to each group (and to each piece of shot detection), so a long file gets as much time as it needs while
+a hang or a crash is still caught.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import decord
+import numpy as np
+
+from dgl_deploy.data.video import VideoError, _check_file, decode_frames, frame_indices, resize_center_crop
+from dgl_deploy.data.windows import Segmentation, windows_of
+from dgl_deploy.errors import DGLError
+
+MAX_GROUP_FRAMES = 128  # frames (windows x T) sent at a time
+DECODE_BATCH = 8  # full-size frames decoded at a time (decord's peak memory grows with it; no speed gain above)
+_STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against the time limit
+
+
+@dataclass(frozen=True)
+class WindowStacks:
+    """Consecutive windows of one file: windows first .. first + G - 1 of its `total`."""
+
+    spans: np.ndarray | None  # (G, 2) float64: start, end in seconds (None: the whole file, one group)
+    frames: np.ndarray  # (G, T, S, S, 3) uint8
+    first: int
+    total: int
+
+    @property
+    def last(self) -> bool:
+        """Whether these are the file's last windows."""
+        return self.first + len(self.frames) == self.total
+
+
+def _nothing() -> None:
+    pass
+
+
+def decode_windows(path: Path | str, segmentation: Segmentation, num_frames: int, image_size: int,
+                   max_frames: int = MAX_GROUP_FRAMES, progress: Callable[[], None] = _nothing) -> Iterator[WindowStacks]:
+    """Every window of `path`, in order, in groups of at most `max_frames // T` windows (see the module
+    docstring); runs in this process, no time limit. `progress` is called during shot detection. Raises
+    VideoError."""
+    path = Path(path)
+    reader = _open(path)
+    count, fps = len(reader), reader.get_avg_fps()
+    if not fps > 0:
+        raise VideoError(path, f"unknown frame rate ({fps}): cannot place windows in time")
+    cuts = _cuts(path, segmentation, progress) if segmentation.scenes else None
+    spans = windows_of(count / fps, segmentation, cuts)
+    indices = [frame_indices(count, fps, num_frames, span) for span in spans]  # each (T,) int64
+    still_needed = np.minimum.accumulate([int(i.min()) for i in indices][::-1])[::-1]  # lowest frame of windows w..
+    size = max(1, max_frames // num_frames)  # windows per group
+    frames: dict[int, np.ndarray] = {}  # frame index -> (S, S, 3), decoded and still needed
+    ready: list[int] = []  # complete windows not sent yet
+    following = 0  # the first window not complete yet
+    wanted = np.unique(np.concatenate(indices)).tolist()  # ascending: one forward pass through the file
+    for start in range(0, len(wanted), DECODE_BATCH):
+        batch = wanted[start:start + DECODE_BATCH]
+        frames.update(zip(batch, _read_resized(reader, path, batch, image_size), strict=True))
+        while following < len(spans) and indices[following].max() <= batch[-1]:
+            ready.append(following)
+            following += 1
+            if len(ready) == size or following == len(spans):
+                yield _group(ready, spans, indices, frames)
+                lowest = int(still_needed[following]) if following < len(spans) else count
+                frames = {i: frame for i, frame in frames.items() if i >= lowest}
+                ready = []
+
+
+def _group(windows: list[int], spans: list, indices: list[np.ndarray], frames: dict[int, np.ndarray]) -> WindowStacks:
+    """The stacks of `windows` (consecutive) assembled from the decoded frames."""
+    stacks = np.stack([np.stack([frames[int(i)] for i in indices[w]]) for w in windows])  # (G, T, S, S, 3)
+    return WindowStacks(np.array([spans[w] for w in windows], np.float64), stacks, windows[0], len(spans))
+
+
+def _open(path: Path) -> decord.VideoReader:
+    _check_file(path)
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except (decord.DECORDError, RuntimeError):
+        decode_frames(path, 1, 8)  # raises the VideoError naming the cause, as for a whole-file row
+        raise VideoError(path, "not a readable video") from None
+    if len(reader) == 0:
+        raise VideoError(path, "no video frames")
+    return reader
+
+
+def _cuts(path: Path, segmentation: Segmentation, progress: Callable[[], None]) -> list[float]:
+    from dgl_deploy.data.scenes import detect_cuts
+
+    try:
+        return detect_cuts(path, segmentation.scene_threshold, progress)
+    except Exception as exc:  # OpenCV / PySceneDetect errors on a file decord could open
+        raise VideoError(path, f"shot detection failed ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _read_resized(reader: decord.VideoReader, path: Path, indices: list[int], image_size: int) -> np.ndarray:
+    """Frames `indices` (ascending) decoded forward through the file and resized: (F, S, S, 3) uint8."""
+    out = np.empty((len(indices), image_size, image_size, 3), np.uint8)
+    for start in range(0, len(indices), DECODE_BATCH):
+        piece = indices[start:start + DECODE_BATCH]
+        try:
+            frames = reader.get_batch(piece).asnumpy()  # (F, H, W, 3)
+        except (decord.DECORDError, RuntimeError, IndexError) as exc:
+            raise VideoError(path, f"corrupt or truncated video ({_first_line(exc)})") from None
+        if len(frames) != len(piece):
+            raise VideoError(path, f"truncated video (got {len(frames)} of {len(piece)} frames)")
+        out[start:start + len(piece)] = resize_center_crop(frames, image_size)
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+
+
+def _serve(conn: mp.connection.Connection) -> None:
+    """Worker loop: receive (path, segmentation, T, S, max_frames); send ('group', WindowStacks) per group
+    (('progress', None) during shot detection), then ('done', None) or ('error', reason)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    devnull = os.open(os.devnull, os.O_WRONLY)  # ffmpeg/decord/OpenCV print to fd 2; reasons travel in replies
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    conn.send(("ready", None))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            for stacks in decode_windows(*request, progress=lambda: conn.send(("progress", None))):
+                conn.send(("group", stacks))
+            conn.send(("done", None))
+        except VideoError as exc:
+            conn.send(("error", exc.reason))
+        except Exception as exc:  # anything else the decoder throws is still this file's failure
+            conn.send(("error", f"decoder failed: {type(exc).__name__}: {_first_line(exc)}"))
+
+
+class WindowDecodeProcess:
+    """One decoding subprocess streaming the windows of a file (`stream`); the time limit applies per group.
+    After a hang or a crash the process is restarted by the next `stream`. Not thread-safe: one per thread;
+    `close` kills the process (and unblocks a pending `stream`)."""
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: mp.connection.Connection | None = None
+        self._closed = False
+
+    def _start(self) -> mp.connection.Connection:
+        if self._closed:
+            raise DGLError("WindowDecodeProcess is closed")
+        ctx = mp.get_context("forkserver")  # workers fork from a clean server, not from this process
+        ctx.set_forkserver_preload([__name__])
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="dgl-decode-windows")
+        try:
+            self._proc.start()
+        except RuntimeError as exc:  # multiprocessing re-imports an unguarded __main__ script
+            self._proc = None
+            raise DGLError("cannot start the video decoder process: put the calling script's code under "
+                           "`if __name__ == '__main__':` (Python multiprocessing rule)") from exc
+        finally:
+            child.close()
+        self._conn = parent
+        if not parent.poll(_STARTUP_TIMEOUT_S) or self._receive(parent) != ("ready", None):
+            code = self._stop()
+            raise DGLError(f"the video decoder process failed to start (exit code {code}); see its stderr")
+        return parent
+
+    @staticmethod
+    def _receive(conn: mp.connection.Connection) -> tuple[str, Any]:
+        try:
+            return conn.recv()
+        except (EOFError, OSError):
+            return "crashed", None
+
+    def _stop(self) -> int | None:
+        """Kill the worker; returns its exit code (negative = signal)."""
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        code = None
+        if proc is not None and proc.pid is not None:  # kill first: a waiting thread then wakes up with EOF
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            code = proc.exitcode
+        if conn is not None:
+            conn.close()
+        return code
+
+    def stream(self, path: Path | str, segmentation: Segmentation, num_frames: int, image_size: int,
+               timeout: float, max_frames: int = MAX_GROUP_FRAMES) -> Iterator[WindowStacks]:
+        """Like `decode_windows`, in the subprocess; VideoError when a group takes longer than `timeout`
+        seconds, the process crashes, or the file is bad. Abandoning the iterator early kills the process."""
+        path = Path(path)
+        _check_file(path)
+        conn = self._conn if self._proc is not None and self._proc.is_alive() else self._start()
+        finished = False
+        try:
+            conn.send((str(path), segmentation, num_frames, image_size, max_frames))
+            while not finished:
+                if not conn.poll(timeout):
+                    raise VideoError(path, f"decoding timed out (a group of windows took over {timeout:g} s)")
+                status, payload = self._receive(conn)
+                if status == "crashed":
+                    raise VideoError(path, f"decoder process crashed (exit code {self._stop()})")
+                finished = status in ("done", "error")  # the worker is free again
+                if status == "error":
+                    raise VideoError(path, payload)
+                if status == "group":
+                    yield payload
+        except (BrokenPipeError, OSError):
+            raise VideoError(path, f"decoder process crashed (exit code {self._stop()})") from None
+        finally:
+            if not finished:  # timed out, crashed, or abandoned while the worker is still sending
+                self._stop()
+
+    def close(self) -> None:
+        """Kill the subprocess; the object cannot be used afterwards."""
+        self._closed = True
+        self._stop()
+
+
+__all__ = ["WindowStacks", "decode_windows", "WindowDecodeProcess", "MAX_GROUP_FRAMES", "DECODE_BATCH"]
