@@ -1,4 +1,4 @@
-"""The offline demo at a small size: every step runs through the real library functions."""
+"""The offline demo at a small size (`dgl demo --quick`): every step runs through the real library functions."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import pytest
 @pytest.mark.timeout(300)
 def test_quick_demo_runs_end_to_end(demo_dir) -> None:
     results = json.loads((demo_dir / "demo_results.json").read_text())
-    for key in ("clip_meanpool", "dgl_untuned"):
-        assert 0 <= results["before"][key]["t2v"] <= 100
-    after = results["after"]
-    assert after["dgl_tuned_onnx"] == after["dgl_tuned_torch"]  # the export reproduces the torch model
+    test_videos = 16  # DemoConfig.quick()
+    chance = 100.0 / test_videos
+    before, after = results["before"], results["after"]
+    # the tiny CLIP pre-trained on single frames tells colour and shape apart: well above chance
+    assert before["clip_meanpool"]["t2v"] >= 2 * chance and before["clip_meanpool"]["v2t"] >= 2 * chance, before
+    assert after["dgl_tuned_torch"]["t2v"] >= chance, after
+    assert after["dgl_tuned_onnx_fp32"] == after["dgl_tuned_torch"]  # the fp32 export reproduces the torch model
+    assert abs(after["dgl_tuned_onnx_int8"]["t2v"] - after["dgl_tuned_torch"]["t2v"]) <= 2 * chance  # int8 is close
     assert len(results["queries"]) == 3 and all(len(q["results"]) == 3 for q in results["queries"])
     for artifact in ("clip.safetensors", "run/model.safetensors", "export/manifest.json", "emb.npy"):
         assert (demo_dir / artifact).exists(), artifact

@@ -53,7 +53,7 @@ def test_embed_good_and_broken(workdir, tmp_path, model) -> None:
     videos = _copy_videos(workdir, tmp_path / "v", broken=True)
     out = tmp_path / "emb.npy"
     result = runner.invoke(app, ["embed", str(videos), "--out", str(out), "--model", str(workdir / model),
-                                 "--batch-size", "3", "--chunk-size", "4", "--quiet"])
+                                 "--batch-size", "3", "--chunk-size", "4", "--precision", "fp32", "--quiet"])
     assert result.exit_code == 3, result.output  # some files failed
     store = open_store(out)
     good = [v for v in find_videos(videos) if not v.id.startswith("broken/") or v.id.endswith(".avi")]
@@ -61,7 +61,7 @@ def test_embed_good_and_broken(workdir, tmp_path, model) -> None:
     failed = dict(line.split("\t") for line in (tmp_path / "emb.errors.tsv").read_text().splitlines())
     assert set(failed) == {"broken/empty.mp4", "broken/text.mp4", "broken/truncated.mp4", "broken/truncated_noindex.mp4"}
     assert all(reason for reason in failed.values())
-    encoder = open_encoder(workdir / model)
+    encoder = open_encoder(workdir / model, precision="fp32")  # int8 scales activations per batch: not exact
     for row, video in enumerate(good):
         alone = encoder.encode_videos(read_frames(video.path, encoder.frames, encoder.image_size)[None])[0]
         np.testing.assert_allclose(store.vectors[row], alone, atol=1e-5)
