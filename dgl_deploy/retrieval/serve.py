@@ -7,7 +7,7 @@ to start instead of answering every search with an error.
 
   GET  /                             the search page (static HTML/CSS/JS in retrieval/static/, no data in it)
   GET  /health                        model, backend, rows, index kind
-  GET  /search?q=TEXT&k=10            text -> videos
+  GET  /search?q=TEXT&k=10&per_video=N text -> videos (a segmented set: at most N moments per video, default 1)
   POST /search/video?k=10 (file=...)  uploaded video -> videos (multipart form field `file`)
   GET  /search/similar?id=ID&row=R&k=10  an indexed video (or moment: its row) -> other videos, from the stored
                                       row vector (nothing decoded); the query row itself is left out
@@ -58,7 +58,7 @@ from dgl_deploy.data.discover import VIDEO_EXTENSIONS
 from dgl_deploy.errors import DGLError
 from dgl_deploy.limits import check_number
 from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
-from dgl_deploy.retrieval.query import check_encoder, hits_to_dicts
+from dgl_deploy.retrieval.query import check_encoder, default_per_video, hits_to_dicts, search_moments
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.serve_media import POSTER_DECODERS, IndexedVideos, MediaError, Posters, default_poster_cache
 from dgl_deploy.runtime.backends.base import Encoder
@@ -197,17 +197,17 @@ class SearchService:
         self._encoder_queue = EncoderQueue()
         self._decoders = DecoderPool(self.settings.decoders)
 
-    async def search_text(self, text: str, k: int) -> dict[str, Any]:
+    async def search_text(self, text: str, k: int, per_video: int | None = None) -> dict[str, Any]:
         if not text.strip():
             raise DGLError("query text is empty")
         vectors = await self._encode(TEXT, lambda: self.encoder.encode_text([text]))
-        return await self._search(text, vectors, k)
+        return await self._search(text, vectors, k, per_video)
 
-    async def search_video(self, upload: BinaryIO, name: str, k: int) -> dict[str, Any]:
+    async def search_video(self, upload: BinaryIO, name: str, k: int, per_video: int | None = None) -> dict[str, Any]:
         """Decode the upload in a decoder process (not holding the encoder), then encode and search."""
         frames = await asyncio.wrap_future(self._decoders.submit(lambda decoder: self._decode(decoder, upload, name)))
         vectors = await self._encode(VIDEO, lambda: self.encoder.encode_videos(frames[None]))
-        return await self._search(f"video:{name}", vectors, k)
+        return await self._search(f"video:{name}", vectors, k, per_video)
 
     def _decode(self, decoder: "DecodeProcess", upload: BinaryIO, name: str) -> np.ndarray:
         with _saved_upload(upload, name) as path:
@@ -217,31 +217,32 @@ class SearchService:
     async def _encode(self, priority: int, job: Callable[[], np.ndarray]) -> np.ndarray:
         return await asyncio.wrap_future(self._encoder_queue.submit(priority, job))
 
-    async def search_similar(self, video_id: str, row: int | None, k: int) -> dict[str, Any]:
-        """Videos like an indexed one (its row vector: nothing decoded or encoded), the row itself left out."""
+    async def search_similar(self, video_id: str, row: int | None, k: int,
+                             per_video: int | None = None) -> dict[str, Any]:
+        """Other videos like an indexed one (its row vector: nothing decoded or encoded); the video itself is
+        left out (at most `per_video` of its moments could rank, so k + that many are fetched)."""
         row = await asyncio.to_thread(self.videos.row_of, video_id, row)
         store = self.index.store
         vector = np.asarray(store.vectors[row:row + 1], dtype=np.float32)  # (1, E)
-        hits = (await asyncio.to_thread(self.index.search, vector, k + 1))[0]
-        others = [replace(hit, rank=rank) for rank, hit in enumerate((h for h in hits if h.row != row), 1)]
+        limit = self._per_video(per_video)
+        hits = (await asyncio.to_thread(search_moments, self.index, vector, k + max(limit, 1), limit))[0]
+        others = [replace(hit, rank=rank) for rank, hit in enumerate((h for h in hits if h.id != video_id), 1)]
         spans = getattr(store, "spans", None)
         start = float(spans[row, 0]) if spans is not None else None
         label = f"similar:{video_id}" + (f"@{start:g}" if start is not None else "")
         return self._results(label, others[:k])
 
-    async def _search(self, query: str, vectors: np.ndarray, k: int) -> dict[str, Any]:
-        hits = await asyncio.to_thread(self.index.search, vectors, k)
+    async def _search(self, query: str, vectors: np.ndarray, k: int, per_video: int | None) -> dict[str, Any]:
+        hits = await asyncio.to_thread(search_moments, self.index, vectors, k, self._per_video(per_video))
         return self._results(query, hits[0])
+
+    def _per_video(self, per_video: int | None) -> int:
+        """Moments per video: as asked, else 1 for a segmented set and no limit for one row per video."""
+        return default_per_video(self.index.store) if per_video is None else per_video
 
     def _results(self, query: str, hits: list[Hit]) -> dict[str, Any]:
         """The JSON result; each hit of a segmented set has its moment's `start`/`end` seconds."""
-        result = hits_to_dicts([query], [hits])[0]
-        spans = getattr(self.index.store, "spans", None)
-        if spans is not None:
-            for hit in result["results"]:
-                if hit.get("start") is None:
-                    hit["start"], hit["end"] = (float(t) for t in spans[hit["row"]])
-        return result
+        return hits_to_dicts([query], [hits])[0]
 
     def health(self) -> dict[str, Any]:
         store = self.index.store
@@ -479,24 +480,30 @@ def build_app(service: SearchService, token: str | None = None) -> Any:
     async def health() -> dict[str, Any]:
         return service.health()
 
+    per_video_query = Query(None, ge=0, le=settings.max_k, description="moments per video (default: 1 for a "
+                            "segmented set, no limit otherwise; 0 = no limit)")
+
     @app.get("/search")
     async def search_text(q: str = Query(..., min_length=1, max_length=settings.max_query_chars),
-                          k: int = Query(10, ge=1, le=settings.max_k)) -> dict[str, Any]:
-        return await _timed(service.search_text(q, k))
+                          k: int = Query(10, ge=1, le=settings.max_k),
+                          per_video: int | None = per_video_query) -> dict[str, Any]:
+        return await _timed(service.search_text(q, k, per_video))
 
     @app.post("/search/video")
-    async def search_video(file: UploadFile = File(...), k: int = Query(10, ge=1, le=settings.max_k)) -> Any:
+    async def search_video(file: UploadFile = File(...), k: int = Query(10, ge=1, le=settings.max_k),
+                           per_video: int | None = per_video_query) -> Any:
         name = file.filename or "upload"
         try:
-            return await _timed(service.search_video(file.file, name, k))
+            return await _timed(service.search_video(file.file, name, k, per_video))
         except VideoError as exc:
             return error(400, f"{name}: {exc.reason}")
 
     @app.get("/search/similar")
     async def search_similar(id: str = Query(..., min_length=1, max_length=4096),
                              row: int | None = Query(None, ge=0, description="the moment's row (default: the first)"),
-                             k: int = Query(10, ge=1, le=settings.max_k)) -> dict[str, Any]:
-        return await _timed(service.search_similar(id, row, k))
+                             k: int = Query(10, ge=1, le=settings.max_k),
+                             per_video: int | None = per_video_query) -> dict[str, Any]:
+        return await _timed(service.search_similar(id, row, k, per_video))
 
     @app.head("/video", include_in_schema=False)
     @app.get("/video")
