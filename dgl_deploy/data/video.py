@@ -14,14 +14,8 @@ becomes a `VideoError` for that file, never a dead or stuck caller.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import multiprocessing.connection
-import os
-import re
-import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 import decord
 import numpy as np
@@ -29,10 +23,10 @@ from PIL import Image
 
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling, frame_indices
 from dgl_deploy.data.segments import Segment
+from dgl_deploy.data.worker import Connection, WorkerProcess, decoder_message, worker_loop
 from dgl_deploy.errors import DGLError
 
 DEFAULT_TIMEOUT_S = 60.0
-_STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against the per-file limit
 
 
 class VideoError(DGLError):
@@ -72,12 +66,6 @@ def _check_file(path: Path) -> None:
         raise VideoError(path, "empty file (0 bytes)")
 
 
-def _decoder_message(exc: Exception) -> str:
-    """decord's first error line without its '[time] /src/file.cc:123:' prefix."""
-    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return re.sub(r"^\[[\d:]+\] \S+: (Error: )?", "", line)[:160]
-
-
 def _open_failure(message: str) -> str:
     """The reason for a file decord cannot open: no video stream (decord's "Check failed: st_nb >= 0 ...
     cannot find video stream") or a damaged file."""
@@ -97,7 +85,7 @@ def decode_frames(
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except decord.DECORDError as exc:
-        raise VideoError(path, _open_failure(_decoder_message(exc))) from None
+        raise VideoError(path, _open_failure(decoder_message(exc))) from None
     except RuntimeError:  # decord's "Error reading <file>...": no demuxer/stream/index found
         raise VideoError(path, "not a readable video (unknown format, no video stream, or missing index)") from None
     count = len(reader)
@@ -110,90 +98,25 @@ def decode_frames(
     try:
         frames = reader.get_batch(indices).asnumpy()  # (T, H, W, 3)
     except (decord.DECORDError, RuntimeError, IndexError) as exc:
-        raise VideoError(path, f"corrupt or truncated video ({_decoder_message(exc)})") from None
+        raise VideoError(path, f"corrupt or truncated video ({decoder_message(exc)})") from None
     if frames.shape[0] != num_frames:
         raise VideoError(path, f"truncated video (got {frames.shape[0]} of {num_frames} frames)")
     return resize_center_crop(frames, image_size)
 
 
-def _serve(conn: mp.connection.Connection) -> None:
-    """Worker loop: receive (path, num_frames, image_size, segment, sampling), send ('ok', frames) or ('error', reason)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _silence_stderr()  # ffmpeg/decord print to fd 2; the reason of a failure travels back in the reply
-    conn.send(("ready", None))
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            conn.send(("ok", decode_frames(*request)))
-        except VideoError as exc:
-            conn.send(("error", exc.reason))
-        except Exception as exc:  # anything else the decoder throws is still this file's failure
-            conn.send(("error", f"decoder failed: {type(exc).__name__}: {_decoder_message(exc)}"))
+def _serve(conn: Connection) -> None:
+    """Worker: (path, num_frames, image_size, segment, sampling) -> ('ok', frames) or ('error', reason)."""
+    worker_loop(conn, lambda request: conn.send(("ok", decode_frames(*request))))
 
 
-def _silence_stderr() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-
-
-def _context() -> Any:
-    """forkserver: workers fork from a clean server that has imported this module once (fast restarts)."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
-
-
-class DecodeProcess:
+class DecodeProcess(WorkerProcess):
     """One decoding subprocess; `decode` enforces a time limit and restarts the process after a hang or crash.
 
     Not thread-safe: use one per thread. `close` kills the process (also unblocks a pending `decode`).
     """
 
     def __init__(self) -> None:
-        self._proc: Any = None
-        self._conn: mp.connection.Connection | None = None
-        self._closed = False
-
-    def _start(self) -> mp.connection.Connection:
-        if self._closed:
-            raise DGLError("DecodeProcess is closed")
-        ctx = _context()
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="dgl-decode")
-        try:
-            self._proc.start()
-        except RuntimeError as exc:  # multiprocessing re-imports an unguarded __main__ script
-            self._proc = None
-            raise DGLError("cannot start the video decoder process: put the calling script's code under "
-                           "`if __name__ == '__main__':` (Python multiprocessing rule)") from exc
-        finally:
-            child.close()
-        self._conn = parent
-        try:
-            if not parent.poll(_STARTUP_TIMEOUT_S):
-                raise TimeoutError
-            parent.recv()  # ('ready', None)
-        except (TimeoutError, EOFError, OSError):
-            code = self._stop()
-            raise DGLError(f"the video decoder process failed to start (exit code {code}); see its stderr") from None
-        return parent
-
-    def _stop(self) -> int | None:
-        """Kill the worker; returns its exit code (negative = signal)."""
-        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
-        code = None
-        if proc is not None and proc.pid is not None:  # kill first: a waiting thread then wakes up with EOF
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-            code = proc.exitcode
-        if conn is not None:
-            conn.close()
-        return code
+        super().__init__(_serve, __name__, "dgl-decode")
 
     def decode(
         self,
@@ -208,30 +131,19 @@ class DecodeProcess:
         path = Path(path)
         check_sampling(sampling)
         _check_file(path)
-        conn = self._conn if self._proc is not None and self._proc.is_alive() else self._start()
+        conn = self.connection()
         try:
             conn.send((str(path), num_frames, image_size, segment, sampling))
             if not conn.poll(timeout):
-                self._stop()
+                self.stop()
                 raise VideoError(path, f"decoding timed out after {timeout:g} s")
             status, payload = conn.recv()
         except (EOFError, OSError, BrokenPipeError):
-            code = self._stop()
+            code = self.stop()
             raise VideoError(path, f"decoder process crashed (exit code {code})") from None
         if status == "error":
             raise VideoError(path, payload)
         return payload
-
-    def close(self) -> None:
-        """Kill the subprocess; the object cannot be used afterwards."""
-        self._closed = True
-        self._stop()
-
-    def __enter__(self) -> DecodeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 _shared: DecodeProcess | None = None

@@ -23,10 +23,6 @@ a hang or a crash is still caught.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import multiprocessing.connection
-import os
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +33,10 @@ import numpy as np
 
 from dgl_deploy.data.video import VideoError, _check_file, decode_frames, frame_indices, resize_center_crop
 from dgl_deploy.data.windows import Segmentation, windows_of
-from dgl_deploy.errors import DGLError
+from dgl_deploy.data.worker import Connection, WorkerProcess, decoder_message, worker_loop
 
 MAX_GROUP_FRAMES = 128  # frames (windows x T) sent at a time
 DECODE_BATCH = 8  # full-size frames decoded at a time (decord's peak memory grows with it; no speed gain above)
-_STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against the time limit
 
 
 @dataclass(frozen=True)
@@ -119,7 +114,7 @@ def _cuts(path: Path, segmentation: Segmentation, progress: Callable[[], None]) 
     try:
         return detect_cuts(path, segmentation.scene_threshold, progress)
     except Exception as exc:  # OpenCV / PySceneDetect errors on a file decord could open
-        raise VideoError(path, f"shot detection failed ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise VideoError(path, f"shot detection failed ({type(exc).__name__}: {decoder_message(exc)})") from None
 
 
 def _read_resized(reader: decord.VideoReader, path: Path, indices: list[int], image_size: int) -> np.ndarray:
@@ -130,91 +125,39 @@ def _read_resized(reader: decord.VideoReader, path: Path, indices: list[int], im
         try:
             frames = reader.get_batch(piece).asnumpy()  # (F, H, W, 3)
         except (decord.DECORDError, RuntimeError, IndexError) as exc:
-            raise VideoError(path, f"corrupt or truncated video ({_first_line(exc)})") from None
+            raise VideoError(path, f"corrupt or truncated video ({decoder_message(exc)})") from None
         if len(frames) != len(piece):
             raise VideoError(path, f"truncated video (got {len(frames)} of {len(piece)} frames)")
         out[start:start + len(piece)] = resize_center_crop(frames, image_size)
     return out
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+def _serve(conn: Connection) -> None:
+    """Worker: (path, segmentation, T, S, max_frames) -> ('group', WindowStacks) per group (('progress', None)
+    during shot detection), then ('done', None); or ('error', reason)."""
+
+    def handle(request: tuple) -> None:
+        for stacks in decode_windows(*request, progress=lambda: conn.send(("progress", None))):
+            conn.send(("group", stacks))
+        conn.send(("done", None))
+
+    worker_loop(conn, handle)
 
 
-def _serve(conn: mp.connection.Connection) -> None:
-    """Worker loop: receive (path, segmentation, T, S, max_frames); send ('group', WindowStacks) per group
-    (('progress', None) during shot detection), then ('done', None) or ('error', reason)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    devnull = os.open(os.devnull, os.O_WRONLY)  # ffmpeg/decord/OpenCV print to fd 2; reasons travel in replies
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    conn.send(("ready", None))
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            for stacks in decode_windows(*request, progress=lambda: conn.send(("progress", None))):
-                conn.send(("group", stacks))
-            conn.send(("done", None))
-        except VideoError as exc:
-            conn.send(("error", exc.reason))
-        except Exception as exc:  # anything else the decoder throws is still this file's failure
-            conn.send(("error", f"decoder failed: {type(exc).__name__}: {_first_line(exc)}"))
-
-
-class WindowDecodeProcess:
+class WindowDecodeProcess(WorkerProcess):
     """One decoding subprocess streaming the windows of a file (`stream`); the time limit applies per group.
     After a hang or a crash the process is restarted by the next `stream`. Not thread-safe: one per thread;
     `close` kills the process (and unblocks a pending `stream`)."""
 
     def __init__(self) -> None:
-        self._proc: Any = None
-        self._conn: mp.connection.Connection | None = None
-        self._closed = False
-
-    def _start(self) -> mp.connection.Connection:
-        if self._closed:
-            raise DGLError("WindowDecodeProcess is closed")
-        ctx = mp.get_context("forkserver")  # workers fork from a clean server, not from this process
-        ctx.set_forkserver_preload([__name__])
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="dgl-decode-windows")
-        try:
-            self._proc.start()
-        except RuntimeError as exc:  # multiprocessing re-imports an unguarded __main__ script
-            self._proc = None
-            raise DGLError("cannot start the video decoder process: put the calling script's code under "
-                           "`if __name__ == '__main__':` (Python multiprocessing rule)") from exc
-        finally:
-            child.close()
-        self._conn = parent
-        if not parent.poll(_STARTUP_TIMEOUT_S) or self._receive(parent) != ("ready", None):
-            code = self._stop()
-            raise DGLError(f"the video decoder process failed to start (exit code {code}); see its stderr")
-        return parent
+        super().__init__(_serve, __name__, "dgl-decode-windows")
 
     @staticmethod
-    def _receive(conn: mp.connection.Connection) -> tuple[str, Any]:
+    def _receive(conn: Connection) -> tuple[str, Any]:
         try:
             return conn.recv()
         except (EOFError, OSError):
             return "crashed", None
-
-    def _stop(self) -> int | None:
-        """Kill the worker; returns its exit code (negative = signal)."""
-        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
-        code = None
-        if proc is not None and proc.pid is not None:  # kill first: a waiting thread then wakes up with EOF
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-            code = proc.exitcode
-        if conn is not None:
-            conn.close()
-        return code
 
     def stream(self, path: Path | str, segmentation: Segmentation, num_frames: int, image_size: int,
                timeout: float, max_frames: int = MAX_GROUP_FRAMES) -> Iterator[WindowStacks]:
@@ -222,7 +165,7 @@ class WindowDecodeProcess:
         seconds, the process crashes, or the file is bad. Abandoning the iterator early kills the process."""
         path = Path(path)
         _check_file(path)
-        conn = self._conn if self._proc is not None and self._proc.is_alive() else self._start()
+        conn = self.connection()
         finished = False
         try:
             conn.send((str(path), segmentation, num_frames, image_size, max_frames))
@@ -231,22 +174,17 @@ class WindowDecodeProcess:
                     raise VideoError(path, f"decoding timed out (a group of windows took over {timeout:g} s)")
                 status, payload = self._receive(conn)
                 if status == "crashed":
-                    raise VideoError(path, f"decoder process crashed (exit code {self._stop()})")
+                    raise VideoError(path, f"decoder process crashed (exit code {self.stop()})")
                 finished = status in ("done", "error")  # the worker is free again
                 if status == "error":
                     raise VideoError(path, payload)
                 if status == "group":
                     yield payload
         except (BrokenPipeError, OSError):
-            raise VideoError(path, f"decoder process crashed (exit code {self._stop()})") from None
+            raise VideoError(path, f"decoder process crashed (exit code {self.stop()})") from None
         finally:
             if not finished:  # timed out, crashed, or abandoned while the worker is still sending
-                self._stop()
-
-    def close(self) -> None:
-        """Kill the subprocess; the object cannot be used afterwards."""
-        self._closed = True
-        self._stop()
+                self.stop()
 
 
 __all__ = ["WindowStacks", "decode_windows", "WindowDecodeProcess", "MAX_GROUP_FRAMES", "DECODE_BATCH"]

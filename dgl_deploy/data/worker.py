@@ -1,0 +1,116 @@
+"""Crash-isolated decoder subprocesses: one worker process per `WorkerProcess`, started from a forkserver that
+has imported the worker's module once (fast restarts), killed and restarted after a hang or a crash.
+
+A worker runs `worker_loop`: it ignores Ctrl-C (the parent's to handle), silences fd 2 (ffmpeg and decord print
+there; the reason of a failure travels back in the reply), says ('ready', None), then answers each request with
+the messages its handler sends, or ('error', reason) for a VideoError or anything else the decoder throws.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import re
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from dgl_deploy.errors import DGLError
+
+STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against any time limit
+Connection = mp.connection.Connection
+
+
+def decoder_message(exc: BaseException) -> str:
+    """A decoder error's first line without decord's '[time] /src/file.cc:123:' prefix (at most 160 chars)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r"^\[[\d:]+\] \S+: (Error: )?", "", line)[:160]
+
+
+def worker_loop(conn: Connection, handle: Callable[[Any], None]) -> None:
+    """The worker side: `handle(request)` sends the replies of each request (see the module docstring)."""
+    from dgl_deploy.data.video import VideoError  # the worker's module has imported it already
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    conn.send(("ready", None))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            handle(request)
+        except VideoError as exc:
+            conn.send(("error", exc.reason))
+        except Exception as exc:  # anything else the decoder throws is still this file's failure
+            conn.send(("error", f"decoder failed: {type(exc).__name__}: {decoder_message(exc)}"))
+
+
+class WorkerProcess:
+    """The parent side of one worker: `connection()` starts it when needed, `stop()` kills it (and wakes a
+    thread waiting on it with EOF), `close()` for good. Not thread-safe: one per thread."""
+
+    def __init__(self, target: Callable[[Connection], None], preload: str, name: str) -> None:
+        self._target, self._preload, self._name = target, preload, name
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._closed = False
+
+    def connection(self) -> Connection:
+        """The running worker's pipe, starting a worker first if there is none (or it died)."""
+        if self._proc is not None and self._proc.is_alive() and self._conn is not None:
+            return self._conn
+        return self._start()
+
+    def _start(self) -> Connection:
+        if self._closed:
+            raise DGLError(f"{type(self).__name__} is closed")
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([self._preload])
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=self._target, args=(child,), daemon=True, name=self._name)
+        try:
+            self._proc.start()
+        except RuntimeError as exc:  # multiprocessing re-imports an unguarded __main__ script
+            self._proc = None
+            raise DGLError("cannot start the video decoder process: put the calling script's code under "
+                           "`if __name__ == '__main__':` (Python multiprocessing rule)") from exc
+        finally:
+            child.close()
+        self._conn = parent
+        try:
+            if not parent.poll(STARTUP_TIMEOUT_S) or parent.recv() != ("ready", None):
+                raise TimeoutError
+        except (TimeoutError, EOFError, OSError):
+            code = self.stop()
+            raise DGLError(f"the video decoder process failed to start (exit code {code}); see its stderr") from None
+        return parent
+
+    def stop(self) -> int | None:
+        """Kill the worker; its exit code (negative = signal), None when none ran."""
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        code = None
+        if proc is not None and proc.pid is not None:  # kill first: a waiting thread then wakes up with EOF
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            code = proc.exitcode
+        if conn is not None:
+            conn.close()
+        return code
+
+    def close(self) -> None:
+        """Kill the subprocess; the object cannot be used afterwards."""
+        self._closed = True
+        self.stop()
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
