@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +23,7 @@ from dgl_deploy.data.synthetic import make_synthetic
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.serve import ServeSettings, create_app
 from dgl_deploy.runtime.backends.select import open_encoder
+from tests.conftest import running_app
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -81,17 +80,8 @@ def serving(root: Path, export: Path, spans: np.ndarray | None = None, **options
     app = create_app(export, root / "emb.npy", SETTINGS, poster_cache=root / "posters", **options)
     if spans is not None:
         app.state.service.index.store.spans = spans
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with running_app(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

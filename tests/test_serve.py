@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import shutil
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -30,6 +27,7 @@ from dgl_deploy.retrieval import serve
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.serve import ServeSettings, create_app
 from dgl_deploy.runtime.backends.select import open_encoder
+from tests.conftest import running_app
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -55,22 +53,6 @@ def serve_app(root: Path, settings: ServeSettings = LIMITS, **options) -> object
     """The app over the set in `root` (posters cached in `root`/posters unless given)."""
     options.setdefault("poster_cache", root / "posters")
     return create_app(root / "model.safetensors", root / "emb.npy", settings, backend="torch", **options)
-
-
-@contextmanager
-def running(app: object) -> Iterator[str]:
-    """`app` on a real socket (uvicorn in a thread); yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +164,7 @@ def test_non_loopback_host_warns(monkeypatch, host: str, warns: bool) -> None:
 
 @pytest.mark.timeout(120)
 def test_concurrent_burst_on_a_socket(serve_files) -> None:
-    with running(serve_app(serve_files)) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with running_app(serve_app(serve_files)) as base, httpx.Client(base_url=base, timeout=30) as http:
         def ask(i: int) -> int:
             params = {"q": f"a blue square number {i}", "k": 5} if i % 5 else {"k": 5}  # every 5th is bad
             return http.get("/search", params=params).status_code
@@ -209,7 +191,7 @@ def test_stalled_uploads_hold_slots_then_time_out(serve_files) -> None:
     """Requests being received count as pending: with two stalled uploads and max_pending=2, a query gets 503 with
     Retry-After at once; the stalled bodies get 408 at the body deadline and the connections are closed."""
     settings = ServeSettings(max_pending=2, body_timeout=1.5)
-    with running(serve_app(serve_files, settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with running_app(serve_app(serve_files, settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
         stalled = [_stalled_upload(base) for _ in range(2)]
         time.sleep(0.5)  # both admitted and waiting for their bodies
         started = time.perf_counter()
@@ -369,7 +351,7 @@ def test_posters_are_made_once(tmp_path, serve_files) -> None:
 
 def test_concurrent_requests_for_one_poster_decode_once(tmp_path, serve_files) -> None:
     name = _video(serve_files, 5).name
-    with running(serve_app(serve_files, poster_cache=tmp_path / "posters")) as base, \
+    with running_app(serve_app(serve_files, poster_cache=tmp_path / "posters")) as base, \
             httpx.Client(base_url=base, timeout=30) as http, ThreadPoolExecutor(6) as pool:
         replies = list(pool.map(lambda _: http.get("/poster", params={"id": name}), range(6)))
         assert {r.status_code for r in replies} == {200} and len({r.content for r in replies}) == 1

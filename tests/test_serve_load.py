@@ -6,9 +6,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from dgl_deploy.model.model import create_model
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.serve import ServeSettings, create_app
 from dgl_deploy.runtime.backends.select import open_encoder
+from tests.conftest import running_app
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -45,22 +44,6 @@ def serve_files(tmp_path_factory) -> Path:
 def serve_app(root: Path, settings: ServeSettings) -> object:
     return create_app(root / "model.safetensors", root / "emb.npy", settings, backend="torch",
                       poster_cache=root / "posters")
-
-
-@contextmanager
-def running(app: object) -> Iterator[str]:
-    """`app` on a real socket (uvicorn in a thread); yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _text_latencies_under_uploads(base: str, videos: list[Path], uploaders: int,
@@ -114,7 +97,7 @@ def _report(what: str, latencies: list[float]) -> float:
 @pytest.mark.timeout(180)
 def test_text_latency_while_uploads_decode(serve_files) -> None:
     videos = sorted((serve_files / "videos").glob("*.mp4"))
-    with running(serve_app(serve_files, SETTINGS)) as base:
+    with running_app(serve_app(serve_files, SETTINGS)) as base:
         latencies, codes = _text_latencies_under_uploads(base, videos, uploaders=4, queries=60)
     assert codes and set(codes) == {200}
     assert _report("4 concurrent uploaders", latencies) < 1.0
@@ -126,7 +109,7 @@ def test_slow_decodes_do_not_hold_text_queries(monkeypatch, serve_files) -> None
     decoding ran under the encoder lock (p99 was then several decode times)."""
     _slow_decoding(monkeypatch, 0.5)
     videos = sorted((serve_files / "videos").glob("*.mp4"))
-    with running(serve_app(serve_files, SETTINGS)) as base:
+    with running_app(serve_app(serve_files, SETTINGS)) as base:
         latencies, codes = _text_latencies_under_uploads(base, videos, uploaders=4, queries=40)
     assert codes and set(codes) == {200}
     assert _report("4 uploaders, 0.5 s decodes", latencies) < 0.4
@@ -138,7 +121,7 @@ def test_overload_is_shed_quickly(monkeypatch, serve_files) -> None:
     (it used to queue behind the upload, none refused)."""
     _slow_decoding(monkeypatch, 2.0)
     path = sorted((serve_files / "videos").glob("*.mp4"))[0]
-    with running(serve_app(serve_files, ServeSettings(max_upload_mb=1.0, max_pending=8, decoders=1))) as base, \
+    with running_app(serve_app(serve_files, ServeSettings(max_upload_mb=1.0, max_pending=8, decoders=1))) as base, \
             httpx.Client(base_url=base, timeout=60, limits=httpx.Limits(max_connections=200)) as http:
         def request(i: int) -> tuple[int, float, str | None]:
             started = time.perf_counter()
