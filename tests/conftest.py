@@ -124,3 +124,19 @@ def running_app(app: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def make_serve_files(root: Path) -> Path:
+    """Six synthetic videos, a dgl-tiny checkpoint and its embeddings (`emb.npy`) in `root`, for serve tests."""
+    from dgl_deploy.data.synthetic import make_synthetic
+    from dgl_deploy.model.checkpoint import save
+    from dgl_deploy.model.model import create_model
+    from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+    from dgl_deploy.runtime.backends.select import open_encoder
+
+    make_synthetic(root / "videos", videos=6, seed=2)
+    torch.manual_seed(0)
+    save(create_model("dgl-tiny", pretrained=None), root / "model.safetensors")
+    encoder = open_encoder(root / "model.safetensors", backend="torch", log=None)
+    embed_videos(root / "videos", root / "emb.npy", encoder, EmbedSettings(workers=1))
+    return root

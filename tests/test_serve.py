@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
 from dgl_deploy.cli import app as cli_app
-from dgl_deploy.data.synthetic import make_synthetic
 from dgl_deploy.export.onnx_export import stamp_metadata
 from dgl_deploy.model.checkpoint import save
 from dgl_deploy.model.model import create_model
@@ -27,7 +26,7 @@ from dgl_deploy.retrieval import serve
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.serve import ServeSettings, create_app
 from dgl_deploy.runtime.backends.select import open_encoder
-from tests.conftest import running_app
+from tests.conftest import make_serve_files, running_app
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -40,13 +39,7 @@ LIMITS = ServeSettings(max_upload_mb=1.0, max_query_chars=50, max_k=20, decode_t
 @pytest.fixture(scope="module")
 def serve_files(tmp_path_factory) -> Path:
     """Six synthetic videos, a dgl-tiny checkpoint and its embeddings (`emb.npy`), shared by the serve tests."""
-    root = tmp_path_factory.mktemp("serve")
-    make_synthetic(root / "videos", videos=6, seed=2)
-    torch.manual_seed(0)
-    save(create_model("dgl-tiny", pretrained=None), root / "model.safetensors")
-    encoder = open_encoder(root / "model.safetensors", backend="torch", log=None)
-    embed_videos(root / "videos", root / "emb.npy", encoder, EmbedSettings(workers=1))
-    return root
+    return make_serve_files(tmp_path_factory.mktemp("serve"))
 
 
 def serve_app(root: Path, settings: ServeSettings = LIMITS, **options) -> object:

@@ -11,16 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dgl_deploy.data import video
-from dgl_deploy.data.synthetic import make_synthetic
-from dgl_deploy.model.checkpoint import save
-from dgl_deploy.model.model import create_model
-from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.serve import ServeSettings, create_app
-from dgl_deploy.runtime.backends.select import open_encoder
-from tests.conftest import running_app
+from tests.conftest import make_serve_files, running_app
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -32,13 +26,7 @@ SETTINGS = ServeSettings(max_upload_mb=1.0, max_query_chars=50, max_k=20, decode
 @pytest.fixture(scope="module")
 def serve_files(tmp_path_factory) -> Path:
     """Six synthetic videos, a dgl-tiny checkpoint and its embeddings (`emb.npy`)."""
-    root = tmp_path_factory.mktemp("serve-load")
-    make_synthetic(root / "videos", videos=6, seed=2)
-    torch.manual_seed(0)
-    save(create_model("dgl-tiny", pretrained=None), root / "model.safetensors")
-    encoder = open_encoder(root / "model.safetensors", backend="torch", log=None)
-    embed_videos(root / "videos", root / "emb.npy", encoder, EmbedSettings(workers=1))
-    return root
+    return make_serve_files(tmp_path_factory.mktemp("serve-load"))
 
 
 def serve_app(root: Path, settings: ServeSettings) -> object:
