@@ -31,7 +31,7 @@ class ColourEncoder:
     """Embeddings = mean colour minus the background (unit length); text "blue ..." = the colour blue.
     `nan_for` makes rows whose strongest channel is that colour's NaN; `crash_after` fails later calls."""
 
-    backend, frames, image_size, max_words, embed_dim = "fake", 4, 16, 8, 3
+    backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 4, 16, 8, 3, "uniform"
 
     def __init__(self, fingerprint: str = "colour-1", nan_for: str | None = None,
                  crash_after: int | None = None) -> None:

@@ -33,7 +33,7 @@ class FakeEncoder:
     """Colour statistics as embeddings; `poison` sets the row of the n-th video encoded to a value (NaN, 1e6);
     `crash_after` raises on later calls."""
 
-    backend, frames, image_size, max_words, embed_dim = "fake", 2, 16, 8, 6
+    backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 2, 16, 8, 6, "uniform"
 
     def __init__(self, fingerprint: str = "fake-1", poison: dict[int, float] | None = None,
                  crash_after: int | None = None) -> None:
@@ -231,7 +231,8 @@ def test_stale_chunk_is_redone_not_merged(clips, tmp_path) -> None:
     with pytest.raises(RuntimeError):
         embed_videos(videos, out, FakeEncoder(crash_after=2), SETTINGS)
     parts = StorePaths.of(out).parts
-    write_chunk(parts / "chunk_000000.npz", np.ones((1, 6), np.float32), ["other.mp4"], [], False)
+    write_chunk(parts / "chunk_000000.npz", np.ones((1, 6), np.float32), ["other.mp4"], [], False,
+                precision="fp32")
     encoder = FakeEncoder()
     embed_videos(videos, out, encoder, SETTINGS)
     assert encoder.calls == 3 and reference.embedded == 4  # chunk 0 redone, chunk 1 reused

@@ -173,7 +173,7 @@ def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001
         typer.echo(json.dumps({"event": "done", "out": str(result.out), "found": result.total,
                                "embedded": result.embedded, "new_rows": result.new_rows, "existing": result.existing,
                                "failed": len(result.failures), "missing": result.missing, "pruned": result.pruned,
-                               "rows": result.rows, "up_to_date": result.up_to_date,
+                               "rows": result.rows, "precision": result.precision, "up_to_date": result.up_to_date,
                                "seconds": round(result.seconds, 3), "videos_per_second": round(rate, 3)}))
         return
     if result.up_to_date:
@@ -182,6 +182,7 @@ def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001
     else:
         pruned = f", {result.pruned} dropped (--prune)" if result.pruned else ""
         windows = f" as {result.new_rows} windows" if result.new_rows != result.embedded else ""
+        windows += f" at {result.precision}" if result.new_rows else ""
         typer.echo(f"{result.embedded} embedded{windows}, {result.existing} rows kept{pruned}, {len(result.failures)} failed of "
                    f"{result.total} videos in {result.seconds:.1f} s ({rate:.1f} videos/s) -> {result.out} "
                    f"({result.rows} rows)")

@@ -36,7 +36,7 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, check_queries, make_hit, search, top_k
+from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, check_queries, make_hit, score_rows, search, top_k
 from dgl_deploy.retrieval.store import EmbeddingStore, ids_digest, open_store
 from dgl_deploy.runtime.manifest import check_same_model
 
@@ -138,7 +138,7 @@ class AnnIndex:
 
     def _rescore(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:
         rows = np.unique(rows)  # sorted: a forward pass over the memory map
-        scores = np.asarray(self.store.vectors[rows], dtype=np.float32) @ query
+        scores = score_rows(self.store.vectors[rows], query[None])[0]
         if not np.isfinite(scores).all():
             raise DGLError(f"{self.store.paths.emb}: row {rows[~np.isfinite(scores)][0]} is NaN/inf: the set is "
                            "damaged, re-embed it")

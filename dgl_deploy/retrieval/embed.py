@@ -37,6 +37,13 @@ works per video: a video's rows are all written or none (a decode failure or a N
 video), chunks hold whole videos, `--update` adds a new video's windows, `--prune` drops all rows of a deleted
 one. The segmentation is recorded in the manifest; a job with another one (or none) on an existing set is
 refused: one file never mixes whole-video rows and windows, or two kinds of windows.
+
+Precision and frame sampling: whole videos are decoded with the model's frame sampling (`Encoder.frame_sampling`;
+windows sample each window uniformly). The manifest records the sampling (`frame_sampling`), the encoder's
+`precision` and `encoder_backend`, and the precisions of all its rows (`row_precisions`). A job that adds rows
+(`--update`, or resuming an unfinished job's chunks) with another frame sampling is refused; with another precision
+it is allowed only where `precision.check_mixing` allows it (each reduced precision involved held the export's
+parity), else refused naming both precisions.
 """
 
 from __future__ import annotations
@@ -58,9 +65,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from dgl_deploy.data.discover import VideoSource, find_videos, rebase, source_root
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING
 from dgl_deploy.data.windows import Segmentation, describe_record
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
+from dgl_deploy.retrieval.precision import check_mixing, encoder_precision, parity_manifest
 from dgl_deploy.retrieval.store import (
     EmbeddingStore,
     StorePaths,
@@ -122,6 +131,8 @@ class EmbedResult:
     pruned: int = 0  # rows dropped because their video file no longer exists (--prune)
     up_to_date: bool = False  # the set already held every video: nothing was written
     new_rows: int = 0  # rows written by this job (= embedded, unless segmented)
+    precision: str = ""  # what the encoder computes at (`precision.encoder_precision`)
+    encoder_backend: str = ""  # Encoder.backend: torch, onnxruntime, tensorrt
 
     @property
     def rows(self) -> int:
@@ -230,9 +241,11 @@ def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: Emb
     pruned = _prunable(paths, root, missing) if prune else []
     count = len(existing.ids) if existing else 0
     descriptor = _descriptor(encoder, settings, todo, count, source)
+    if todo:
+        _check_mixing(paths, existing, encoder, descriptor)
     result = EmbedResult(paths.emb, len(videos), 0, count - len(pruned), backend=backend,
                          model=os.path.abspath(model) if model else None, missing=len(missing) - len(pruned),
-                         pruned=len(pruned))
+                         pruned=len(pruned), precision=encoder_precision(encoder), encoder_backend=encoder.backend)
     job = EmbedJob(paths, todo, existing, _runs(count, pruned), root, encoder.embed_dim, descriptor, result)
     _clear_finished_parts(paths, existing)
     if job.writes:
@@ -255,6 +268,33 @@ def _existing(paths: StorePaths, encoder: Encoder, settings: EmbedSettings, upda
                        f"{describe_record(wanted)}: one set never mixes the two; embed into another --out, or "
                        "--overwrite to redo the set")
     return store
+
+
+def _check_mixing(paths: StorePaths, existing: EmbeddingStore | None, encoder: Encoder, descriptor: dict) -> None:
+    """Refuse to add rows of another frame sampling to a set, or of a precision that does not mix with its rows'
+    (or with an unfinished job's chunks being resumed): `precision.check_mixing`."""
+    if existing and existing.frame_sampling != descriptor["frame_sampling"]:
+        raise DGLError(f"{paths.emb} holds rows of {existing.frame_sampling} frame sampling, this job samples "
+                       f"{descriptor['frame_sampling']} frames: one set never mixes the two; embed into another --out, "
+                       "or --overwrite to redo the set")
+    resumed = _parts_precisions(paths.parts) if _read_job(paths.parts / "job.json") == descriptor else set()
+    have = (existing.precisions if existing else set()) | resumed
+    what = f"{paths.emb}" if existing else f"{paths.parts} (an unfinished job)"
+    export = parity_manifest(encoder, existing.recorded_path("model") if existing else None)
+    check_mixing(what, have, encoder_precision(encoder), export,
+                 fix=f"embed at {' or '.join(sorted(have))} (--precision), or --overwrite to redo the set")
+
+
+def _parts_precisions(parts: Path) -> set[str]:
+    """The precisions the finished chunks of an unfinished job were computed at."""
+    found = set()
+    for path in parts.glob("chunk_*.npz"):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                found.add(str(data["precision"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue  # unreadable: redone; from an older version: merged as this job's
+    return found
 
 
 def _missing_rows(existing: EmbeddingStore | None, root: Path) -> list[int]:
@@ -280,6 +320,7 @@ def _descriptor(encoder: Encoder, settings: EmbedSettings, todo: list[VideoSourc
                 source: Path | str) -> dict:
     """Everything that determines the output of the pending work; a resumed job must match it exactly."""
     return {"model_fingerprint": encoder.fingerprint, "frames": encoder.frames, "image_size": encoder.image_size,
+            "frame_sampling": DEFAULT_SAMPLING if settings.segments else encoder.frame_sampling,
             "batch_size": settings.batch_size, "chunk_size": settings.chunk_size, "fp16": settings.fp16,
             "base_rows": base, "todo": len(todo), "todo_ids": ids_digest([v.id for v in todo]), "source": str(source),
             **({"segments": settings.segments.record()} if settings.segments else {})}
@@ -378,7 +419,8 @@ def _run_chunks(job: EmbedJob, encoder: Encoder, settings: EmbedSettings, report
     for k, rows, failures in _encoded_chunks(job.todo, positions, chunks, encoder, settings, job.result):
         spans = np.array(rows.spans, np.float64).reshape(-1, 2) if settings.segments else None
         reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), _stack(rows.items, encoder.embed_dim),
-                                      [job.todo[p].id for p in rows.owners], failures, settings.fp16, spans))
+                                      [job.todo[p].id for p in rows.owners], failures, settings.fp16, spans,
+                                      precision=job.result.precision))
 
 
 def _encoded_chunks(todo: list[VideoSource], positions: list[int], chunks: list[range], encoder: Encoder,
@@ -430,7 +472,7 @@ def _decoded(paths: list[Path], encoder: Encoder, settings: EmbedSettings) -> It
                                       timeout=settings.timeout)
         return
     for batch in iter_video_batches(paths, encoder.frames, encoder.image_size, settings.batch_size, settings.workers,
-                                    timeout=settings.timeout):
+                                    timeout=settings.timeout, sampling=encoder.frame_sampling):
         pieces = {f.index: f for f in batch.failures}
         pieces.update((i, WindowGroup(i, WindowStacks(None, stack[None], 0, 1)))
                       for i, stack in zip(batch.indices, batch.frames, strict=True))
@@ -450,9 +492,9 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
 
 
 def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]], fp16: bool,
-                spans: np.ndarray | None = None) -> tuple[int, int]:
-    """Write one finished chunk atomically: rows (R, E) of the videos `ids` (one per row) and, when segmented,
-    their (R, 2) `spans`. A video with a row that is not finite once stored (NaN/inf from the encoder, or beyond
+                spans: np.ndarray | None = None, *, precision: str) -> tuple[int, int]:
+    """Write one finished chunk atomically: rows (R, E) of the videos `ids` (one per row) computed at `precision`
+    and, when segmented, their (R, 2) `spans`. A video with a row that is not finite once stored (NaN/inf from the encoder, or beyond
     the float16 range) becomes a failure, all its rows dropped. Returns (videos written, videos failed)."""
     with np.errstate(over="ignore"):
         stored = np.asarray(rows).astype(np.float16 if fp16 else np.float32)
@@ -465,7 +507,7 @@ def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tup
     ids = [i for i, ok in zip(ids, keep, strict=True) if ok]
     arrays = {"rows": stored[keep], "ids": np.array(ids, dtype=str),
               "failed_ids": np.array([f[0] for f in failures], dtype=str),
-              "failed_reasons": np.array([f[1] for f in failures], dtype=str)}
+              "failed_reasons": np.array([f[1] for f in failures], dtype=str), "precision": np.array(precision)}
     if spans is not None:
         arrays["spans"] = np.asarray(spans, np.float64).reshape(-1, 2)[keep]
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -491,8 +533,11 @@ def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
     count = -(-len(job.todo) // settings.chunk_size)
     new_ids: list[str] = []
     new_spans: list[np.ndarray] = []
+    precisions = _kept_precisions(job)
     for chunk in _read_chunks(paths.parts, count):
         new_ids += map(str, chunk["ids"])
+        if precisions is not None and len(chunk["ids"]):
+            precisions.add(str(chunk["precision"]) if "precision" in chunk else result.precision)
         new_spans += [chunk["spans"]] if "spans" in chunk else []
         result.failures += [(str(i), str(r)) for i, r in zip(chunk["failed_ids"], chunk["failed_reasons"], strict=True)]
     result.new_rows, result.embedded = len(new_ids), len(set(new_ids))
@@ -506,16 +551,28 @@ def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
     new_rows = (chunk["rows"] for chunk in _read_chunks(paths.parts, count))
     atomic_write_text(paths.errors, "".join(f"{i}\t{r}\n" for i, r in result.failures))
     write_set(paths, itertools.chain(blocks, new_rows), ids, dim=job.embed_dim,
-              dtype=np.float16 if settings.fp16 else np.float32, fields=_manifest_fields(job, settings), spans=spans)
+              dtype=np.float16 if settings.fp16 else np.float32, fields=_manifest_fields(job, settings, precisions),
+              spans=spans)
     shutil.rmtree(paths.parts, ignore_errors=True)
 
 
-def _manifest_fields(job: EmbedJob, settings: EmbedSettings) -> dict[str, Any]:
+def _kept_precisions(job: EmbedJob) -> set[str] | None:
+    """The precisions of the existing rows the job keeps (None: some are of an unknown precision)."""
+    if job.existing is None or not job.keep:
+        return set()
+    return set(job.existing.precisions) or None
+
+
+def _manifest_fields(job: EmbedJob, settings: EmbedSettings, precisions: set[str] | None) -> dict[str, Any]:
     result, folder = job.result, job.paths.emb.parent
     return {
         "model_fingerprint": job.descriptor["model_fingerprint"],
         **(path_fields("model", result.model, folder) if result.model else {"model": None}),
         "backend": result.backend,
+        "encoder_backend": result.encoder_backend,
+        "precision": result.precision,
+        "row_precisions": sorted(precisions) if precisions is not None else [],
+        "frame_sampling": job.descriptor["frame_sampling"],
         "frames": job.descriptor["frames"],
         "image_size": job.descriptor["image_size"],
         "source": job.descriptor["source"],

@@ -6,11 +6,16 @@ In a segmented set (`dgl embed --window`) each hit is a moment: the video's id w
 segmented set, so one long video does not fill the top-k; 0 = no limit): the top rows are fetched, grouped by
 video, and fetched again with a larger k until k hits are found or every row was scored.
 
+The query encoder's precision may differ from the rows' (int8 rows queried at fp32, say) only where the
+export's parity says both match fp32 (`precision.check_mixing`); `dgl query` names both precisions when they
+differ, and a `--video` query samples its frames as the model does (`Encoder.frame_sampling`).
+
 Importing this module does not import torch: with an exported (ONNX/TensorRT) model, start-up is the
 ONNX session plus a memory map of the embeddings."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -19,6 +24,7 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.ann_index import ExactIndex, SearchIndex, open_index
+from dgl_deploy.retrieval.precision import check_mixing, encoder_precision, parity_manifest
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.store import EmbeddingStore, open_store
 from dgl_deploy.runtime.backends.base import Encoder
@@ -40,8 +46,15 @@ def resolve_model(store: EmbeddingStore, model: str | Path | None) -> str:
 
 
 def check_encoder(store: EmbeddingStore, encoder: Encoder) -> None:
+    """Refuse an encoder of another model, or one whose precision does not mix with the rows'
+    (`precision.check_mixing`)."""
     check_same_model(store.fingerprint, encoder.fingerprint, str(store.paths.emb),
                      fix="re-embed, or query with the model that made it")
+    precision = encoder_precision(encoder)
+    if store.precisions - {precision}:
+        check_mixing(str(store.paths.emb), store.precisions, precision,
+                     parity_manifest(encoder, store.recorded_path("model")),
+                     fix=f"query with --precision {' or '.join(sorted(store.precisions))}")
 
 
 def _as_index(index: EmbeddingStore | SearchIndex) -> SearchIndex:
@@ -104,7 +117,7 @@ def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Pa
 
     index = _as_index(index)
     check_encoder(index.store, encoder)
-    frames = read_frames(video, encoder.frames, encoder.image_size)  # (T, H, W, 3)
+    frames = read_frames(video, encoder.frames, encoder.image_size, sampling=encoder.frame_sampling)  # (T, H, W, 3)
     return search_moments(index, encoder.encode_videos(frames[None]), k, per_video)[0]
 
 
@@ -121,7 +134,8 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
               queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
               precision: str = "auto", device: str = "auto", per_video: int | None = None) -> list[dict]:
     """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search,
-    return JSON-ready results (`per_video` None: `default_per_video`)."""
+    return JSON-ready results (`per_video` None: `default_per_video`). Says on stderr which encoder (and
+    precision) it uses and, when the rows were computed at another precision, theirs."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
     searchable = open_index(index)
@@ -130,6 +144,11 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
         raise DGLError("give query texts (arguments or --file) or --video, not both / neither")
     encoder = open_encoder(resolve_model(searchable.store, model), backend=backend, device=device,
                            precision=precision)
+    check_encoder(searchable.store, encoder)
+    rows, queries_at = searchable.store.precisions, encoder_precision(encoder)
+    if rows - {queries_at}:
+        print(f"{searchable.store.paths.emb}: rows at {'/'.join(sorted(rows))}, queries at {queries_at} (both held the "
+              "export's parity)", file=sys.stderr)
     limit = default_per_video(searchable.store) if per_video is None else per_video
     if video:
         return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k, limit)])

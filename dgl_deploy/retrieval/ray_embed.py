@@ -13,7 +13,7 @@ Rows match the single-machine ones to float rounding (batches are formed differe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from dgl_deploy.retrieval.embed import (
     start_chunks,
     write_chunk,
 )
+from dgl_deploy.retrieval.precision import encoder_precision
 
 INSTALL_HINT = "Ray is not installed: pip install 'dgl-deploy[ray]'"
 
@@ -57,8 +58,10 @@ def embed_videos_ray(source: Path | str, out: Path | str, model: Path | str, set
     encoder = open_encoder(model, backend=ray_settings.backend, device=ray_settings.device,
                            precision=ray_settings.precision, log=None)
 
+    resolved = replace(ray_settings, precision=encoder_precision(encoder))  # the actors compute what is recorded
+
     def runner(job: EmbedJob, progress: Reporter) -> None:
-        _run_chunks(job, str(Path(model).resolve()), encoder, settings, ray_settings, progress)
+        _run_chunks(job, str(Path(model).resolve()), encoder, settings, resolved, progress)
 
     return run_job(source, out, encoder, settings, runner, update=update, overwrite=overwrite, prune=prune,
                    model=str(model), backend=f"ray: {encoder.describe()}", reporter=reporter)
@@ -83,7 +86,7 @@ def _run_chunks(job: EmbedJob, model: str, encoder: Any, settings: EmbedSettings
         return
     if not ray.is_initialized():
         ray.init(**_init_args(ray_settings))
-    decode = _Decode(encoder.frames, encoder.image_size, settings.timeout, settings.segments)
+    decode = _Decode(encoder.frames, encoder.image_size, settings.timeout, encoder.frame_sampling, settings.segments)
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))
                .flat_map(decode, num_cpus=1)
                .map_batches(_Encode, fn_constructor_kwargs={"model": model, "backend": ray_settings.backend,
@@ -99,7 +102,7 @@ def _run_chunks(job: EmbedJob, model: str, encoder: Any, settings: EmbedSettings
         if videos[k].complete(len(chunks[k])):
             rows, ids, spans, failures = videos.pop(k).result(todo, encoder.embed_dim)
             reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), rows, ids, failures, settings.fp16,
-                                          spans if settings.segments else None))
+                                          spans if settings.segments else None, precision=job.result.precision))
 
 
 @dataclass
@@ -141,6 +144,7 @@ class _Decode:
     frames: int
     image_size: int
     timeout: float
+    sampling: str  # frames of a whole file (`data.sampling`); windows are sampled uniformly
     segments: Segmentation | None = None
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -149,7 +153,8 @@ class _Decode:
         sent = 0
         try:
             if self.segments is None:
-                stack = read_frames(row["path"], self.frames, self.image_size, timeout=self.timeout)
+                stack = read_frames(row["path"], self.frames, self.image_size, timeout=self.timeout,
+                                    sampling=self.sampling)
                 yield self._row(row, 0, 1, (np.nan, np.nan), stack)
                 return
             for stacks in _window_decoder().stream(row["path"], self.segments, self.frames, self.image_size,

@@ -1,17 +1,44 @@
-"""Exact cosine search over an embedding set: chunked matrix products over memory-mapped rows, so memory
-stays bounded for millions of rows; top-k by argpartition per chunk, merged across chunks. A NaN/inf query
-or row is refused (one error line), never turned into NaN scores."""
+"""Exact cosine search over an embedding set, over the rows as they are stored (float32 or float16,
+memory-mapped): nothing converts the whole set per query and memory stays bounded for millions of rows.
+
+The rows are cut into shards, one per core (`search_threads`), each scored on its own thread (BLAS and FAISS
+release the GIL) in chunks of `CHUNK_ROWS`; each chunk's best k join a running top-k. Ties are broken by row
+number everywhere (`select`), so the result is exactly "all scores sorted by score descending, then row
+ascending", whatever the chunk and shard sizes.
+
+Scores: float32 rows: queries @ chunk.T (BLAS). float16 rows: with FAISS installed (`dgl-deploy[index]`),
+each chunk's float16 values are scanned by FAISS's SIMD float16 kernel (the stored values exactly, float32
+sums; memory-bound, so half the bytes of float32 make it faster than float32), which proposes 2k candidates
+per chunk; the candidates are then re-scored exactly like the float32 path (converted, then BLAS), so scores
+and order are those of the numpy path. Without FAISS (or for k > FAISS_MAX_K) a float16 chunk is converted to
+float32 and multiplied (numpy converts float16 slowly: ~4x the float32 time).
+
+A NaN/inf query or row is refused (one error line), never turned into NaN scores. (The FAISS path sees
+scores only for its candidates: a NaN row of a damaged float16 set is refused if it is a candidate, skipped if
+not; `dgl embed` never writes one.)
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.store import EmbeddingStore
 
-CHUNK_ROWS = 131072  # rows scored per step (64 MB of float32 at E = 512 for one chunk)
+CHUNK_ROWS = 16384  # rows scored per step and thread (16 MiB of float16 / 32 MiB of float32 at E = 512)
+SMALL_BATCH = 4  # up to this many queries: numpy's SIMD dot loop (einsum) per query, one thread per shard (2x
+# OpenBLAS sgemv/sgemm single-threaded at E = 512, and no BLAS threads competing with the shards); more: BLAS
+FAISS_MAX_K = 1024  # the FAISS float16 scan keeps 2k candidates per chunk: beyond this k, numpy scores
+Candidates = tuple[np.ndarray, np.ndarray]  # (Q, M) scores, (Q, M) row numbers
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -31,32 +58,132 @@ def make_hit(store: EmbeddingStore, rank: int, score: float, row: int) -> Hit:
     return Hit(rank, float(score), int(row), store.ids[row], *store.span(int(row)))
 
 
+def search_threads() -> int:
+    """Threads an exact search uses: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def select(scores: np.ndarray, rows: np.ndarray, k: int) -> Candidates:
+    """The best `k` candidates of each query, score descending then row ascending: (Q, k') scores and rows,
+    k' = min(k, M). `scores` (Q, M) finite; `rows` (Q, M) or (M,) their row numbers."""
+    rows = np.broadcast_to(rows, scores.shape)
+    count, m = scores.shape
+    k = min(k, m)
+    if m > k:  # every candidate at least as good as the k-th best (all its ties) stays in the running
+        kth = np.partition(scores, m - k, axis=1)[:, m - k:m - k + 1]
+        query, col = np.nonzero(scores >= kth)
+    else:
+        query, col = np.divmod(np.arange(count * m), m)
+    picked, picked_rows = scores[query, col], rows[query, col]
+    order = np.lexsort((picked_rows, -picked, query))  # by query, then score descending, then row
+    query = query[order]
+    first = np.searchsorted(query, np.arange(count))
+    keep = order[np.arange(len(order)) - first[query] < k]
+    return picked[keep].reshape(count, k), picked_rows[keep].reshape(count, k)
+
+
+def _merge(best: Candidates, new: Candidates, k: int) -> Candidates:
+    return select(np.concatenate([best[0], new[0]], 1), np.concatenate([best[1], new[1]], 1), k)
+
+
+def score_rows(rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(Q, R) cosines of the queries (Q, E) float32 with `rows` (R, E) of any float dtype, as float32 (every
+    exact score of the package is computed here, so a row scores the same wherever it is found)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN/inf row: refused by _check_finite
+        if 0 < len(queries) <= SMALL_BATCH:
+            return np.stack([np.einsum("ij,j->i", rows, query, dtype=np.float32, casting="same_kind")
+                             for query in queries])
+        return queries @ np.asarray(rows, dtype=np.float32).T
+
+
+def _check_finite(scores: np.ndarray, rows: np.ndarray, name: str) -> None:
+    """Refuse the first row (`rows`: the row number of each column) whose scores are not finite."""
+    bad = np.flatnonzero(~np.isfinite(scores).all(axis=0))
+    if bad.size:
+        raise DGLError(f"{name}: row {int(rows[bad[0]])} is NaN/inf (or too large): the set is damaged, re-embed it")
+
+
+def _numpy_shard(vectors: np.ndarray, queries: np.ndarray, k: int, shard: range, chunk_rows: int,
+                 name: str) -> Candidates:
+    """Exact top-k of the rows in `shard`, scored chunk by chunk."""
+    best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
+    for start in range(shard.start, shard.stop, chunk_rows):
+        rows = np.arange(start, min(start + chunk_rows, shard.stop))
+        scores = score_rows(vectors[rows[0]:rows[-1] + 1], queries)
+        _check_finite(scores, rows, name)
+        best = _merge(best, select(scores, rows, k), k)
+    return best
+
+
+def _faiss_shard(vectors: np.ndarray, queries: np.ndarray, fetch: int, shard: range, chunk_rows: int) -> Candidates:
+    """The `fetch` best rows of `shard` by FAISS's float16 scan (candidates, to be re-scored exactly)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # this pool thread only (OpenMP's thread count is per thread): one shard, one core
+    scan = faiss.IndexScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
+    for start in range(shard.start, shard.stop, chunk_rows):
+        stop = min(start + chunk_rows, shard.stop)
+        scan.reset()
+        scan.add_sa_codes(np.ascontiguousarray(vectors[start:stop]).view(np.uint8))  # the float16 bytes are its codes
+        scores, rows = scan.search(queries, min(fetch, stop - start))
+        scores = np.where(rows >= 0, scores, -np.inf)  # -1: fewer found (a NaN row never enters FAISS's heap)
+        scores = np.nan_to_num(scores, nan=-np.inf, posinf=np.finfo(np.float32).max)  # re-scored (and refused) later
+        best = _merge(best, select(scores, np.where(rows >= 0, rows + start, -1), fetch), fetch)
+    return best
+
+
+def _rescore(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int, name: str) -> Candidates:
+    """Exact top-k among the candidate rows (any query's: each is a real row with its exact score)."""
+    rows = np.unique(candidates[candidates >= 0])  # sorted: one forward pass over the memory map
+    scores = score_rows(vectors[rows], queries)
+    _check_finite(scores, rows, name)
+    return select(scores, rows, k)
+
+
+def _use_faiss(vectors: np.ndarray, queries: np.ndarray, k: int) -> bool:
+    """Whether float16 rows go through the FAISS float16 scan (installed, few queries, k small enough; a large
+    batch is compute-bound: BLAS on converted chunks is faster there)."""
+    if vectors.dtype != np.float16 or len(queries) > SMALL_BATCH or k > FAISS_MAX_K:
+        return False
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _shards(n: int, chunk_rows: int, threads: int) -> list[range]:
+    """Contiguous shards of range(n), one per thread but none under one chunk."""
+    count = max(1, min(threads, -(-n // chunk_rows)))
+    edges = [n * i // count for i in range(count + 1)]
+    return [range(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def _run(task: Any, shards: list[range]) -> list[Candidates]:
+    """task(shard) for every shard, on the search threads (never the caller's: see `_faiss_shard`)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(search_threads(), thread_name_prefix="dgl-search")
+    return [future.result() for future in [_pool.submit(task, shard) for shard in shards]]
+
+
 def top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS,
-          name: str = "embeddings") -> tuple[np.ndarray, np.ndarray]:
-    """Best `k` rows of `vectors` (N, E) for each query (Q, E): (scores (Q, k'), rows (Q, k')), k' = min(k, N).
-    A row whose scores are not finite is refused (DGLError naming `name` and the row)."""
-    n = vectors.shape[0]
-    k = min(k, n)
-    best_scores = np.full((queries.shape[0], 0), -np.inf, np.float32)
-    best_rows = np.zeros((queries.shape[0], 0), np.int64)
-    for start in range(0, n, chunk_rows):
-        block = np.asarray(vectors[start:start + chunk_rows], dtype=np.float32)  # (C, E)
-        with np.errstate(invalid="ignore", over="ignore"):  # a NaN/inf row: refused just below
-            scores = queries @ block.T  # (Q, C)
-        bad = np.flatnonzero(~np.isfinite(scores).all(axis=0))
-        if bad.size:
-            raise DGLError(f"{name}: row {start + int(bad[0])} is NaN/inf (or too large): the set is damaged, "
-                           "re-embed it")
-        keep = min(k, scores.shape[1])
-        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]  # (Q, keep)
-        best_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, 1)], axis=1)
-        best_rows = np.concatenate([best_rows, part + start], axis=1)
-        if best_scores.shape[1] > k:
-            keep_idx = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
-            best_scores = np.take_along_axis(best_scores, keep_idx, 1)
-            best_rows = np.take_along_axis(best_rows, keep_idx, 1)
-    order = np.lexsort((best_rows, -best_scores), axis=1)  # score descending, then row ascending
-    return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_rows, order, 1)
+          name: str = "embeddings", threads: int | None = None) -> Candidates:
+    """Best `k` rows of `vectors` (N, E) for each query (Q, E): (scores (Q, k'), rows (Q, k')), k' = min(k, N),
+    best first, ties by row. A row whose scores are not finite is refused (DGLError naming `name` and the row).
+    `threads`: shards scored in parallel (default `search_threads()`; one for more than SMALL_BATCH queries,
+    where BLAS uses the cores itself)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, vectors.shape[0])
+    threads = 1 if len(queries) > SMALL_BATCH else threads or search_threads()
+    shards = _shards(vectors.shape[0], chunk_rows, threads)
+    if not _use_faiss(vectors, queries, k):
+        found = _run(lambda shard: _numpy_shard(vectors, queries, k, shard, chunk_rows, name), shards)
+        return select(np.concatenate([f[0] for f in found], 1), np.concatenate([f[1] for f in found], 1), k)
+    found = _run(lambda shard: _faiss_shard(vectors, queries, 2 * k, shard, chunk_rows), shards)
+    return _rescore(vectors, queries, np.concatenate([f[1] for f in found], 1), k, name)
 
 
 def check_queries(store: EmbeddingStore, queries: np.ndarray, k: int) -> None:
@@ -74,6 +201,6 @@ def search(store: EmbeddingStore, queries: np.ndarray, k: int = 10) -> list[list
     check_queries(store, queries, k)
     if store.vectors.shape[0] == 0:
         return [[] for _ in range(queries.shape[0])]
-    scores, rows = top_k(store.vectors, queries.astype(np.float32), k, name=str(store.paths.emb))
+    scores, rows = top_k(store.vectors, queries, k, name=str(store.paths.emb))
     return [[make_hit(store, r + 1, s, row) for r, (s, row) in enumerate(zip(qs, qr, strict=False))]
             for qs, qr in zip(scores, rows, strict=False)]

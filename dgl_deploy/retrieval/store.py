@@ -1,6 +1,8 @@
 """The on-disk layout of an embedding set, named after the path of its .npy (`emb.npy` below):
 
-  emb.manifest.json      model fingerprint, settings, counts, ids checksum, source folder, and the generation
+  emb.manifest.json      model fingerprint, settings, counts, ids checksum, source folder, the generation, and
+                         how the rows were made: encoder, its precision, the precisions of all rows and the
+                         frame sampling (`retrieval.embed`, `retrieval.precision`)
   emb.<gen>.npy          (N, E) float32 or float16 rows of the current generation (gen = gen-<12 hex digits>)
   emb.<gen>.ids.txt      one id per row, same order (the video's id: a segmented set repeats it for each window)
   emb.<gen>.segments.npy (N, 2) float64 start, end in seconds of each row, in a segmented set only
@@ -39,15 +41,18 @@ from typing import Any
 
 import numpy as np
 
+from dgl_deploy.data.sampling import DEFAULT_SAMPLING
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_symlink, atomic_write_text, exclusive_lock
+from dgl_deploy.retrieval.precision import described_precision
 
 FORMAT = "dgl-deploy-embeddings/1"
 ROW_DTYPES = ("float32", "float16")
 COPY_ROWS = 65536  # rows copied per step when writing a generation (bounded memory for any set size)
 _REQUIRED = {"model_fingerprint": str, "count": int, "ids_sha256": str}
 _OPTIONAL = {"generation": str, "embed_dim": int, "model": str, "model_relative": str, "source_root": str,
-             "source_root_relative": str, "job": str, "settings": dict, "spans_sha256": str}
+             "source_root_relative": str, "job": str, "settings": dict, "spans_sha256": str, "backend": str,
+             "encoder_backend": str, "precision": str, "row_precisions": list, "frame_sampling": str}
 _GENERATION = r"gen-[0-9a-f]{12}"
 
 
@@ -118,6 +123,22 @@ class EmbeddingStore:
         """The segmentation of a segmented set (`windows.Segmentation.record`), None for one row per video."""
         return (self.manifest.get("settings") or {}).get("segments")
 
+    @property
+    def precisions(self) -> set[str]:
+        """The precisions its rows were computed at (`row_precisions`; for sets written before that, the one
+        named by the recorded encoder description); empty when not known."""
+        recorded = self.manifest.get("row_precisions")
+        if recorded is not None:
+            return set(recorded)
+        described = described_precision(self.manifest.get("backend") or "")
+        return {described} if described else set()
+
+    @property
+    def frame_sampling(self) -> str:
+        """Which frames of each video its rows saw (`data.sampling`; sets written before it was recorded sampled
+        uniformly)."""
+        return self.manifest.get("frame_sampling") or DEFAULT_SAMPLING
+
     def span(self, row: int) -> tuple[float | None, float | None]:
         """(start, end) seconds of `row`; (None, None) for a whole-video row."""
         if self.spans is None:
@@ -185,6 +206,8 @@ def _manifest_problem(data: dict[str, Any]) -> str | None:
             return f"{key!r} is {type(value).__name__}, expected {kind.__name__}"
     if data["count"] < 0 or data.get("embed_dim") is not None and data["embed_dim"] < 1:
         return "count < 0 or embed_dim < 1"
+    if not all(isinstance(p, str) for p in data.get("row_precisions") or []):
+        return "'row_precisions' must be a list of precision names"
     if data.get("generation") and not re.fullmatch(_GENERATION, data["generation"]):
         return f"bad generation {data['generation']!r}"
     segments = (data.get("settings") or {}).get("segments")
