@@ -1,21 +1,25 @@
 """Exact cosine search over an embedding set, over the rows as they are stored (float32 or float16,
 memory-mapped): nothing converts the whole set per query and memory stays bounded for millions of rows.
 
-The rows are cut into shards, one per core (`search_threads`), each scored on its own thread (BLAS and FAISS
-release the GIL) in chunks of `CHUNK_ROWS`; each chunk's best k join a running top-k. Ties are broken by row
-number everywhere (`select`), so the result is exactly "all scores sorted by score descending, then row
-ascending", whatever the chunk and shard sizes.
+The rows are cut into shards, one per CPU (`search_threads`), each searched on its own thread (numpy's loops,
+BLAS and FAISS release the GIL). Ties are broken by row number everywhere (`select`), so the result is
+exactly "all scores sorted by score descending, then row ascending", whatever the chunk and shard sizes.
 
-Scores: float32 rows: queries @ chunk.T (BLAS). float16 rows: with FAISS installed (`dgl-deploy[index]`),
-each chunk's float16 values are scanned by FAISS's SIMD float16 kernel (the stored values exactly, float32
-sums; memory-bound, so half the bytes of float32 make it faster than float32), which proposes 2k candidates
-per chunk; the candidates are then re-scored exactly like the float32 path (converted, then BLAS), so scores
-and order are those of the numpy path. Without FAISS (or for k > FAISS_MAX_K) a float16 chunk is converted to
-float32 and multiplied (numpy converts float16 slowly: ~4x the float32 time).
+Scores (`score_rows`, the one place exact scores are computed): for up to SMALL_BATCH queries, numpy's SIMD
+dot loop per query (einsum: twice OpenBLAS's sgemv on one core at E = 512, and no BLAS threads competing
+with the shards); for larger batches, BLAS (compute-bound there: one shard, BLAS uses the cores itself).
 
-A NaN/inf query or row is refused (one error line), never turned into NaN scores. (The FAISS path sees
-scores only for its candidates: a NaN row of a damaged float16 set is refused if it is a candidate, skipped if
-not; `dgl embed` never writes one.)
+float32 rows: a shard is scored in chunks of CHUNK_ROWS; each chunk's best k join the shard's running top-k.
+
+float16 rows, with FAISS installed (`dgl-deploy[index]`; few queries, k <= FAISS_MAX_K): FAISS's float16
+scanner reads each shard in place (the float16 values exactly, float32 sums, SIMD) and proposes its best 2k;
+the candidates are re-scored by `score_rows`, so scores and order are those of the numpy path. Memory-bound,
+it reads half the bytes of float32: faster than float32. Without FAISS, float16 chunks are converted and
+scored like float32 ones (numpy converts float16 slowly: several times the float32 time).
+
+A NaN/inf query or row is refused (one error line), never turned into NaN scores. (The FAISS scan proposes
+candidates only: a NaN row of a damaged float16 set is refused if it is one, skipped if not; `dgl embed`
+never writes such a row.)
 """
 
 from __future__ import annotations
@@ -31,10 +35,9 @@ import numpy as np
 from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.store import EmbeddingStore
 
-CHUNK_ROWS = 16384  # rows scored per step and thread (16 MiB of float16 / 32 MiB of float32 at E = 512)
-SMALL_BATCH = 4  # up to this many queries: numpy's SIMD dot loop (einsum) per query, one thread per shard (2x
-# OpenBLAS sgemv/sgemm single-threaded at E = 512, and no BLAS threads competing with the shards); more: BLAS
-FAISS_MAX_K = 1024  # the FAISS float16 scan keeps 2k candidates per chunk: beyond this k, numpy scores
+CHUNK_ROWS = 16384  # rows scored per step and thread (32 MiB of float32 at E = 512)
+SMALL_BATCH = 4  # up to this many queries: einsum per query, shards on threads; more: BLAS, one shard
+FAISS_MAX_K = 1024  # the FAISS float16 scan keeps 2k candidates per shard and query: beyond this k, numpy scores
 Candidates = tuple[np.ndarray, np.ndarray]  # (Q, M) scores, (Q, M) row numbers
 
 _pool: ThreadPoolExecutor | None = None
@@ -65,7 +68,7 @@ def search_threads() -> int:
 
 def select(scores: np.ndarray, rows: np.ndarray, k: int) -> Candidates:
     """The best `k` candidates of each query, score descending then row ascending: (Q, k') scores and rows,
-    k' = min(k, M). `scores` (Q, M) finite; `rows` (Q, M) or (M,) their row numbers."""
+    k' = min(k, M). `scores` (Q, M), no NaN; `rows` (Q, M) or (M,) their row numbers."""
     rows = np.broadcast_to(rows, scores.shape)
     count, m = scores.shape
     k = min(k, m)
@@ -115,22 +118,24 @@ def _numpy_shard(vectors: np.ndarray, queries: np.ndarray, k: int, shard: range,
     return best
 
 
-def _faiss_shard(vectors: np.ndarray, queries: np.ndarray, fetch: int, shard: range, chunk_rows: int) -> Candidates:
-    """The `fetch` best rows of `shard` by FAISS's float16 scan (candidates, to be re-scored exactly)."""
+def _faiss_shard(vectors: np.ndarray, queries: np.ndarray, fetch: int, shard: range) -> Candidates:
+    """The `fetch` best rows of `shard` for each query by FAISS's float16 scan, read in place (a memory map's
+    pages, no copy): candidates, to be re-scored exactly. Its heap takes a row only when strictly better, so
+    among equal scores the first rows stay; a NaN row never enters it."""
     import faiss
 
-    faiss.omp_set_num_threads(1)  # this pool thread only (OpenMP's thread count is per thread): one shard, one core
-    scan = faiss.IndexScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    best = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
-    for start in range(shard.start, shard.stop, chunk_rows):
-        stop = min(start + chunk_rows, shard.stop)
-        scan.reset()
-        scan.add_sa_codes(np.ascontiguousarray(vectors[start:stop]).view(np.uint8))  # the float16 bytes are its codes
-        scores, rows = scan.search(queries, min(fetch, stop - start))
-        scores = np.where(rows >= 0, scores, -np.inf)  # -1: fewer found (a NaN row never enters FAISS's heap)
-        scores = np.nan_to_num(scores, nan=-np.inf, posinf=np.finfo(np.float32).max)  # re-scored (and refused) later
-        best = _merge(best, select(scores, np.where(rows >= 0, rows + start, -1), fetch), fetch)
-    return best
+    codes = np.ascontiguousarray(vectors[shard.start:shard.stop]).view(np.uint8)  # float16 bytes = its codes
+    quantizer = faiss.ScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_fp16)
+    scanner = quantizer.select_InvertedListScanner(faiss.METRIC_INNER_PRODUCT, None, True, None, False)
+    scanner.set_list(0, 0.0)  # with store_pairs, a hit's label is its position in `codes`
+    fetch = min(fetch, len(shard))
+    scores = np.full((len(queries), fetch), -np.inf, np.float32)
+    rows = np.full((len(queries), fetch), -1, np.int64)
+    for query, heap_scores, heap_rows in zip(queries, scores, rows, strict=True):
+        scanner.set_query(faiss.swig_ptr(query))
+        scanner.scan_codes(len(shard), faiss.swig_ptr(codes), None, faiss.swig_ptr(heap_scores),
+                           faiss.swig_ptr(heap_rows), fetch)
+    return scores, np.where(rows >= 0, rows + shard.start, -1)
 
 
 def _rescore(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int, name: str) -> Candidates:
@@ -161,7 +166,7 @@ def _shards(n: int, chunk_rows: int, threads: int) -> list[range]:
 
 
 def _run(task: Any, shards: list[range]) -> list[Candidates]:
-    """task(shard) for every shard, on the search threads (never the caller's: see `_faiss_shard`)."""
+    """task(shard) for every shard, on the search threads."""
     global _pool
     with _pool_lock:
         if _pool is None:
@@ -182,7 +187,7 @@ def top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = CH
     if not _use_faiss(vectors, queries, k):
         found = _run(lambda shard: _numpy_shard(vectors, queries, k, shard, chunk_rows, name), shards)
         return select(np.concatenate([f[0] for f in found], 1), np.concatenate([f[1] for f in found], 1), k)
-    found = _run(lambda shard: _faiss_shard(vectors, queries, 2 * k, shard, chunk_rows), shards)
+    found = _run(lambda shard: _faiss_shard(vectors, queries, 2 * k, shard), shards)
     return _rescore(vectors, queries, np.concatenate([f[1] for f in found], 1), k, name)
 
 
