@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
-        export = exported_model(root, precisions=("int8",) if args.precision == "int8" else ())
+        export = exported_model(root)
         folder = clips(root, args.videos, args.unique)
         encoder = OnnxEncoder(export, device="cpu", precision=args.precision)
         encoder.encode_videos(np.zeros((1, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))

@@ -1,80 +1,141 @@
-"""`dgl query` latency: p50/p99 for one text over N random 512-d embeddings (exact search, once loaded),
-and the cold start of the whole `dgl query` process with an ONNX model (issue 7)."""
+"""`dgl query` latency on CPU, p50/p99, every comparison interleaved (`common.interleaved`):
+
+  text_encoder   one text through the ONNX text encoder, fp32 vs int8
+  exact_top10    exact top-10 of one query vector over N x 512 random unit rows stored float32 vs float16
+                 (`search.top_k` on the memory-mapped set; at the first size float16 also without FAISS,
+                 numpy's fallback)
+  query          in process, once loaded: encode one text + exact top-10 (`query.query_texts`), text encoder
+                 fp32/int8 x rows float32/float16
+  process        the whole `dgl query "..." --json` process (start-up, model and set opening, one query),
+                 --precision fp32 vs int8, float32 rows
+
+Model: a random-init (seeded) ViT-B/32 DGL exported to ONNX fp32 + int8, cached in --workdir.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, exported_model  # noqa: E402
+from common import emit, exported_model, interleaved, load_average, percentiles  # noqa: E402
 
-from dgl_deploy.files import atomic_write_text  # noqa: E402
+from dgl_deploy.retrieval import search  # noqa: E402
 from dgl_deploy.retrieval.query import query_texts  # noqa: E402
-from dgl_deploy.retrieval.store import FORMAT, StorePaths, ids_digest, open_store  # noqa: E402
+from dgl_deploy.retrieval.store import StorePaths, open_store, path_fields, write_set  # noqa: E402
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder  # noqa: E402
 
+DTYPES = ("float32", "float16")
+BLOCK = 100_000  # rows generated per step
 
-def fake_store(root: Path, rows: int, dim: int, fingerprint: str, model: Path) -> Path:
-    """N random unit vectors written in the `dgl embed` layout, attributed to `model`."""
-    paths = StorePaths.of(root / f"emb-{rows}.npy")
+
+def fake_store(root: Path, rows: int, dim: int, dtype: str, fingerprint: str, model: Path) -> Path:
+    """N random unit vectors (seeded: the same rows for both dtypes) written as `dgl embed` does, attributed to
+    `model`; reused if there."""
+    paths = StorePaths.of(root / f"emb-{rows}-{dtype}.npy")
     if paths.manifest.exists():
         return paths.emb
     rng = np.random.default_rng(0)
-    vectors = np.empty((rows, dim), np.float32)
-    for start in range(0, rows, 100_000):
-        block = rng.standard_normal((min(100_000, rows - start), dim)).astype(np.float32)
-        vectors[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    np.save(paths.emb, vectors)
-    ids = [f"video_{i:07d}.mp4" for i in range(rows)]
-    atomic_write_text(paths.ids, "".join(f"{i}\n" for i in ids))
-    atomic_write_text(paths.manifest, json.dumps({"format": FORMAT, "model_fingerprint": fingerprint,
-                                                  "model": str(model), "count": rows, "ids_sha256": ids_digest(ids)}))
+
+    def blocks() -> Any:
+        for start in range(0, rows, BLOCK):
+            block = rng.standard_normal((min(BLOCK, rows - start), dim), dtype=np.float32)
+            yield block / np.linalg.norm(block, axis=1, keepdims=True)
+
+    write_set(paths, blocks(), [f"video_{i:07d}.mp4" for i in range(rows)], dim=dim, dtype=dtype,
+              fields={"model_fingerprint": fingerprint, **path_fields("model", model, root)})
     return paths.emb
 
 
-def latency(emb: Path, encoder: OnnxEncoder, repeats: int) -> dict[str, float]:
-    store = open_store(emb)
-    query_texts(store, encoder, ["warm up"], k=10)
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        query_texts(store, encoder, [f"a red circle moves to the left {i}"], k=10)
-        times.append(time.perf_counter() - start)
-    return {"p50_ms": round(1000 * float(np.percentile(times, 50)), 2),
-            "p99_ms": round(1000 * float(np.percentile(times, 99)), 2)}
+def texts(prefix: str) -> Callable[[], str]:
+    """A new query text per call (nothing can be cached between calls)."""
+    count = iter(range(10**9))
+    return lambda: f"{prefix} {next(count)}"
 
 
-def cold_start(emb: Path, export: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dgl_deploy", "query", "a dog surfing", "--index", str(emb), "--model",
-                    str(export), "--json"], check=True, capture_output=True)
-    return time.perf_counter() - start
+def text_encoder(encoders: dict[str, OnnxEncoder], repeats: int) -> dict[str, dict[str, float]]:
+    text = texts("a red circle moves to the left")
+    calls = {f"onnxruntime_{p}": (lambda e=e: e.encode_text([text()])) for p, e in encoders.items()}
+    return {name: percentiles(times) for name, times in interleaved(calls, repeats).items()}
+
+
+def exact_top10(stores: dict[str, Any], repeats: int, numpy_float16: bool) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(1)
+    dim = next(iter(stores.values())).vectors.shape[1]
+
+    def query() -> np.ndarray:
+        vector = rng.standard_normal((1, dim), dtype=np.float32)
+        return vector / np.linalg.norm(vector)
+
+    calls = {dtype: (lambda s=store: search.top_k(s.vectors, query(), 10)) for dtype, store in stores.items()}
+    if numpy_float16:
+        calls["float16_without_faiss"] = lambda: _without_faiss(lambda: search.top_k(stores["float16"].vectors, query(), 10))
+    return {name: percentiles(times) for name, times in interleaved(calls, repeats).items()}
+
+
+def _without_faiss(call: Callable[[], Any]) -> Any:
+    """`call()` with the FAISS float16 scan switched off (what an install without dgl-deploy[index] runs)."""
+    use_faiss = search._use_faiss
+    search._use_faiss = lambda *_: False
+    try:
+        return call()
+    finally:
+        search._use_faiss = use_faiss
+
+
+def in_process(stores: dict[str, Any], encoders: dict[str, OnnxEncoder], repeats: int) -> dict[str, dict[str, float]]:
+    text = texts("a dog surfing a wave")
+    calls = {f"text_{p}_rows_{dtype}": (lambda s=store, e=encoder: query_texts(s, e, [text()], k=10))
+             for p, encoder in encoders.items() for dtype, store in stores.items()}
+    return {name: percentiles(times) for name, times in interleaved(calls, repeats).items()}
+
+
+def process(emb: Path, export: Path, repeats: int) -> dict[str, dict[str, float]]:
+    def run(precision: str) -> None:
+        subprocess.run([sys.executable, "-m", "dgl_deploy", "query", "a dog surfing", "--index", str(emb), "--model",
+                        str(export), "--precision", precision, "--json"], check=True, capture_output=True)
+
+    calls = {precision: (lambda p=precision: run(p)) for precision in ("fp32", "int8")}
+    return {name: percentiles(times, 1.0, "s") for name, times in interleaved(calls, repeats).items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="Set sizes for exact_top10 "
+                        "(the first one is also used for query and process).")
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--process-repeats", type=int, default=10)
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip / dgl-deploy model config (random init).")
     parser.add_argument("--workdir", type=Path, help="Keep the export and embeddings here for reuse.")
     args = parser.parse_args()
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
-        export = exported_model(root)
-        encoder = OnnxEncoder(export, device="cpu")
-        results = {}
-        for rows in args.rows:
-            emb = fake_store(root, rows, encoder.embed_dim, encoder.fingerprint, export)
-            results[str(rows)] = {**latency(emb, encoder, args.repeats), "cold_start_s": round(cold_start(emb, export), 2)}
-    emit("query_latency", {"model": "ViT-B-32 DGL text encoder, ONNX Runtime CPU fp32", "dim": encoder.embed_dim,
-                           "k": 10, "by_rows": results, "target_p50_ms_at_100k": 30, "target_cold_start_s": 2})
+        export = exported_model(root, args.model)
+        encoders = {p: OnnxEncoder(export, device="cpu", precision=p) for p in ("fp32", "int8")}
+        fingerprint, dim = encoders["fp32"].fingerprint, encoders["fp32"].embed_dim
+        sets = {rows: {dtype: open_store(fake_store(root, rows, dim, dtype, fingerprint, export)) for dtype in DTYPES}
+                for rows in args.rows}
+        first = sets[args.rows[0]]
+        results = {
+            "text_encoder": text_encoder(encoders, args.repeats),
+            "exact_top10": {str(rows): exact_top10(stores, args.repeats, rows == args.rows[0])
+                            for rows, stores in sets.items()},
+            f"query_{args.rows[0]}": in_process(first, encoders, args.repeats),
+            f"process_{args.rows[0]}": process(first["float32"].paths.emb, export, args.process_repeats),
+        }
+    emit("query_latency", {
+        "model": f"{args.model} DGL (random init), ONNX Runtime CPU", "dim": dim, "k": 10,
+        "search_threads": search.search_threads(), "timing": "interleaved, order rotated per repetition",
+        "load_average_1m_at_start": load_before, **results, "target_query_p50_ms_at_100k": 20, "target_process_p50_s": 2,
+    })
 
 
 if __name__ == "__main__":

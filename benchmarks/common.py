@@ -1,8 +1,10 @@
-"""Shared helpers of the benchmark scripts: timing with warm-up, machine description, JSON output."""
+"""Shared helpers of the benchmark scripts: timing with warm-up, interleaved A/B timing, machine description
+(with its load), JSON output."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -25,11 +27,41 @@ def timeit(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[str
     return {"median_s": statistics.median(times), "min_s": min(times)}
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each of `fns` over `repeats` rounds after `warmup` rounds. Every round runs each once, the
+    order rotated by one per round, so a change in machine load during the run hits every variant alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def percentiles(times: list[float], scale: float = 1000.0, unit: str = "ms") -> dict[str, float]:
+    """p50 / p99 (and the count) of `times` seconds, in `unit` (`scale` units per second)."""
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]  # nearest rank
+    return {f"p50_{unit}": round(scale * statistics.median(ordered), 3), f"p99_{unit}": round(scale * p99, 3),
+            "n": len(ordered)}
+
+
+def load_average() -> float:
+    """The 1-minute load average (2 cores: above ~0.5, something else is running)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def machine() -> dict[str, Any]:
     import torch
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average_1m_at_end": load_average(),
             "date": datetime.now(timezone.utc).date().isoformat()}
 
 
@@ -38,15 +70,20 @@ def emit(name: str, results: dict[str, Any]) -> None:
     print(json.dumps({"benchmark": name, "machine": machine(), **results}))
 
 
-def exported_model(workdir: Path, name: str = "ViT-B-32", precisions: tuple[str, ...] = ()) -> Path:
-    """A random-init DGL model on `name`, saved and exported to ONNX under `workdir` (reused if there)."""
+def exported_model(workdir: Path, name: str = "ViT-B-32", precisions: tuple[str, ...] = ("int8",)) -> Path:
+    """A random-init (seeded) DGL model on `name`, saved and exported to ONNX (fp32 + `precisions`) under
+    `workdir`; reused if there with those precisions."""
+    import torch
+
     from dgl_deploy.export.pipeline import export_model
     from dgl_deploy.model.checkpoint import save
     from dgl_deploy.model.model import create_model
+    from dgl_deploy.runtime.manifest import load_manifest
 
     workdir = Path(workdir)
     out = workdir / f"{name}-export"
-    if not (out / "manifest.json").exists():
+    if not (out / "manifest.json").exists() or not set(precisions) <= set(load_manifest(out).precisions("text")):
+        torch.manual_seed(0)
         checkpoint = save(create_model(name, pretrained=None), workdir / f"{name}.safetensors")
         export_model(checkpoint, out, precisions=precisions, overwrite=True, log=lambda _: None)
     return out
