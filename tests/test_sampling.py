@@ -4,18 +4,15 @@ tests/test_sampling_reference.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.data.sampling import check_sampling, frame_indices, reference_indices
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.errors import DGLError
-from dgl_deploy.evaluation.evaluate import recorded_sampling
 from dgl_deploy.training.config import TrainConfig
 
 
@@ -53,15 +50,3 @@ def test_cache_entries_are_per_mode(tmp_path: Path) -> None:
     cache.put(video, 2, 8, None, frames, "reference")
     assert cache.get(video, 2, 8, None) is None and cache.get(video, 2, 8, None, "reference") is not None
     assert cache.entry(video, 2, 8, None) == cache.entry(video, 2, 8, None, "uniform")
-
-
-def test_recorded_sampling_of_models(tmp_path: Path) -> None:
-    def checkpoint(name: str, config: dict) -> Path:
-        save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / name), metadata={"config": json.dumps(config)})
-        return tmp_path / name
-
-    assert recorded_sampling(tmp_path / "dgl_msrvtt_vit32.pth") == "reference"  # a reference checkpoint
-    assert recorded_sampling(checkpoint("old.safetensors", {"frames": 12})) == "uniform"
-    assert recorded_sampling(checkpoint("new.safetensors", {"frame_sampling": "reference"})) == "reference"
-    with pytest.raises(DGLError, match=r"bad\.safetensors: recorded frame sampling: unknown frame sampling 'x'"):
-        recorded_sampling(checkpoint("bad.safetensors", {"frame_sampling": "x"}))
