@@ -77,6 +77,29 @@ def test_activitynet_paragraphs(tmp_path: Path) -> None:
     assert "  " not in ds.items[0].captions[0]
     assert ds.items[1].path.name == "ehGHCYKzyZ8.mkv"
     assert [item.segment for item in ds.items] == [(0.0, 83.0), (0.0, 62.0)]  # the reference's [0, ceil(duration)]
+    assert ds.items[1].moments == (("A man is standing outside.", 0.0, 12.04), ("He throws a ball.", 12.04, 61.72))
+
+
+def test_charades_sta_moments(tmp_path: Path) -> None:
+    videos = touch(tmp_path, "3MSZA.mp4", "AO8RW.mp4")
+    ds = load_dataset("charades", FIXTURES / "charades", videos)  # directory: default split "test"
+    assert (ds.split, [item.video_id for item in ds.items], ds.num_captions) == ("test", ["3MSZA", "AO8RW"], 3)
+    assert ds.items[0].path == videos / "3MSZA.mp4" and ds.items[0].segment is None
+    assert ds.items[0].moments == (("person turn a light on.", 24.3, 30.4),
+                                   ("a person is putting a book on a shelf.", 0.0, 6.9))
+    assert ds.items[0].captions == [caption for caption, _, _ in ds.items[0].moments]
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("3MSZA 24.3 30.4 person turn a light on.\n", r"a\.txt line 1: expected 'VIDEOID START END##sentence'"),
+    ("3MSZA 1 2##ok\n3MSZA 30 24##backwards\n", r"a\.txt line 2: 'start' \(30\) must be before 'end' \(24\)"),
+    ("3MSZA x 2##what\n", r"a\.txt line 1: 'start' must be a number of seconds"),
+    ("3MSZA 1 2##  \n", r"a\.txt line 1: 'sentence' is empty"),
+])
+def test_charades_sta_errors_name_the_line(tmp_path: Path, text: str, error: str) -> None:
+    (tmp_path / "a.txt").write_text(text)
+    with pytest.raises(DGLError, match=error):
+        load_dataset("charades", tmp_path / "a.txt", touch(tmp_path, "3MSZA.mp4"))
 
 
 @pytest.mark.parametrize(("split", "ids"), [("test", ["-4wsuPCjDBc_5_15", "-7KMZQEsJW4_205_208"]),
@@ -140,7 +163,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_validation_splits_documented() -> None:
     assert VALIDATION_SPLITS == {"msrvtt": None, "vatex": "val", "lsmdc": "val", "activitynet": "val_1", "msvd": "val",
-                                 "didemo": "val", "generic": None}
+                                 "didemo": "val", "generic": None, "charades": None}
 
 
 GENERIC_BAD = [

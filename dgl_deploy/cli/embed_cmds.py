@@ -206,13 +206,14 @@ def query(
     backend: Backend = opt.backend(),
     device: str = opt.device(),
     precision: Precision = opt.precision(),
-    per_video: Optional[int] = typer.Option(
-        None, "--per-video", min=0, max=100_000, help="Moments per video in a set made with --window (default 1: the "
-                                                      "best moment of each video; 0: all)."),
+    per_video: int = typer.Option(
+        0, "--per-video", min=0, max=100_000, help="Moments per video in a set made with --window, after temporal "
+                                                   "NMS (1: the best moment of each video; 0: no limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Search embeddings with text (or a video); the query model must be the one that made them. Hits of a set
-    made with --window are moments: video, start and end (seconds)."""
+    made with --window are moments: video, start and end (seconds); adjacent or overlapping matching windows
+    of a video are merged into one moment and the weaker windows around it left out (temporal NMS)."""
     from dgl_deploy.retrieval.query import run_query
 
     results = run_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,

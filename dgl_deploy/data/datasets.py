@@ -16,7 +16,11 @@ the standard file names below (then `split` picks the file).
 |             | clip_id, start_aligned, end_aligned, start_extracted, end_extracted, sentence    | movie = clip_id up to last "_" |                  |
 | activitynet | train / val_1 / val_2: train.json / val_1.json / val_2.json                     | <videos>/<id>.{mp4,mkv,webm},  | val_1            |
 |             | ({v_<id>: {duration, timestamps, sentences}}); paragraph-to-video: sentences     | with or without the "v_"       |                  |
-|             | joined with a space into one caption, segment [0, ceil(duration)] s             |                                |                  |
+|             | joined with a space into one caption, segment [0, ceil(duration)] s; moments:   |                                |                  |
+|             | each sentence with its [start, end] timestamp                                   |                                |                  |
+| charades    | train / test: charades_sta_train.txt / charades_sta_test.txt (Charades-STA: one  | <videos>/<id>.mp4              | none             |
+|             | moment a line, `VIDEOID START END##sentence`, seconds); each sentence is a       |                                |                  |
+|             | caption of its video and a moment                                                |                                |                  |
 | msvd        | train / val / test: train_list.txt / val_list.txt / test_list.txt (one video id  | <videos>/<id>.avi (or .mp4)    | val              |
 |             | a line) + raw-captions.json next to it ({id: [caption]}; a caption may be a      |                                |                  |
 |             | list of words, joined with spaces); several captions per video                  |                                |                  |
@@ -57,7 +61,7 @@ import math
 import posixpath
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -72,9 +76,10 @@ VALIDATION_SPLITS: dict[str, str | None] = {
     "msvd": "val",
     "didemo": "val",
     "generic": None,
+    "charades": None,
 }
 DEFAULT_SPLITS = {"msrvtt": "test", "vatex": "val", "lsmdc": "test", "activitynet": "val_1", "msvd": "test", "didemo": "test",
-                  "generic": None}
+                  "generic": None, "charades": "test"}
 MSVD_CAPTIONS = "raw-captions.json"
 DIDEMO_SEGMENT: Segment = (0.0, 31.0)  # the reference's whole-video "trick" (annotations cover the first 30 s)
 _DIDEMO_DROPPED = frozenset({"37996615073@N01_3336195519_579ea4136c.3gp", "44124421772@N01_2867159874_e39e716b7e.mpg",
@@ -90,6 +95,7 @@ class VideoItem:
     captions: list[str]
     segment: Segment | None
     video_id: str
+    moments: tuple[tuple[str, float, float], ...] = ()  # (caption, start, end) of captions with a time span
 
 
 @dataclass
@@ -301,10 +307,44 @@ def _activitynet(annotations: Path, videos: Path) -> list[VideoItem]:
     for key, row in _json_entries(annotations, _read_json(annotations), dict, "{v_<id>: {sentences}}"):
         bare = key.removeprefix("v_")
         names = [f"{stem}{ext}" for stem in (key, bare, f"v_{bare}") for ext in (".mp4", ".mkv", ".webm")]
-        paragraph = " ".join(s.strip() for s in row.texts("sentences"))
+        sentences = [s.strip() for s in row.texts("sentences")]
         duration = row.seconds("duration")
         segment = None if duration is None else (0.0, float(max(1, math.ceil(duration))))
-        items.append(VideoItem(_first_existing([videos / n for n in names]), [paragraph], segment, key))
+        items.append(VideoItem(_first_existing([videos / n for n in names]), [" ".join(sentences)], segment, key,
+                               _activitynet_moments(row, sentences)))
+    return items
+
+
+def _activitynet_moments(row: _Row, sentences: list[str]) -> tuple[tuple[str, float, float], ...]:
+    """Each sentence with its `timestamps` entry [start, end] (none when the entry has no timestamps)."""
+    stamps = row.data.get("timestamps")
+    if stamps is None:
+        return ()
+    if not isinstance(stamps, list) or len(stamps) != len(sentences):
+        row.fail(f"'timestamps' must be a list of one [start, end] per sentence ({len(sentences)})")
+    moments = []
+    for number, (sentence, span) in enumerate(zip(sentences, stamps, strict=True)):
+        if not isinstance(span, list) or len(span) != 2:
+            row.fail(f"timestamp {number} must be [start, end], got {span!r}")
+        start, end = _Row(f"{row.where} timestamp {number}", {"start": span[0], "end": span[1]}).segment() \
+            or row.fail(f"timestamp {number} has no times")
+        moments.append((sentence, start, end))
+    return tuple(moments)
+
+
+def _charades(annotations: Path, videos: Path) -> list[VideoItem]:
+    items = []
+    for number, line in enumerate(_read_text(annotations).splitlines(), start=1):
+        if not line.strip():
+            continue
+        head, sep, sentence = line.partition("##")
+        fields = head.split()
+        row = _Row(f"{annotations} line {number}", {"sentence": sentence.strip(),
+                                                    **dict(zip(("video", "start", "end"), fields, strict=False))})
+        if not sep or len(fields) != 3:
+            row.fail("expected 'VIDEOID START END##sentence'")
+        video, caption, (start, end) = row.text("video"), row.text("sentence"), row.segment()
+        items.append(VideoItem(videos / f"{video}.mp4", [caption], None, video, ((caption, start, end),)))
     return items
 
 
@@ -368,12 +408,15 @@ def _merge(items: list[VideoItem], where: Path) -> list[VideoItem]:
     merged: dict[tuple[Path, Segment | None], VideoItem] = {}
     dropped = 0
     for item in items:
-        kept = merged.setdefault((item.path, item.segment), VideoItem(item.path, [], item.segment, item.video_id))
+        key = (item.path, item.segment)
+        kept = merged.setdefault(key, VideoItem(item.path, [], item.segment, item.video_id))
         for caption in item.captions:
             if caption in kept.captions:
                 dropped += 1
             else:
                 kept.captions.append(caption)
+        if item.moments:
+            merged[key] = replace(kept, moments=kept.moments + item.moments)
     if dropped:
         warnings.warn(f"{where}: dropped {dropped} duplicate (video, caption) pair(s)", stacklevel=3)
     return list(merged.values())
@@ -387,6 +430,7 @@ _ADAPTERS: dict[str, tuple[Callable[[Path, Path], list[VideoItem]], dict[str, st
     "msvd": (_msvd, {split: f"{split}_list.txt" for split in ("train", "val", "test")}),
     "didemo": (_didemo, {split: f"{split}_list.txt" for split in ("train", "val", "test")}),
     "generic": (_generic, {}),
+    "charades": (_charades, {"train": "charades_sta_train.txt", "test": "charades_sta_test.txt"}),
 }
 KINDS = tuple(_ADAPTERS)
 

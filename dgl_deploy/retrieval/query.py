@@ -1,10 +1,17 @@
 """`dgl query`: encode texts (or a video) with the model that made an embedding set and search it
 (exactly, or through a FAISS index folder made by `dgl index build`).
 
-In a segmented set (`dgl embed --window`) each hit is a moment: the video's id with the `start` and `end`
-(seconds) of its window. `per_video` keeps at most that many moments of any one video (default 1 for a
-segmented set, so one long video does not fill the top-k; 0 = no limit): the top rows are fetched, grouped by
-video, and fetched again with a larger k until k hits are found or every row was scored.
+In a segmented set (`dgl embed --window`) each hit is a moment, after temporal non-maximum suppression
+(`MomentSet`): the windows are taken best first; a window that overlaps or touches (gap <= 1 microsecond) a
+moment already kept for its video joins the first such moment (best first) if its score is within
+`MERGE_MARGIN` of that moment's score (the moment's start/end grow to cover it; its score, row and rank stay
+those of its best window), and is suppressed otherwise; a window that touches none starts a new moment. So
+adjacent windows that all match become one longer moment, and the weaker windows around a match do not
+crowd the list. By default (`per_video` 0) the best k moments across the collection are returned, several of one
+video if it holds several separate matches; `per_video` N keeps only the best N moments of each video
+(1: the best moment of each video). Rows are fetched best first, k * 2 at first and 4 times more each round,
+until the top k moments cannot change any more (every unfetched row scores below the k-th moment's score minus
+the margin) or every row was scored: the result is that of NMS over all the rows.
 
 The query encoder's precision may differ from the rows' (int8 rows queried at fp32, say) only where the
 export's parity says both match fp32 (`precision.check_mixing`); `dgl query` names both precisions when they
@@ -61,45 +68,81 @@ def _as_index(index: EmbeddingStore | SearchIndex) -> SearchIndex:
     return ExactIndex(index) if isinstance(index, EmbeddingStore) else index
 
 
-def default_per_video(store: EmbeddingStore) -> int:
-    """Moments per video when not given: 1 for a segmented set, no limit (0) for one row per video."""
-    return 1 if store.spans is not None else 0
+MERGE_MARGIN = 0.05  # cosine: a touching window at most this far below a moment's score joins it
+_TOUCH = 1e-6  # seconds: windows this close (or overlapping) touch
 
 
-def search_moments(index: SearchIndex, queries: np.ndarray, k: int, per_video: int = 0) -> list[list[Hit]]:
-    """Top-k hits for each query vector (Q, E) with at most `per_video` rows of any one video (0: no limit),
-    ranked 1..k; see the module docstring."""
+class MomentSet:
+    """Temporal NMS of one query's hits, fed best first (`add`); rule in the module docstring. Whole-video hits
+    (no start/end) are kept as they come."""
+
+    def __init__(self, margin: float = MERGE_MARGIN) -> None:
+        self.margin = margin
+        self.moments: list[Hit] = []  # best first: a moment's score is that of the hit that started it
+        self._of_video: dict[str, list[int]] = {}  # video id -> indices into `moments`
+        self.last_score = float("inf")  # score of the last hit added
+
+    def add(self, hit: Hit) -> None:
+        """Merge `hit` (no better than any hit added before) into a touching moment, suppress it, or keep it."""
+        self.last_score = hit.score
+        mine = self._of_video.setdefault(hit.id, [])
+        if hit.start is not None:
+            for index in mine:
+                moment = self.moments[index]
+                if hit.start <= moment.end + _TOUCH and hit.end >= moment.start - _TOUCH:
+                    if hit.score >= moment.score - self.margin:
+                        self.moments[index] = replace(moment, start=min(moment.start, hit.start),
+                                                      end=max(moment.end, hit.end))
+                    return
+        mine.append(len(self.moments))
+        self.moments.append(hit)
+
+    def top(self, k: int, per_video: int = 0) -> list[Hit]:
+        """The best `k` moments, at most `per_video` of each video (0: no limit), ranked 1..k."""
+        kept: list[Hit] = []
+        seen: dict[str, int] = {}
+        for moment in self.moments:
+            if len(kept) == k:
+                break
+            if not per_video or seen.get(moment.id, 0) < per_video:
+                seen[moment.id] = seen.get(moment.id, 0) + 1
+                kept.append(replace(moment, rank=len(kept) + 1))
+        return kept
+
+    def settled(self, k: int, per_video: int = 0) -> bool:
+        """Whether hits not added yet (scoring at most `last_score`) can no longer change `top(k, per_video)`."""
+        top = self.top(k, per_video)
+        return len(top) == k and (top[-1].start is None or self.last_score < top[-1].score - self.margin)
+
+
+def search_moments(index: SearchIndex, queries: np.ndarray, k: int, per_video: int = 0,
+                   margin: float = MERGE_MARGIN) -> list[list[Hit]]:
+    """Top-k hits (moments after temporal NMS in a segmented set) for each query vector (Q, E), at most
+    `per_video` of any one video (0: no limit), ranked 1..k; see the module docstring."""
     if isinstance(per_video, bool) or not isinstance(per_video, int) or per_video < 0:
         raise DGLError(f"per_video must be a whole number >= 0, got {per_video!r}")
-    if per_video == 0:
+    if per_video == 0 and index.store.spans is None:
         return index.search(queries, k)
     total = index.store.vectors.shape[0]
     results: list[list[Hit]] = [[] for _ in range(len(queries))]
-    pending, fetch = list(range(len(queries))), min(total, 2 * k * per_video)
+    pending, fetch = list(range(len(queries))), min(total, 2 * k * max(per_video, 1))
     while pending:
         still = []
         for q, hits in zip(pending, index.search(queries[pending], max(fetch, 1)), strict=True):
-            results[q] = _per_video(hits, per_video, k)
-            if len(results[q]) < k and len(hits) == fetch < total:  # more rows to look at
+            moments = MomentSet(margin)
+            for hit in hits:
+                moments.add(hit)
+            results[q] = moments.top(k, per_video)
+            if not moments.settled(k, per_video) and len(hits) == fetch < total:  # more rows to look at
                 still.append(q)
         pending, fetch = still, min(total, 4 * fetch)
     return results
 
 
-def _per_video(hits: list[Hit], per_video: int, k: int) -> list[Hit]:
-    """The best `k` of `hits` (best first) with at most `per_video` of each video, re-ranked."""
-    kept: list[Hit] = []
-    seen: dict[str, int] = {}
-    for hit in hits:
-        if seen.get(hit.id, 0) < per_video and len(kept) < k:
-            seen[hit.id] = seen.get(hit.id, 0) + 1
-            kept.append(replace(hit, rank=len(kept) + 1))
-    return kept
-
-
 def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Sequence[str],
                 k: int = 10, per_video: int = 0) -> list[list[Hit]]:
-    """Top-k videos (moments of a segmented set, at most `per_video` per video; 0: no limit) for each text."""
+    """Top-k videos (moments of a segmented set, after NMS; at most `per_video` per video, 0: no limit) for
+    each text."""
     index = _as_index(index)
     check_encoder(index.store, encoder)
     if not texts:
@@ -112,7 +155,7 @@ def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Se
 
 def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Path | str, k: int = 10,
                 per_video: int = 0) -> list[Hit]:
-    """Top-k videos (or moments) most similar to `video` (video -> video)."""
+    """Top-k videos (or moments, after NMS) most similar to the whole clip `video` (video -> video)."""
     from dgl_deploy.data.video import read_frames
 
     index = _as_index(index)
@@ -132,9 +175,10 @@ def _hit_dict(hit: Hit) -> dict:
 
 def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
               queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
-              precision: str = "auto", device: str = "auto", per_video: int | None = None) -> list[dict]:
+              precision: str = "auto", device: str = "auto", per_video: int = 0) -> list[dict]:
     """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search,
-    return JSON-ready results (`per_video` None: `default_per_video`). Says on stderr which encoder (and
+    return JSON-ready results (moments after NMS in a segmented set; `per_video` N: the best N of each video,
+    0: no limit). Says on stderr which encoder (and
     precision) it uses and, when the rows were computed at another precision, theirs."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
@@ -149,10 +193,9 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
     if rows - {queries_at}:
         print(f"{searchable.store.paths.emb}: rows at {'/'.join(sorted(rows))}, queries at {queries_at} (both held the "
               "export's parity)", file=sys.stderr)
-    limit = default_per_video(searchable.store) if per_video is None else per_video
     if video:
-        return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k, limit)])
-    return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k, limit))
+        return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k, per_video)])
+    return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k, per_video))
 
 
 def _read_queries(path: Path) -> list[str]:
@@ -170,5 +213,5 @@ def _read_queries(path: Path) -> list[str]:
     return queries
 
 
-__all__ = ["open_store", "resolve_model", "default_per_video", "search_moments", "query_texts", "query_video",
+__all__ = ["open_store", "resolve_model", "MERGE_MARGIN", "MomentSet", "search_moments", "query_texts", "query_video",
            "hits_to_dicts", "run_query"]

@@ -7,7 +7,7 @@ to start instead of answering every search with an error.
 
   GET  /                             the search page (static HTML/CSS/JS in retrieval/static/, no data in it)
   GET  /health                        model, backend, rows, index kind
-  GET  /search?q=TEXT&k=10&per_video=N text -> videos (a segmented set: at most N moments per video, default 1)
+  GET  /search?q=TEXT&k=10&per_video=N text -> videos (a segmented set: moments after NMS, at most N per video, default 0 = no limit)
   POST /search/video?k=10 (file=...)  uploaded video -> videos (multipart form field `file`)
   GET  /search/similar?id=ID&row=R&k=10  an indexed video (or moment: its row) -> other videos, from the stored
                                       row vector (nothing decoded); the query row itself is left out
@@ -58,7 +58,7 @@ from dgl_deploy.data.discover import VIDEO_EXTENSIONS
 from dgl_deploy.errors import DGLError
 from dgl_deploy.limits import check_number
 from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
-from dgl_deploy.retrieval.query import check_encoder, default_per_video, hits_to_dicts, search_moments
+from dgl_deploy.retrieval.query import check_encoder, hits_to_dicts, search_moments
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.serve_media import POSTER_DECODERS, IndexedVideos, MediaError, Posters, default_poster_cache
 from dgl_deploy.runtime.backends.base import Encoder
@@ -237,8 +237,8 @@ class SearchService:
         return self._results(query, hits[0])
 
     def _per_video(self, per_video: int | None) -> int:
-        """Moments per video: as asked, else 1 for a segmented set and no limit for one row per video."""
-        return default_per_video(self.index.store) if per_video is None else per_video
+        """Moments per video: as asked, else no limit (0; a segmented set's moments are NMS'd)."""
+        return 0 if per_video is None else per_video
 
     def _results(self, query: str, hits: list[Hit]) -> dict[str, Any]:
         """The JSON result; each hit of a segmented set has its moment's `start`/`end` seconds."""
@@ -480,8 +480,8 @@ def build_app(service: SearchService, token: str | None = None) -> Any:
     async def health() -> dict[str, Any]:
         return service.health()
 
-    per_video_query = Query(None, ge=0, le=settings.max_k, description="moments per video (default: 1 for a "
-                            "segmented set, no limit otherwise; 0 = no limit)")
+    per_video_query = Query(None, ge=0, le=settings.max_k, description="moments per video (default 0 = no limit; a "
+                            "segmented set's moments are merged by temporal NMS)")
 
     @app.get("/search")
     async def search_text(q: str = Query(..., min_length=1, max_length=settings.max_query_chars),
