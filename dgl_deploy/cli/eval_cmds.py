@@ -1,5 +1,5 @@
 """`dgl eval`: retrieval metrics of a similarity matrix (--sims) or of a model on a dataset split (--model),
-optionally with labelled re-ranked rows."""
+optionally with labelled re-ranked rows, and (--moments --window W) moment-retrieval metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.console import Console
 from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
 from dgl_deploy.cli.options import Backend, DatasetKind, FrameSampling, Precision
+from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate_similarity_file, format_metrics_table, load_npy, results_to_json
 from dgl_deploy.evaluation.rerank import DSL_TEMPERATURE, QB_BETA, QB_K, RerankMethod
@@ -49,31 +50,61 @@ def eval_command(
     ),
     qb_beta: float = typer.Option(QB_BETA, "--qb-beta", help="qbnorm: inverted-softmax beta."),
     qb_k: int = typer.Option(QB_K, "--qb-k", help="qbnorm: top-k activation set (dynamic inverted softmax); 0 = normalise all."),
+    moments: bool = typer.Option(
+        False, "--moments", help="--model: also text -> moment R@1/5 at IoU 0.3/0.5/0.7 and mIoU over the split's videos "
+                                 "cut into --window windows (captions with start/end times: charades, activitynet)."),
+    window: Optional[float] = typer.Option(None, "--window", min=0.001, max=1e6,
+                                           help="--moments: seconds per window (giving it implies --moments)."),
+    stride: Optional[float] = typer.Option(None, "--stride", min=0.001, max=1e6,
+                                           help="--moments: seconds between window starts (default: the window)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON only."),
 ) -> None:
-    """Text→video and video→text R@1/5/10, MdR, MnR (ties ranked pessimistically) of --sims or --model."""
+    """Text→video and video→text R@1/5/10, MdR, MnR (ties ranked pessimistically) of --sims or --model; with
+    --moments, moment retrieval over windows after temporal NMS."""
     options = dict(test_queries_as_bank=qb_test_queries, dsl_temperature=dsl_temperature, qb_beta=qb_beta, qb_k=qb_k or None)
     if (sims is None) == (model is None):
         raise DGLError("give exactly one of --sims (a similarity matrix) or --model (a model to run on a dataset)")
+    segmentation = _segmentation(moments, window, stride, model)
+    moment_results = None
     if sims is not None:
         results = evaluate_similarity_file(sims, captions_to_videos, rerank, query_bank, **options)
         title = f"Retrieval metrics: {sims.name}"
     else:
         sampling = None if frame_sampling is None else frame_sampling.value
-        results, title = _evaluate_model(model, dataset, annotations, videos, split, backend.value, device, precision.value,
-                                         batch_size, workers, skip_missing, sampling, captions_to_videos, rerank, query_bank,
-                                         options)
+        results, moment_results, title = _evaluate_model(
+            model, dataset, annotations, videos, split, backend.value, device, precision.value, batch_size, workers,
+            skip_missing, sampling, captions_to_videos, rerank, query_bank, options, segmentation)
     if as_json:
-        typer.echo(results_to_json(results))
-    else:
-        Console().print(format_metrics_table(results, title=title))
+        typer.echo(results_to_json({**results, **({"moments": moment_results} if moment_results else {})}))
+        return
+    Console().print(format_metrics_table(results, title=title))
+    if moment_results:
+        from dgl_deploy.evaluation.moments import format_moment_table
+
+        Console().print(format_moment_table(moment_results, f"Text -> moment ({segmentation.describe()}, temporal NMS)"))
+
+
+def _segmentation(moments: bool, window: Optional[float], stride: Optional[float],
+                  model: Optional[Path]) -> Optional[Segmentation]:
+    """The windows of --moments / --window / --stride (None: no moment metrics)."""
+    if not moments and window is None:
+        if stride is not None:
+            raise DGLError("--stride needs --window (the length of each window, in seconds)")
+        return None
+    if model is None:
+        raise DGLError("--moments/--window need --model (a model to run on a dataset with per-caption times)")
+    if window is None:
+        raise DGLError("--moments needs --window W (seconds per window; e.g. --window 8 --stride 4 for Charades-STA)")
+    return Segmentation(window, window if stride is None else stride)
 
 
 def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Optional[Path], videos: Optional[Path],
                     split: Optional[str], backend: str, device: str, precision: str, batch_size: int, workers: int, skip_missing: bool,
                     frame_sampling: Optional[str], captions_to_videos: Optional[Path], rerank: Optional[RerankMethod],
-                    query_bank: Optional[Path], options: dict) -> tuple[dict, str]:
-    """--model mode: run `evaluation.evaluate_model`, report left-out videos on stderr; (metrics, table title)."""
+                    query_bank: Optional[Path], options: dict,
+                    segmentation: Optional[Segmentation]) -> tuple[dict, Optional[dict], str]:
+    """--model mode: run `evaluation.evaluate_model`, report left-out videos on stderr; (metrics, moment metrics
+    or None, table title)."""
     from dgl_deploy.evaluation.evaluate import evaluate_model
 
     if dataset is None or annotations is None or videos is None:
@@ -83,9 +114,10 @@ def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Op
     bank = None if query_bank is None else load_npy(query_bank, "query bank")
     report = evaluate_model(model, dataset.value, annotations, videos, split, backend=backend, device=device,
                             precision=precision, batch_size=batch_size, workers=workers, skip_missing=skip_missing,
-                            frame_sampling=frame_sampling, rerank=rerank, query_bank=bank, **options)
+                            frame_sampling=frame_sampling, rerank=rerank, query_bank=bank, segmentation=segmentation,
+                            **options)
     for failure in report.failures:
         typer.echo(f"warning: left out (with its captions): {failure.path}: {failure.reason}", err=True)
     title = (f"Retrieval metrics: {model.name} on {dataset.value} {split or ''} ({report.num_videos} videos, "
              f"{report.num_captions} captions, {report.frame_sampling} frames, {report.backend})")
-    return report.metrics, title
+    return report.metrics, report.moments, title

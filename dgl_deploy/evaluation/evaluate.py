@@ -7,6 +7,10 @@ Videos that fail to decode are reported and left out *together with their captio
 then only holds the decodable videos); the report says how many, so numbers are never silently
 computed on a different gallery.
 
+With a `segmentation` (`dgl eval --moments --window W`), each video is also cut into windows and the
+moment-retrieval metrics of `evaluation.moments` are reported beside the whole-video ones (captions need
+their own start/end times: Charades-STA, ActivityNet Captions).
+
 Frames are picked by a frame-sampling mode (`data.sampling`: `uniform` or `reference`); `evaluate_model`
 defaults to the one the model was trained with (`Encoder.frame_sampling`), so a released reference checkpoint is
 evaluated on the reference's frames.
@@ -24,6 +28,7 @@ from dgl_deploy.data.datasets import RetrievalDataset, load_dataset
 from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.data.loader import VideoFailure, iter_video_batches
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling
+from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate
 from dgl_deploy.evaluation.rerank import RerankMethod
@@ -55,6 +60,7 @@ class ModelEvaluation:
     num_captions: int  # captions scored
     failures: list[VideoFailure]  # videos (and their captions) left out
     frame_sampling: Sampling = DEFAULT_SAMPLING  # how frames were picked
+    moments: dict[str, float | int] | None = None  # moment-retrieval metrics (`evaluation.moments`), with windows
 
 
 def _embed_items(
@@ -118,12 +124,13 @@ def evaluate_model(
     frame_sampling: str | None = None,
     rerank: RerankMethod | str | None = None,
     query_bank: np.ndarray | None = None,
+    segmentation: Segmentation | None = None,
     **rerank_options: Any,
 ) -> ModelEvaluation:
     """Load a split, embed it with `model` (checkpoint or export folder) on `backend`, return its metrics.
 
     `frame_sampling` (None: the one the model was tuned on, `Encoder.frame_sampling`) picks the frames. `rerank`, `query_bank`
-    and `rerank_options` are passed to `metrics.evaluate`.
+    and `rerank_options` are passed to `metrics.evaluate`; `segmentation` adds the moment metrics.
     """
     check_model_path(Path(model))
     chosen = None if frame_sampling is None else check_sampling(frame_sampling, "--frame-sampling")
@@ -133,7 +140,7 @@ def evaluate_model(
     encoder = open_encoder(model, backend, device, precision)
     sampling = chosen or check_sampling(encoder.frame_sampling, f"{model}: recorded frame sampling")
     return evaluate_encoder(encoder, dataset, batch_size=batch_size, workers=workers, sampling=sampling, rerank=rerank,
-                            query_bank=query_bank, **rerank_options)
+                            query_bank=query_bank, segmentation=segmentation, **rerank_options)
 
 
 def check_model_path(model: Path) -> None:
@@ -153,10 +160,19 @@ def evaluate_encoder(
     sampling: Sampling = DEFAULT_SAMPLING,
     rerank: RerankMethod | str | None = None,
     query_bank: np.ndarray | None = None,
+    segmentation: Segmentation | None = None,
     **rerank_options: Any,
 ) -> ModelEvaluation:
-    """Metrics of any Encoder (a DGL backend, or a baseline such as mean-pooled CLIP) on a loaded split."""
+    """Metrics of any Encoder (a DGL backend, or a baseline such as mean-pooled CLIP) on a loaded split; with a
+    `segmentation`, the moment metrics too (videos left out of either are reported once)."""
+    from dgl_deploy.evaluation.moments import evaluate_moments
+
     embeddings = embed_dataset(encoder, dataset, batch_size, workers, sampling=sampling)
     sims = similarity(embeddings)
     metrics = evaluate(sims, embeddings.caption_to_video, rerank, query_bank, **rerank_options)
-    return ModelEvaluation(metrics, encoder.describe(), sims.shape[1], sims.shape[0], embeddings.failures, sampling)
+    report = ModelEvaluation(metrics, encoder.describe(), sims.shape[1], sims.shape[0], embeddings.failures, sampling)
+    if segmentation is not None:
+        report.moments, rows = evaluate_moments(encoder, dataset, segmentation, workers)
+        known = {failure.path for failure in report.failures}
+        report.failures += [failure for failure in rows.failures if failure.path not in known]
+    return report
