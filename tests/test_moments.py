@@ -26,11 +26,11 @@ def _nms(*hits: Hit, k: int = 10, per_video: int = 0) -> list[tuple]:
 
 
 def test_touching_windows_within_the_margin_merge_and_weaker_ones_are_suppressed() -> None:
-    assert MERGE_MARGIN == 0.05
-    hits = [_hit(0.90, "a", 10, 20, 2), _hit(0.88, "a", 5, 15, 1),  # overlaps, 0.02 below: a grows to 5-20
+    assert MERGE_MARGIN == 0.01
+    hits = [_hit(0.90, "a", 10, 20, 2), _hit(0.895, "a", 5, 15, 1),  # overlaps, 0.005 below: a grows to 5-20
             _hit(0.80, "b", 0, 10, 7), _hit(0.70, "a", 20, 30, 3),  # touches a (gap 0), 0.2 below: suppressed
             _hit(0.60, "a", 40, 50, 5),  # touches nothing: a second moment of a
-            _hit(0.58, "a", 35, 45, 4)]  # touches the second moment only, 0.02 below it: 35-50
+            _hit(0.595, "a", 35, 45, 4)]  # touches the second moment only, 0.005 below it: 35-50
     assert _nms(*hits) == [(1, 0.90, 2, "a", 5, 20), (2, 0.80, 7, "b", 0, 10), (3, 0.60, 5, "a", 35, 50)]
     assert _nms(*hits, per_video=1) == [(1, 0.90, 2, "a", 5, 20), (2, 0.80, 7, "b", 0, 10)]
     assert _nms(*hits, k=2) == [(1, 0.90, 2, "a", 5, 20), (2, 0.80, 7, "b", 0, 10)]
@@ -47,9 +47,9 @@ def test_a_gap_is_no_touch_and_whole_video_hits_pass() -> None:
 
 
 def test_search_fetches_until_the_moments_are_settled(tmp_path) -> None:
-    """40 touching 1 s windows of one video, scores falling by 0.003 a window, and another video's 0.5: the
+    """40 touching 1 s windows of one video, scores falling by 0.0006 a window, and another video's 0.5: the
     first fetch (2k rows) sees only a few windows of the first moment."""
-    scores = np.array([1.0 - 0.003 * i for i in range(40)] + [0.5])
+    scores = np.array([1.0 - 0.0006 * i for i in range(40)] + [0.5])
     rows = np.stack([scores, np.sqrt(1 - scores ** 2)], axis=1).astype(np.float32)
     ids = ["long.mp4"] * 40 + ["other.mp4"]
     spans = np.array([[i, i + 1] for i in range(40)] + [[0, 5]], np.float64)
@@ -59,9 +59,9 @@ def test_search_fetches_until_the_moments_are_settled(tmp_path) -> None:
                                                                           "scenes": None}}})
     index = ExactIndex(open_store(paths.emb))
     query = np.array([[1.0, 0.0]], np.float32)
-    # windows 0..16 score >= 0.952 (within 0.05 of 1.0): moment 0-17 s; window 17 (0.949) touches it: suppressed;
-    # window 18 (0.946) touches no moment: a second one, taking windows down to 34 (0.898 >= 0.946 - 0.05); 35 is
-    # suppressed, 36 (0.892) starts a third taking the rest (NMS keeps separate stretches of one video)
+    # windows 0..16 score >= 0.9904 (within 0.01 of 1.0): moment 0-17 s; window 17 (0.9898) touches it: suppressed;
+    # window 18 (0.9892) touches no moment: a second one, taking windows down to 34 (0.9796 >= 0.9892 - 0.01); 35
+    # is suppressed, 36 (0.9784) starts a third taking the rest (NMS keeps separate stretches of one video)
     assert [(h.id, h.start, h.end, h.rank, h.row) for h in search_moments(index, query, k=4)[0]] == \
         [("long.mp4", 0, 17, 1, 0), ("long.mp4", 18, 35, 2, 18), ("long.mp4", 36, 40, 3, 36), ("other.mp4", 0, 5, 4, 40)]
     assert [(h.id, h.start, h.end) for h in search_moments(index, query, k=2, per_video=1)[0]] == \
@@ -97,7 +97,7 @@ def test_moment_metrics_by_hand() -> None:
 def test_rank_moments_applies_nms_over_all_videos() -> None:
     ids = ["a", "a", "a", "b"]
     spans = np.array([[0, 10], [5, 15], [10, 20], [0, 10]], np.float64)
-    sims = np.array([[0.9, 0.88, 0.1, 0.5],  # a 0-15 merged, a 10-20 suppressed, then b
+    sims = np.array([[0.9, 0.895, 0.1, 0.5],  # a 0-15 merged, a 10-20 suppressed, then b
                      [0.1, 0.2, 0.3, 0.9]])  # b; then a 10-20, its touching neighbours suppressed
     ranked = rank_moments(sims, ids, spans)
     assert [[(h.id, h.start, h.end) for h in hits] for hits in ranked] == [[("a", 0, 15), ("b", 0, 10)],

@@ -55,6 +55,17 @@ class WindowRows:
     failures: list[VideoFailure] = field(default_factory=list)  # videos left out (index = dataset.items index)
 
 
+@dataclass
+class MomentEvaluation:
+    """`evaluate_moments`' result: the metrics and what they were computed from."""
+
+    metrics: dict[str, float | int]  # `moment_metrics`
+    captions: list[str]  # the captions scored (those of decodable videos)
+    truths: list[Moment]  # each caption's true moment
+    predictions: list[list[Hit]]  # each caption's top moments (`rank_moments`)
+    rows: WindowRows  # the embedded windows
+
+
 def temporal_iou(a: Segment, b: Segment) -> float:
     """Intersection over union of two (start, end) spans in seconds; 0 when they do not overlap."""
     inter = min(a[1], b[1]) - max(a[0], b[0])
@@ -124,9 +135,9 @@ def embed_windows(encoder: Encoder, dataset: RetrievalDataset, segmentation: Seg
 
 
 def evaluate_moments(encoder: Encoder, dataset: RetrievalDataset, segmentation: Segmentation,
-                     workers: int = 2) -> tuple[dict[str, float | int], WindowRows]:
-    """Moment metrics of `encoder` on a split whose items have per-caption moments (`VideoItem.moments`), and
-    the embedded windows (their failures: videos left out with their captions)."""
+                     workers: int = 2) -> MomentEvaluation:
+    """Moment metrics of `encoder` on a split whose items have per-caption moments (`VideoItem.moments`);
+    `rows.failures` are the videos left out with their captions."""
     truths = [(caption, Moment(item.video_id, start, end)) for item in dataset.items
               for caption, start, end in item.moments]
     if not truths:
@@ -134,9 +145,9 @@ def evaluate_moments(encoder: Encoder, dataset: RetrievalDataset, segmentation: 
     rows = embed_windows(encoder, dataset, segmentation, workers)
     kept = set(rows.ids)
     truths = [(caption, moment) for caption, moment in truths if moment.video in kept]
-    sims = embed_captions(encoder, [caption for caption, _ in truths]) @ rows.vectors.T  # (C, N)
-    predictions = rank_moments(sims, rows.ids, rows.spans)
-    return moment_metrics(predictions, [moment for _, moment in truths]), rows
+    captions, moments = [caption for caption, _ in truths], [moment for _, moment in truths]
+    predictions = rank_moments(embed_captions(encoder, captions) @ rows.vectors.T, rows.ids, rows.spans)  # (C, N)
+    return MomentEvaluation(moment_metrics(predictions, moments), captions, moments, predictions, rows)
 
 
 def format_moment_table(metrics: dict[str, float | int], title: str = "Moment retrieval") -> Table:
@@ -149,5 +160,5 @@ def format_moment_table(metrics: dict[str, float | int], title: str = "Moment re
     return table
 
 
-__all__ = ["Moment", "WindowRows", "temporal_iou", "rank_moments", "moment_metrics", "embed_windows",
+__all__ = ["Moment", "WindowRows", "MomentEvaluation", "temporal_iou", "rank_moments", "moment_metrics", "embed_windows",
            "evaluate_moments", "format_moment_table", "MOMENT_RECALL_AT", "IOU_THRESHOLDS"]

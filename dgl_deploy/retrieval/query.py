@@ -68,7 +68,8 @@ def _as_index(index: EmbeddingStore | SearchIndex) -> SearchIndex:
     return ExactIndex(index) if isinstance(index, EmbeddingStore) else index
 
 
-MERGE_MARGIN = 0.05  # cosine: a touching window at most this far below a moment's score joins it
+MERGE_MARGIN = 0.01  # cosine: a touching window at most this far below a moment's score joins it
+# (0.05 merged whole stretches of the demo's long videos, whose window scores lie within a few hundredths)
 _TOUCH = 1e-6  # seconds: windows this close (or overlapping) touch
 
 
