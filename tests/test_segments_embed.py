@@ -206,3 +206,13 @@ def test_cli_embed_and_query_moments(clips, tmp_path, monkeypatch) -> None:
     assert result.exit_code == 1 and "--stride needs --window" in result.output
     result = runner.invoke(app, [*embed, "--window", "5", "--stride", "6"])
     assert result.exit_code == 1 and "stride 6 s is longer than the window 5 s" in result.output
+
+
+def test_video_query_returns_moments_after_nms(clips, tmp_path) -> None:
+    from dgl_deploy.retrieval.query import query_video
+
+    out, encoder = tmp_path / "emb.npy", ColourEncoder()
+    embed_videos(clips, out, encoder, _settings())
+    probe = write_shots(tmp_path / "probe.mp4", [Shot("blue", "square", 4.0)])
+    hits = query_video(open_store(out), encoder, probe, k=5)  # the 5-15 and 0-10 windows touch 10-20: suppressed
+    assert [(h.id, h.start, h.end, h.rank) for h in hits] == [("moments.mp4", 10.0, 20.0, 1), ("short.mp4", 0.0, 4.0, 2)]
