@@ -212,7 +212,7 @@ class SearchService:
     def _decode(self, decoder: "DecodeProcess", upload: BinaryIO, name: str) -> np.ndarray:
         with _saved_upload(upload, name) as path:
             return decoder.decode(path, self.encoder.frames, self.encoder.image_size,
-                                  timeout=self.settings.decode_timeout)
+                                  timeout=self.settings.decode_timeout, sampling=self.encoder.frame_sampling)
 
     async def _encode(self, priority: int, job: Callable[[], np.ndarray]) -> np.ndarray:
         return await asyncio.wrap_future(self._encoder_queue.submit(priority, job))
