@@ -4,12 +4,16 @@ Each script prints one JSON object on its last stdout line; it is stored in benc
 and rendered between the `<!-- bench:start -->` / `<!-- bench:end -->` markers of README.md, so the
 numbers in the README always come from the code as it is. `--only NAME ...` reruns some and keeps the
 stored results of the others; `--render` only rewrites the README from the stored results.
+`--gpu PATH/gpu_check.json` stores the GPU check's output (`make gpu-check`, benchmarks/gpu_check/) as
+benchmarks/results/gpu.json (nothing is rerun) and the section gains its "GPU" part; `--readme PATH` writes
+another file than README.md (e.g. a copy, to look at the result).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,26 +126,153 @@ def render() -> str:
         rows = [f"| {key} | {_fmt(value)} |" for key, value in _flatten(result) if key != "benchmark"]
         where = f" — {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, {machine['date']}" if isinstance(machine, dict) else ""
         parts.append(f"**{name}** (`benchmarks/{script}`): {what}{where}\n\n| measure | value |\n|---|---|\n" + "\n".join(rows))
-    return "\n\n".join(parts + ["</details>"])
+    return "\n\n".join(parts + ["</details>", render_gpu()])
 
 
-def write_readme(section: str) -> None:
-    text = README.read_text()
+NOT_MEASURED = "GPU: not measured here (no GPU machine was lent; `make gpu-check` prepares the run)"
+NOT_INSTALLED = "not installed"
+VIDEO_BATCHES = (1, 8, 32, 128)
+# inference rows of the GPU check: key in gpu_check.json -> label
+GPU_INFERENCE = [("torch_eager_fp32_cuda", "torch eager fp32"), ("torch_autocast_fp16_cuda", "torch autocast fp16"),
+                 ("torch_autocast_bf16_cuda", "torch autocast bf16"), ("onnxruntime_cpu_fp32", "onnxruntime CPU fp32 (reference)")]
+GPU_RUNTIMES = [("onnxruntime_cuda", "onnxruntime CUDA"), ("tensorrt", "TensorRT")]
+
+
+def _step(gpu: dict, name: str) -> dict:
+    step = gpu.get("steps", {}).get(name)
+    return step if isinstance(step, dict) else {}
+
+
+def _cell(value: object, suffix: str = "") -> str:
+    return "-" if value is None else f"{_fmt(value)}{suffix}"
+
+
+def _gpu_header(gpu: dict) -> str:
+    env = _step(gpu, "env").get("result", {})
+    card = env.get("gpu") or {}
+    torch_info = env.get("torch") or {}
+    name = card.get("name") or "unknown GPU"
+    smi = str(env.get("nvidia_smi") or "").splitlines()
+    driver = smi[0].split(",")[1].strip() if smi and smi[0].count(",") >= 2 else None
+    facts = [f"torch {torch_info['version']}" if torch_info.get("version") else None,
+             f"CUDA {torch_info['cuda']}" if torch_info.get("cuda") else None,
+             f"driver {driver}" if driver else None,
+             f"{card['memory_gib']} GiB" if card.get("memory_gib") else None]
+    versions = ", ".join(f for f in facts if f)
+    when = gpu.get("finished_utc") or gpu.get("started_utc")
+    return (f"**GPU** (`make gpu-check`, benchmarks/gpu_check/): {name}" + (f" — {versions}" if versions else "")
+            + (f", {when}" if when else "") + f"; check mode {gpu.get('mode', '?')}")
+
+
+def _gpu_parity(gpu: dict) -> list[str]:
+    result = _step(gpu, "parity").get("result", {})
+    rows = []
+    for latent in ("transformer", "linear"):
+        for role in ("text", "video"):
+            found = result.get(latent, {}).get(role, {})
+            for dtype in ("fp16", "bf16"):
+                row = found.get(f"{dtype}_vs_fp32")
+                if isinstance(row, dict) and "min_cosine" in row:
+                    rows.append(f"| autocast parity | {role} tower, {latent} latent, {dtype} vs fp32: min cosine | "
+                                f"{_fmt(row['min_cosine'])} |")
+    return rows or [f"| autocast parity | cosine per tower and dtype | not measured ({_step(gpu, 'parity').get('status', 'no step')}) |"]
+
+
+def _gpu_train(gpu: dict) -> list[str]:
+    rows = []
+    for batch in (32, 128):
+        step = _step(gpu, f"train_b{batch}")
+        impls = {r.get("impl"): r for r in step.get("result", {}).get("results", []) if isinstance(r, dict)}
+        if not impls:
+            rows.append(f"| training, batch {batch} | s/step, peak memory | not measured ({step.get('status', 'no step')}) |")
+            continue
+        for impl, label in (("dgl-deploy", "dgl-deploy"), ("eager baseline", "eager baseline")):
+            r = impls.get(impl)
+            if r is None:
+                continue
+            mem = r.get("peak_gpu_mem_gib", r.get("peak_rss_gib"))
+            rows.append(f"| training, batch {batch} | {label}: s/step; peak GPU memory GiB | "
+                        f"{_cell(r.get('step_s'))}; {_cell(mem)} |")
+        speedup = step.get("result", {}).get("speedup_vs_eager")
+        if speedup is not None:
+            rows.append(f"| training, batch {batch} | speed-up over eager baseline | {_fmt(speedup)}x |")
+    return rows
+
+
+def _inference_row(label: str, row: dict) -> str:
+    cells = [_cell(row.get(f"videos_per_s_b{b}")) for b in VIDEO_BATCHES]
+    return f"| {label} | " + " | ".join(cells) + f" | {_cell(row.get('texts_per_s'))} |"
+
+
+def _gpu_inference(gpu: dict) -> list[str]:
+    results = _step(gpu, "inference").get("result", {}).get("results", {})
+    runtimes_step = _step(gpu, "runtimes")
+    runtimes = runtimes_step.get("result", {}).get("results", {})
+    text_batch = _step(gpu, "inference").get("result", {}).get("text_batch")
+    head = ("| implementation | " + " | ".join(f"videos/s b{b}" for b in VIDEO_BATCHES)
+            + f" | texts/s{f' (batch {text_batch})' if text_batch else ''} |\n|---|" + "---|" * (len(VIDEO_BATCHES) + 1))
+    lines = [head]
+    blank = " | ".join(["-"] * len(VIDEO_BATCHES))
+    for key, label in GPU_INFERENCE:
+        row = results.get(key)
+        lines.append(_inference_row(label, row) if isinstance(row, dict)
+                     else f"| {label} | {blank} | not measured |")
+    for key, label in GPU_RUNTIMES:
+        row = runtimes.get(key)
+        if isinstance(row, dict) and any(k.startswith("videos_per_s_b") or k == "texts_per_s" for k in row):
+            lines.append(_inference_row(f"{label} {row.get('precision', '')}".strip(), row))
+        else:  # never a number that was not measured
+            why = (row or {}).get("status") if isinstance(row, dict) else None
+            lines.append(f"| {label} | {' | '.join([why or NOT_INSTALLED] * len(VIDEO_BATCHES))} | {why or NOT_INSTALLED} |")
+    return lines
+
+
+def render_gpu(path: Path | None = None) -> str:
+    """The README's GPU part from results/gpu.json (the GPU check's gpu_check.json), or one line without it."""
+    path = path or RESULTS / "gpu.json"
+    if not path.is_file():
+        return NOT_MEASURED
+    gpu = json.loads(path.read_text())
+    table = ["| part | measure | value |", "|---|---|---|", *_gpu_parity(gpu), *_gpu_train(gpu)]
+    return "\n\n".join([_gpu_header(gpu), "\n".join(table),
+                         "Inference, ViT-B/32, 12 frames (videos/s per batch size; texts/s):",
+                         "\n".join(_gpu_inference(gpu))])
+
+
+def store_gpu(source: Path) -> Path:
+    """Copy a GPU check's gpu_check.json to results/gpu.json (checked to be one first)."""
+    data = json.loads(source.read_text())
+    if not isinstance(data, dict) or "steps" not in data:
+        raise SystemExit(f"{source}: not a gpu_check.json (no 'steps')")
+    RESULTS.mkdir(exist_ok=True)
+    target = RESULTS / "gpu.json"
+    shutil.copyfile(source, target)
+    return target
+
+
+def write_readme(section: str, readme: Path | None = None) -> None:
+    readme = readme or README
+    text = readme.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{section}\n{end}{tail}")
+    readme.write_text(f"{head}{start}\n{section}\n{end}{tail}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="Rerun only these.")
     parser.add_argument("--render", action="store_true", help="Only rewrite the README from stored results.")
+    parser.add_argument("--gpu", type=Path, metavar="GPU_CHECK_JSON",
+                        help="Store this gpu_check.json as results/gpu.json and render (reruns nothing).")
+    parser.add_argument("--readme", type=Path, default=README, help="The file to write (default: README.md).")
     args = parser.parse_args()
-    if not args.render:
+    if args.gpu:
+        print(f"stored {store_gpu(args.gpu)}", file=sys.stderr)
+    if not args.render and (args.only or not args.gpu):
         for name in args.only or BENCHMARKS:
             print(json.dumps(run(name)))
-    write_readme(render())
+    write_readme(render(), args.readme)
 
 
 if __name__ == "__main__":

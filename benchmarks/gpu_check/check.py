@@ -15,6 +15,9 @@ survive a kill). Step outputs go to OUT/gpu_check.log. Steps, in order:
   train_b128  the same at batch 128
   inference   bench_gpu.py's measurements for torch eager fp32, torch autocast fp16/bf16 (CUDA) and
               onnxruntime CPU fp32 (reference, small batches), plus ORT CPU vs torch CUDA parity
+  runtimes    where installed (onnxruntime-gpu, tensorrt: `pip install ".[gpu]"`, run.sh's online mode): onnxruntime
+              CUDA (OnnxEncoder(device="cuda"), fp16) and TensorRT (build_engines on a fresh export, TensorRTEncoder)
+              videos/s and texts/s; where neither is, recorded "not installed" without starting anything
 
 --dry-run writes the plan only (no torch); --smoke runs every step for real on CPU with dgl-tiny (to test
 this file on a machine without a GPU). `step NAME` is the child entry point.
@@ -60,8 +63,10 @@ STEPS: list[tuple[str, int, int, bool]] = [
     ("train_b32", 120, 40, True),
     ("train_b128", 150, 60, True),
     ("inference", 180, 60, True),
+    ("runtimes", 420, 10, True),
 ]
-CHILD_STEPS = ("env", "parity", "videos", "inference")
+CHILD_STEPS = ("env", "parity", "videos", "inference", "runtimes")
+RUNTIMES = {"onnxruntime_cuda": "onnxruntime-gpu (CUDAExecutionProvider)", "tensorrt": "tensorrt"}
 
 
 def now_utc() -> str:
@@ -325,6 +330,106 @@ def step_inference(s: StepSettings) -> bool:
     return s.data["passed"]
 
 
+def runtimes_available(env: dict[str, Any]) -> dict[str, bool]:
+    """Which of the GPU runtimes the env step found (onnxruntime's CUDA provider, an importable tensorrt)."""
+    return {"onnxruntime_cuda": "CUDAExecutionProvider" in (env.get("onnxruntime_providers") or []),
+            "tensorrt": bool(env.get("tensorrt_importable"))}
+
+
+def step_runtimes(s: StepSettings) -> bool:
+    """onnxruntime CUDA and TensorRT throughput on a fresh export of the inference step's model, where installed."""
+    import numpy as np
+    import torch
+
+    have = runtimes_available({"onnxruntime_providers": _providers(),
+                               "tensorrt_importable": importlib.util.find_spec("tensorrt") is not None})
+    have = {k: v and s.device == "cuda" for k, v in have.items()}
+    s.data["results"] = {k: {"status": "not installed"} for k, v in have.items() if not v}
+    s.save()
+    if not any(have.values()):
+        s.data["passed"] = True
+        s.save()
+        return True
+    from dgl_deploy.export import export_onnx
+    from dgl_deploy.export.parity import sample_frames
+    from dgl_deploy.model.model import create_model
+
+    bench = _load_bench_gpu(s.repo)
+    torch.manual_seed(0)
+    model = create_model(s.model, pretrained=None).eval()
+    text_batch = bench.TEXT_BATCH
+    texts = [f"a video of object {i} moving across a {i % 7}-coloured scene" for i in range(text_batch)]
+    cache = {b: sample_frames(model.config.frames, model.image_size, b, np.random.default_rng(b))
+             for b in bench.VIDEO_BATCHES}
+    reference = _encoders(model, "cpu", (None,))["fp32"]
+    ref = {"text": reference.encode_text(texts[:16]), "video": reference.encode_videos(cache[8])}
+    folder = Path(tempfile.mkdtemp(prefix="dgl-gpu-check-runtimes-")) / "export"
+    start = time.perf_counter()
+    export_onnx(model, folder, precisions=("fp16",), log=_log)
+    s.data.update({"onnx_export_s": round(time.perf_counter() - start, 1), "iters": s.iters, "text_batch": text_batch})
+    s.save()
+    ok = True
+
+    def measure(name: str, open_encoder) -> None:
+        nonlocal ok
+        try:
+            start = time.perf_counter()
+            enc, info = open_encoder()
+            row: dict[str, Any] = {**info, "open_s": round(time.perf_counter() - start, 1)}
+            for batch in bench.VIDEO_BATCHES:
+                row[f"videos_per_s_b{batch}"] = round(bench.throughput(
+                    lambda f=cache[batch]: enc.encode_videos(f), batch, s.iters, torch.cuda.synchronize), 2)
+            row["texts_per_s"] = round(bench.throughput(lambda: enc.encode_text(texts), text_batch, s.iters,
+                                                        torch.cuda.synchronize), 1)
+            row["vs_cpu_fp32"] = {"text": _compare(ref["text"], enc.encode_text(texts[:16])),
+                                  "video": _compare(ref["video"], enc.encode_videos(cache[8]))}
+            ok &= all(r["min_cosine"] >= MIN_COSINE for r in row["vs_cpu_fp32"].values())
+        except Exception as exc:  # noqa: BLE001 - recorded; the row says so instead of a number
+            row = {"status": f"error: {type(exc).__name__}: {str(exc)[:300]}"}
+            ok = False
+        s.data["results"][name] = row
+        s.save()
+        _log(f"runtimes {name}: {row}")
+
+    def open_ort():
+        from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+
+        enc = OnnxEncoder(folder, device="cuda", precision="fp16")
+        return enc, {"precision": enc.precision, "providers": enc.session("video").get_providers()}
+
+    def open_trt():
+        from dgl_deploy.export.tensorrt import Profile, TrtSettings, build_engines
+        from dgl_deploy.runtime.backends.tensorrt import TensorRTEncoder
+
+        start = time.perf_counter()
+        settings = TrtSettings(profiles={"video": Profile(1, 32, max(bench.VIDEO_BATCHES)),
+                                         "text": Profile(1, text_batch, max(1024, text_batch))})
+        build_engines(folder, settings, log=_log)
+        build_s = round(time.perf_counter() - start, 1)
+        import tensorrt
+
+        enc = TensorRTEncoder(folder)
+        return enc, {"precision": enc.precision, "engine_build_s": build_s, "tensorrt": tensorrt.__version__}
+
+    if have["onnxruntime_cuda"]:
+        measure("onnxruntime_cuda", open_ort)
+    if have["tensorrt"]:
+        measure("tensorrt", open_trt)
+    s.data["passed"] = ok
+    s.save()
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    return ok
+
+
+def _providers() -> list[str]:
+    try:
+        import onnxruntime
+
+        return onnxruntime.get_available_providers()
+    except Exception:  # noqa: BLE001 - no onnxruntime: no CUDA provider either
+        return []
+
+
 def child(args: argparse.Namespace) -> int:
     s = StepSettings(args)
     try:
@@ -368,6 +473,7 @@ class Runner:
             if args.dry_run and imports.is_file():
                 self.results["install"]["import_check"] = json.loads(imports.read_text())
         self.cuda: bool | None = None
+        self.env_result: dict[str, Any] = {}
 
     def save(self) -> None:
         self.results["elapsed_s"] = round(time.time() - self.t0, 1)
@@ -421,6 +527,10 @@ class Runner:
             record["reason"] = "dry run (plan only)"
         elif needs_cuda and self.cuda is False and not self.args.smoke:
             record["reason"] = "no CUDA GPU (torch.cuda.is_available() is False)"
+        elif name == "runtimes" and self.env_result and not any(runtimes_available(self.env_result).values()):
+            record["status"] = "not_installed"
+            record["reason"] = "neither onnxruntime-gpu's CUDA provider nor tensorrt is installed here"
+            record["result"] = {"results": {k: {"status": "not installed"} for k in RUNTIMES}}
         elif left < least:
             record["reason"] = f"out of time ({left:.0f} s left of the {self.args.budget} s budget, needs {least} s)"
         else:
@@ -459,6 +569,7 @@ class Runner:
                 record["error"] = record["result"].get("error")
             if name == "env":
                 self.cuda = bool(record.get("result", {}).get("torch", {}).get("cuda_available"))
+                self.env_result = record.get("result", {})
         elif name == "pytest":
             record["result"] = junit_counts(result.with_suffix(".xml"), text)
             if rc == 5:  # no test collected
@@ -542,7 +653,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     project = results.get("install", {}).get("project", "")
     if "OLDER" in project or results.get("install", {}).get("rc", 0) not in (0, -1):
         summary["warnings"] = [f"install rc={results['install'].get('rc')}; project: {project}"]
-    summary["not_covered"] = NOT_COVERED
+    measured = steps.get("runtimes", {}).get("result", {}).get("results", {})
+    summary["not_covered"] = [line for line, key in zip(NOT_COVERED, RUNTIMES)
+                              if not any(k.startswith("videos_per_s") for k in measured.get(key, {}))]
     return summary
 
 
