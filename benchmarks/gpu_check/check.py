@@ -654,7 +654,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if "OLDER" in project or results.get("install", {}).get("rc", 0) not in (0, -1):
         summary["warnings"] = [f"install rc={results['install'].get('rc')}; project: {project}"]
     measured = steps.get("runtimes", {}).get("result", {}).get("results", {})
-    summary["not_covered"] = [line for line, key in zip(NOT_COVERED, RUNTIMES)
+    summary["not_covered"] = [line for line, key in zip(NOT_COVERED, RUNTIMES, strict=True)
                               if not any(k.startswith("videos_per_s") for k in measured.get(key, {}))]
     return summary
 
