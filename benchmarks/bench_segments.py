@@ -1,19 +1,31 @@
-"""Decoding every window of a long video: one forward pass over the union of the windows' frames (what
-`dgl embed --window` does, `data.window_decode.decode_windows`) vs. a seek and a decode per window, vs. decoding
-every frame of the file in order.
+"""Segmented embedding (`dgl embed --window/--stride`) of long videos, three parts:
 
-Writes a `--minutes` synthetic clip (shots of 10 s, h264, key frame every `--gop` frames) once into `--dir`,
-then times each strategy in a fresh subprocess (its peak RSS is its own): seconds, frames fetched from the
-decoder, windows per second, peak RSS. Prints one JSON line (benchmarks/results/segments.json keeps the last one).
+1. `runs` - decoding every window of a long video: one forward pass over the union of the windows' frames (what
+   `dgl embed --window` does, `data.window_decode.decode_windows`) vs. a seek and a decode per window, vs.
+   decoding every frame of the file in order; each strategy in a fresh subprocess (its peak RSS is its own):
+   seconds, frames fetched from the decoder, windows per second, peak RSS.
+2. `pipeline` (`--pipeline`) - windows/s of `retrieval.embed.embed_videos` with `EmbedSettings(segments=...)` (the
+   CLI's `dgl embed --window W --stride S`) on the one long clip vs. the encoder alone (`encode_videos`, same
+   batch) on the same window stacks decoded beforehand. Model: the random-init ViT-B/32 DGL export
+   (`common.exported_model`, cached in --workdir), `open_encoder(precision="auto")`, the library default.
+3. `rss` (`--rss-minutes M ...`) - peak resident memory of a whole `embed_videos` job on a long
+   `--rss-size` clip, one fresh subprocess per length: the job's process (VmHWM) and every decoder process it
+   started (the window decoder runs in a forkserver child: its VmHWM sampled from /proc every 50 ms).
+
+Clips: synthetic (`data.long_clips`: shots of 10 s, h264, a key frame every `--gop` frames), written once into
+`--dir` and reused (same arguments, same bytes). Prints one JSON line (benchmarks/results/segments.json keeps the
+last one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +95,130 @@ def _peak_rss_mb() -> int:
     return -1
 
 
+def _vm_hwm_mb(pid: int | str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return -1
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> role of every live descendant of `root`: forkserver / resource_tracker (its children), decoder (a
+    forkserver's child), else the command name."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            name = next((k for k in ("forkserver", "resource_tracker") if k in cmdline),
+                        stat[stat.index("(") + 1:stat.rindex(")")])
+            parents[int(entry.name)] = (int(stat[stat.rindex(")") + 2:].split()[1]), name)
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, (parent, name) in parents.items():
+            if parent == pid and child not in found:
+                found[child] = "decoder" if found.get(pid) == "forkserver" else name
+                frontier.append(child)
+    return found
+
+
+class _ChildPeaks:
+    """Samples the VmHWM of every descendant process every `interval` s (a killed decoder's peak is its last
+    sample)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.peaks: dict[int, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            for pid, name in _descendants(os.getpid()).items():
+                peak = _vm_hwm_mb(pid)
+                if peak > self.peaks.get(pid, ("", -1))[1]:
+                    self.peaks[pid] = (name, peak)
+
+    def stop(self) -> dict[int, tuple[str, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
+def _open_encoder(workdir: Path):  # noqa: ANN202
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import exported_model
+
+    from dgl_deploy.runtime.backends.select import open_encoder
+
+    encoder = open_encoder(exported_model(workdir), precision="auto", log=None)
+    encoder.encode_videos(np.zeros((1, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))
+    return encoder
+
+
+def run_pipeline(args: argparse.Namespace) -> dict:
+    """embed_videos with segments on the one long clip vs encode_videos on the same stacks decoded beforehand."""
+    from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+
+    segmentation = Segmentation(args.window, args.stride)
+    encoder = _open_encoder(args.workdir)
+    stacks = np.concatenate([g.frames for g in decode_windows(args.clip, segmentation, encoder.frames,
+                                                              encoder.image_size)])  # not timed
+    started = time.perf_counter()
+    for i in range(0, len(stacks), args.batch):
+        encoder.encode_videos(stacks[i:i + args.batch])
+    alone = len(stacks) / (time.perf_counter() - started)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "videos"
+        folder.mkdir()
+        (folder / args.clip.name).symlink_to(args.clip.resolve())
+        settings = EmbedSettings(batch_size=args.batch, workers=args.workers, segments=segmentation)
+        result = embed_videos(folder, Path(tmp) / "emb.npy", encoder, settings, overwrite=True)
+    assert not result.failures and result.new_rows == len(stacks), (result.failures, result.new_rows, len(stacks))
+    pipeline = result.new_rows / result.seconds
+    return {"model": f"ViT-B-32 DGL random init, {encoder.describe()}", "precision": result.precision,
+            "batch": args.batch, "workers": args.workers, "windows": result.new_rows,
+            "encoder_only_windows_per_s": round(alone, 3), "pipeline_windows_per_s": round(pipeline, 3),
+            "efficiency_percent": round(100 * pipeline / alone, 1), "target_percent": 90,
+            "encode_s": round(result.encode_seconds, 1), "decode_wait_s": round(result.decode_wait_seconds, 1),
+            "total_s": round(result.seconds, 1)}
+
+
+def run_rss(args: argparse.Namespace) -> None:
+    """Child process: one embed_videos job with segments on `args.clip`; its peak RSS and its decoders'."""
+    from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+
+    encoder = _open_encoder(args.workdir)
+    before = _vm_hwm_mb("self")
+    sampler = _ChildPeaks()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "videos"
+        folder.mkdir()
+        (folder / args.clip.name).symlink_to(args.clip.resolve())
+        settings = EmbedSettings(batch_size=args.batch, workers=args.workers,
+                                 segments=Segmentation(args.window, args.stride))
+        result = embed_videos(folder, Path(tmp) / "emb.npy", encoder, settings, overwrite=True)
+    peaks = sampler.stop()
+    assert not result.failures, result.failures
+    decoders = [peak for name, peak in peaks.values() if name == "decoder"]
+    others = {}
+    for name, peak in peaks.values():
+        if name != "decoder":
+            others[name] = max(peak, others.get(name, -1))
+    print(json.dumps({"windows": result.new_rows, "seconds": round(result.seconds, 1),
+                      "job_process_peak_rss_mb": _vm_hwm_mb("self"), "job_process_rss_before_job_mb": before,
+                      "decoder_processes": len(decoders), "decoder_peak_rss_mb": max(decoders, default=-1),
+                      "other_children_peak_rss_mb": others}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -94,27 +230,64 @@ def main() -> None:
     parser.add_argument("--stride", type=float, default=5.0)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--dir", type=Path, help="Keep the clip here and reuse it (default: a temp dir).")
+    parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES),
+                        help="Decode strategies to time (none: skip part 1).")
+    parser.add_argument("--pipeline", action="store_true", help="Part 2: embed_videos vs encoder alone, windows/s.")
+    parser.add_argument("--batch", type=int, default=16, help="Windows per encoder call (dgl embed's default).")
+    parser.add_argument("--workers", type=int, default=2, help="Decoder processes (dgl embed's default).")
+    parser.add_argument("--rss-minutes", type=float, nargs="*", default=[], help="Part 3: clip lengths (minutes).")
+    parser.add_argument("--rss-size", default="1920x1080", help="Part 3: clip WIDTHxHEIGHT.")
+    parser.add_argument("--rss-fps", type=int, default=5)
+    parser.add_argument("--rss-gop", type=int, default=50)
+    parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".work",
+                        help="Where the ViT-B/32 export is cached (common.exported_model).")
+    parser.add_argument("--dir", type=Path, help="Keep the clips here and reuse them (default: a temp dir).")
     parser.add_argument("--strategy", choices=list(STRATEGIES), help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)  # child process
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.strategy:
         run_one(args)
         return
+    if args.rss_child:
+        run_rss(args)
+        return
+    out: dict = {"load_average_1m_at_start": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory() as tmp:
-        clip = (args.dir or Path(tmp)) / f"long_{args.minutes:g}min_{args.height}p_{args.fps}fps_g{args.gop}.mp4"
+        where = args.dir or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        clip = where / f"long_{args.minutes:g}min_{args.height}p_{args.fps}fps_g{args.gop}.mp4"
         started = time.perf_counter()
-        if not clip.exists():
+        if not clip.exists() and (args.strategies or args.pipeline):
             write_shots(clip, cycle_shots(args.minutes * 60, 10.0), (args.height, args.width), args.fps, args.gop)
-        generate_s = time.perf_counter() - started
+        out.update({"clip": f"{args.minutes:g} min {args.width}x{args.height} {args.fps} fps h264 gop {args.gop}",
+                    "window": args.window, "stride": args.stride, "frames": args.frames, "size": args.size,
+                    "generate_s": round(time.perf_counter() - started, 1)})
         common = [f"--{k}={getattr(args, k)}" for k in ("window", "stride", "frames", "size")]
-        runs = [json.loads(subprocess.run([sys.executable, __file__, "--strategy", name, "--clip", str(clip), *common],
-                                          check=True, capture_output=True, text=True).stdout)
-                for name in args.strategies]
-    print(json.dumps({"clip": f"{args.minutes:g} min {args.width}x{args.height} {args.fps} fps h264 gop {args.gop}",
-                      "window": args.window, "stride": args.stride, "frames": args.frames, "size": args.size,
-                      "generate_s": round(generate_s, 1), "runs": runs}))
+        if args.strategies:
+            out["runs"] = [json.loads(subprocess.run(
+                [sys.executable, __file__, "--strategy", name, "--clip", str(clip), *common],
+                check=True, capture_output=True, text=True).stdout) for name in args.strategies]
+        if args.pipeline:
+            args.clip = clip
+            out["pipeline"] = run_pipeline(args)
+        if args.rss_minutes:
+            width, height = (int(v) for v in args.rss_size.lower().split("x"))
+            out["rss"] = {"clip": f"{width}x{height} {args.rss_fps} fps h264 gop {args.rss_gop}", "batch": args.batch,
+                          "workers": args.workers}
+            for minutes in args.rss_minutes:
+                long_clip = where / f"long_{minutes:g}min_{height}p_{args.rss_fps}fps_g{args.rss_gop}.mp4"
+                if not long_clip.exists():
+                    write_shots(long_clip, cycle_shots(minutes * 60, 10.0), (height, width), args.rss_fps,
+                                args.rss_gop)
+                child = subprocess.run([sys.executable, __file__, "--rss-child", "--clip", str(long_clip), *common,
+                                        f"--batch={args.batch}", f"--workers={args.workers}",
+                                        f"--workdir={args.workdir}"], check=True, capture_output=True, text=True)
+                out["rss"][f"{minutes:g}min"] = json.loads(child.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import emit
+
+    emit("segments", out)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,10 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
               "FAISS index recall@10 and latency on 1M random 512-d vectors"),
     "serve": ("bench_serve.py", [], "dgl serve latency under bounded local load"),
     "ray": ("bench_ray.py", [], "Ray embedding throughput, 1 vs 2 CPU workers"),
+    "segments": ("bench_segments.py", ["--dir", str(HERE / ".work" / "segments"), "--workdir", str(HERE / ".work"),
+                                       "--pipeline", "--rss-minutes", "2", "6"],
+                 "segmented dgl embed (10 s windows every 5 s, 12 frames): window decode strategies and segmented "
+                 "embed vs encoder alone on a 10-min 640x360 clip, peak RSS on 2 and 6 min 1080p clips"),
 }
 
 
@@ -98,6 +102,13 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     "index": [("runs.1.recall_at_10", "IVF-Flat recall@10, 1M random vectors"), ("runs.1.p50_ms", "IVF-Flat p50 ms")],
     "serve": [("runs.exact.p50_ms", "dgl serve p50 ms, 100k exact, 8 concurrent"), ("runs.exact.p99_ms", "p99 ms")],
     "ray": [("runs.0.videos_per_s", "Ray embed videos/s, 1 CPU"), ("runs.1.videos_per_s", "Ray embed videos/s, 2 CPUs")],
+    "segments": [("pipeline.efficiency_percent", "segmented dgl embed / encoder-only windows/s (%; target >= 90)"),
+                 ("pipeline.pipeline_windows_per_s", "segmented dgl embed windows/s, 10-min clip (ViT-B/32, --precision auto)"),
+                 ("runs.0.windows_per_s", "window decode windows/s, one forward pass (10-min 640x360)"),
+                 ("rss.2min.decoder_peak_rss_mb", "decoder peak RSS MB, 2-min 1080p file"),
+                 ("rss.6min.decoder_peak_rss_mb", "decoder peak RSS MB, 6-min 1080p file"),
+                 ("rss.2min.job_process_peak_rss_mb", "embed process peak RSS MB (model included), 2-min 1080p file"),
+                 ("rss.6min.job_process_peak_rss_mb", "embed process peak RSS MB (model included), 6-min 1080p file")],
 }
 
 
