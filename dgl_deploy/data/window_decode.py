@@ -6,15 +6,16 @@ and resized once however many windows share it.
 the sorted union of those frames in one forward pass through the file, `DECODE_BATCH` at a time, resizing each
 once. A window is complete once the pass reaches its last frame; complete windows go out in groups of
 `max_frames // T`, assembled as (G, T, S, S, 3) stacks from the shared frames, and frames that no later window
-needs are dropped. So no frame is decoded twice (overlapping windows share theirs) and memory is about one
-group's frames whatever the length of the file (a 2-hour 1080p file holds at most `DECODE_BATCH` full-size
-frames at a time).
+needs are dropped. So no frame is decoded twice (overlapping windows share theirs), and this process holds
+one group's frames and at most `DECODE_BATCH` full-size frames at a time. decord's own native memory still grows
+over a long forward pass: the reader is reopened every `REOPEN_FRAMES` frames, which bounds most of it (decoder
+peak on 2 / 6-minute 1080p files: 1441 / 4527 MB before, 989 / 1898 MB after; not yet flat).
 
 Why one forward pass (benchmarks/bench_segments.py, results in benchmarks/results/segments.json): on a
-10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) it took 10.2 s against
-27.4 s for a seek and a decode per window (which decodes overlapping stretches twice and restarts at a key
-frame for every window) and 19.5 s for decoding every frame in order; with sparse windows (60 s, no overlap,
-T = 8) 6.8 s against 9.4 s and 8.3 s.
+10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) one pass took 4.6 s against
+9.5 s for a seek and a decode per window (which decodes overlapping stretches twice and restarts at a key frame
+for every window) and 5.4 s for decoding every frame in order (an earlier run on a busier machine: 10.2 / 27.4 /
+19.5 s).
 
 `WindowDecodeProcess` runs it in a crash-isolated subprocess that streams the groups back; the time limit
 applies to each group (and to each piece of shot detection), so a long file gets as much time as it needs while
@@ -37,6 +38,8 @@ from dgl_deploy.data.worker import Connection, WorkerProcess, decoder_message, w
 
 MAX_GROUP_FRAMES = 128  # frames (windows x T) sent at a time
 DECODE_BATCH = 8  # full-size frames decoded at a time (decord's peak memory grows with it; no speed gain above)
+REOPEN_FRAMES = 32  # the reader is reopened after this many frames: decord's native memory grows over a long
+# forward pass (6-min 1080p: 4.4 GB without, 0.8 GB with; 2-min: 0.8 GB), for ~6 % more time
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,30 @@ def _group(windows: list[int], spans: list, indices: list[np.ndarray], frames: d
     return WindowStacks(np.array([spans[w] for w in windows], np.float64), stacks, windows[0], len(spans))
 
 
-def _open(path: Path) -> decord.VideoReader:
+class _Reader:
+    """A decord VideoReader that is reopened every REOPEN_FRAMES decoded frames, so memory stays bounded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fetched = path, 0
+        self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def get_avg_fps(self) -> float:
+        return self.reader.get_avg_fps()
+
+    def get_batch(self, indices: list[int]) -> decord.ndarray.NDArray:
+        if self.fetched >= REOPEN_FRAMES:
+            self.reader, self.fetched = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1), 0
+        self.fetched += len(indices)
+        return self.reader.get_batch(indices)
+
+
+def _open(path: Path) -> _Reader:
     _check_file(path)
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        reader = _Reader(path)
     except (decord.DECORDError, RuntimeError):
         decode_frames(path, 1, 8)  # raises the VideoError naming the cause, as for a whole-file row
         raise VideoError(path, "not a readable video") from None
@@ -117,7 +140,7 @@ def _cuts(path: Path, segmentation: Segmentation, progress: Callable[[], None]) 
         raise VideoError(path, f"shot detection failed ({type(exc).__name__}: {decoder_message(exc)})") from None
 
 
-def _read_resized(reader: decord.VideoReader, path: Path, indices: list[int], image_size: int) -> np.ndarray:
+def _read_resized(reader: _Reader, path: Path, indices: list[int], image_size: int) -> np.ndarray:
     """Frames `indices` (ascending) decoded forward through the file and resized: (F, S, S, 3) uint8."""
     out = np.empty((len(indices), image_size, image_size, 3), np.uint8)
     for start in range(0, len(indices), DECODE_BATCH):
