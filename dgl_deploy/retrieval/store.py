@@ -218,12 +218,7 @@ def _manifest_problem(data: dict[str, Any]) -> str | None:
 
 def _load(paths: StorePaths, manifest: dict[str, Any]) -> EmbeddingStore:
     rows_file, ids_file, *spans_file = paths.data_files(manifest)
-    try:
-        vectors = np.load(rows_file, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError) as exc:
-        raise DGLError(f"{rows_file}: cannot read embeddings ({exc})") from None
+    vectors = _load_npy(rows_file, "embeddings")
     ids = read_ids(ids_file)
     _check_rows(rows_file, vectors, ids, manifest)
     if ids_digest(ids) != manifest["ids_sha256"]:
@@ -233,14 +228,20 @@ def _load(paths: StorePaths, manifest: dict[str, Any]) -> EmbeddingStore:
     return EmbeddingStore(paths, vectors, ids, manifest, spans)
 
 
-def _load_spans(path: Path, manifest: dict[str, Any]) -> np.ndarray:
-    """The (N, 2) float64 segments of a segmented set, checked against the manifest."""
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """A memory-mapped .npy of the set (never unpickled); FileNotFoundError passes (a writer may have just
+    switched generations), anything else unreadable is a DGLError naming `what`."""
     try:
-        spans = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise
     except (ValueError, OSError) as exc:
-        raise DGLError(f"{path}: cannot read the segments ({exc})") from None
+        raise DGLError(f"{path}: cannot read {what} ({exc})") from None
+
+
+def _load_spans(path: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """The (N, 2) float64 segments of a segmented set, checked against the manifest."""
+    spans = _load_npy(path, "the segments")
     if spans.shape != (manifest["count"], 2) or spans.dtype != np.float64 or \
             spans_digest(spans) != manifest["spans_sha256"]:
         raise DGLError(f"{path}: the segments ({spans.dtype} {spans.shape}) do not match the manifest's "
