@@ -40,7 +40,7 @@ def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[s
 
 def auto_precision_line(manifest: Manifest, precision: str, device: str) -> str:
     """What `--precision auto` will do on `device` with this export's `precision` graphs, and why."""
-    worst = min(g.parity.get("min_cosine", 0.0) for g in manifest.graphs if g.precision == precision)
+    worst = manifest.worst_cosine(precision)
     if manifest.parity_held(precision):
         return f"{precision} parity held (min cosine {worst:.6f} >= {REDUCED_MIN_COSINE}): auto uses {precision} on {device}"
     return (f"{precision} parity missed (min cosine {worst:.6f} < {REDUCED_MIN_COSINE}): auto keeps fp32 on {device}; "

@@ -66,8 +66,8 @@ def _mixing_problem(precisions: set[str], export: Manifest | None) -> str | None
 
 
 def _parity(export: Manifest, precision: str) -> str:
-    values = [g.parity.get("min_cosine", 0.0) for g in export.graphs if g.precision == precision]
-    return f"{precision} (min cosine {min(values):.4f})" if values else f"{precision} (not in the export)"
+    worst = export.worst_cosine(precision)
+    return f"{precision} (min cosine {worst:.4f})" if worst is not None else f"{precision} (not in the export)"
 
 
 def check_mixing(what: str, have: set[str], precision: str, export: Manifest | None, fix: str) -> None:
