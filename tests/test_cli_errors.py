@@ -41,4 +41,4 @@ def test_missing_optional_package_names_the_extra(tmp_path: Path, monkeypatch, t
     result = runner.invoke(app, ["embed", str(tmp_path), "--out", str(tmp_path / "e.npy"), "--model",
                                  str(tiny_export[1]), "--quiet"])
     assert result.exit_code == 1 and result.output.strip() == \
-        "error: faiss is not installed (FAISS indexes need it): pip install 'dgl-deploy[index]'"
+        "error: faiss is not installed (needed for FAISS indexes): pip install 'dgl-deploy[index]'"

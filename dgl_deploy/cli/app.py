@@ -81,7 +81,7 @@ def missing_extra_line(exc: ImportError) -> str:
     needs = {"train": "training, checkpoints and the torch backend", "export": "dgl export",
              "cpu": "running exported models", "gpu": "TensorRT", "index": "FAISS indexes",
              "serve": "dgl serve", "ray": "--ray"}[extra]
-    return f"{module} is not installed ({needs} need it): pip install 'dgl-deploy[{extra}]'"
+    return f"{module} is not installed (needed for {needs}): pip install 'dgl-deploy[{extra}]'"
 
 
 def os_error_line(exc: OSError) -> str:

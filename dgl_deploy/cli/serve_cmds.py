@@ -54,13 +54,10 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve search over HTTP: the search page at /, GET /search, POST /search/video, GET /search/similar, GET /health."""
-    from dgl_deploy.retrieval.serve import INSTALL_HINT, check_token, create_app, log_config
+    import uvicorn  # missing: the CLI's error boundary names the `serve` extra
 
-    try:
-        import uvicorn
-    except ImportError:
-        typer.echo(f"error: {INSTALL_HINT}", err=True)
-        raise typer.Exit(1) from None
+    from dgl_deploy.retrieval.serve import check_token, create_app, log_config
+
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_query_chars=max_query_chars, max_k=max_k,
                              decode_timeout=decode_timeout, max_pending=max_pending, decoders=decoders,
                              body_timeout=body_timeout)
