@@ -21,7 +21,7 @@ TORCH_SIDE = ("torch", "torchvision", "open_clip", "safetensors", "onnx", "onnxs
               "dgl_deploy.model", "dgl_deploy.training", "dgl_deploy.export")
 TORCH_FREE = ("dgl_deploy.data", "dgl_deploy.runtime", "dgl_deploy.retrieval", "dgl_deploy.evaluation",
               "dgl_deploy.cli", "dgl_deploy.errors", "dgl_deploy.files", "dgl_deploy.defaults", "dgl_deploy.limits",
-              "dgl_deploy")
+              "dgl_deploy.__main__")  # packages and modules; the package's own __init__ too
 TORCH_BACKENDS = ("dgl_deploy.runtime.backends.torch_backend", "dgl_deploy.runtime.backends.meanpool")
 
 
@@ -68,12 +68,11 @@ def _hits(names: set[str], prefixes: tuple[str, ...]) -> set[str]:
     return {n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)}
 
 
-def _group(name: str) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in TORCH_FREE[:-1]) or name.count(".") == 1 and \
-        name.split(".")[1] in ("errors", "files", "defaults", "limits", "__main__") or name == "dgl_deploy"
+def _torch_free(name: str) -> bool:
+    return (name == "dgl_deploy" or bool(_hits({name}, TORCH_FREE))) and name not in TORCH_BACKENDS
 
 
-@pytest.mark.parametrize("name", sorted(n for n in MODULES if _group(n) and n not in TORCH_BACKENDS))
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if _torch_free(n)))
 def test_torch_free_modules_import_no_torch_at_module_level(name: str) -> None:
     top, _ = _imports(name, MODULES[name])
     assert not _hits(top, TORCH_SIDE), f"{name} imports {sorted(_hits(top, TORCH_SIDE))} at module level"
