@@ -197,13 +197,13 @@ class SearchService:
         self._encoder_queue = EncoderQueue()
         self._decoders = DecoderPool(self.settings.decoders)
 
-    async def search_text(self, text: str, k: int, per_video: int | None = None) -> dict[str, Any]:
+    async def search_text(self, text: str, k: int, per_video: int = 0) -> dict[str, Any]:
         if not text.strip():
             raise DGLError("query text is empty")
         vectors = await self._encode(TEXT, lambda: self.encoder.encode_text([text]))
         return await self._search(text, vectors, k, per_video)
 
-    async def search_video(self, upload: BinaryIO, name: str, k: int, per_video: int | None = None) -> dict[str, Any]:
+    async def search_video(self, upload: BinaryIO, name: str, k: int, per_video: int = 0) -> dict[str, Any]:
         """Decode the upload in a decoder process (not holding the encoder), then encode and search."""
         frames = await asyncio.wrap_future(self._decoders.submit(lambda decoder: self._decode(decoder, upload, name)))
         vectors = await self._encode(VIDEO, lambda: self.encoder.encode_videos(frames[None]))
@@ -218,27 +218,23 @@ class SearchService:
         return await asyncio.wrap_future(self._encoder_queue.submit(priority, job))
 
     async def search_similar(self, video_id: str, row: int | None, k: int,
-                             per_video: int | None = None) -> dict[str, Any]:
+                             per_video: int = 0) -> dict[str, Any]:
         """Other videos like an indexed one (its row vector: nothing decoded or encoded); the video itself is
         left out (at most `per_video` of its moments could rank, so k + that many are fetched)."""
         row = await asyncio.to_thread(self.videos.row_of, video_id, row)
         store = self.index.store
         vector = np.asarray(store.vectors[row:row + 1], dtype=np.float32)  # (1, E)
-        limit = self._per_video(per_video)
-        hits = (await asyncio.to_thread(search_moments, self.index, vector, k + max(limit, 1), limit))[0]
+        hits = (await asyncio.to_thread(search_moments, self.index, vector, k + max(per_video, 1), per_video))[0]
         others = [replace(hit, rank=rank) for rank, hit in enumerate((h for h in hits if h.id != video_id), 1)]
         spans = getattr(store, "spans", None)
         start = float(spans[row, 0]) if spans is not None else None
         label = f"similar:{video_id}" + (f"@{start:g}" if start is not None else "")
         return self._results(label, others[:k])
 
-    async def _search(self, query: str, vectors: np.ndarray, k: int, per_video: int | None) -> dict[str, Any]:
-        hits = await asyncio.to_thread(search_moments, self.index, vectors, k, self._per_video(per_video))
+    async def _search(self, query: str, vectors: np.ndarray, k: int, per_video: int) -> dict[str, Any]:
+        """Top-k hits (a segmented set's moments after NMS; at most `per_video` per video, 0: no limit)."""
+        hits = await asyncio.to_thread(search_moments, self.index, vectors, k, per_video)
         return self._results(query, hits[0])
-
-    def _per_video(self, per_video: int | None) -> int:
-        """Moments per video: as asked, else no limit (0; a segmented set's moments are NMS'd)."""
-        return 0 if per_video is None else per_video
 
     def _results(self, query: str, hits: list[Hit]) -> dict[str, Any]:
         """The JSON result; each hit of a segmented set has its moment's `start`/`end` seconds."""
@@ -480,18 +476,18 @@ def build_app(service: SearchService, token: str | None = None) -> Any:
     async def health() -> dict[str, Any]:
         return service.health()
 
-    per_video_query = Query(None, ge=0, le=settings.max_k, description="moments per video (default 0 = no limit; a "
+    per_video_query = Query(0, ge=0, le=settings.max_k, description="moments per video (default 0 = no limit; a "
                             "segmented set's moments are merged by temporal NMS)")
 
     @app.get("/search")
     async def search_text(q: str = Query(..., min_length=1, max_length=settings.max_query_chars),
                           k: int = Query(10, ge=1, le=settings.max_k),
-                          per_video: int | None = per_video_query) -> dict[str, Any]:
+                          per_video: int = per_video_query) -> dict[str, Any]:
         return await _timed(service.search_text(q, k, per_video))
 
     @app.post("/search/video")
     async def search_video(file: UploadFile = File(...), k: int = Query(10, ge=1, le=settings.max_k),
-                           per_video: int | None = per_video_query) -> Any:
+                           per_video: int = per_video_query) -> Any:
         name = file.filename or "upload"
         try:
             return await _timed(service.search_video(file.file, name, k, per_video))
@@ -502,7 +498,7 @@ def build_app(service: SearchService, token: str | None = None) -> Any:
     async def search_similar(id: str = Query(..., min_length=1, max_length=4096),
                              row: int | None = Query(None, ge=0, description="the moment's row (default: the first)"),
                              k: int = Query(10, ge=1, le=settings.max_k),
-                             per_video: int | None = per_video_query) -> dict[str, Any]:
+                             per_video: int = per_video_query) -> dict[str, Any]:
         return await _timed(service.search_similar(id, row, k, per_video))
 
     @app.head("/video", include_in_schema=False)
