@@ -1,14 +1,24 @@
-"""Pipeline efficiency of `dgl embed`: videos/s of the whole job (decode in worker processes overlapped with
-the encoder) vs the encoder alone on pre-decoded frames, same backend, batch and model (issue 7).
+"""`dgl embed` end to end on CPU, two parts:
+
+1. efficiency: videos/s of the whole job (decode in worker processes overlapped with the encoder) vs the
+   encoder alone on pre-decoded frames, same backend, batch and model (issue 7).
+2. peer (`--peer-videos N`, 0 to skip): `dgl embed` at `--precision auto` (what `open_encoder` picks; int8 on
+   CPU where the export's parity held) vs the usual plain-CLIP pipeline: the same decoder (decord, the same
+   worker processes, frames and batch) feeding open_clip's `encode_image` in PyTorch fp32, frame embeddings
+   mean-pooled (`runtime.backends.meanpool`); both through `embed_videos` in one process with the same
+   threads, interleaved (`common.interleaved`). The peer gets this project's overlapped decoding, so the ratio
+   is the model and runtime alone. Also DGL's auto-precision embeddings against its fp32 ones on those videos.
 
 Clips: `--unique` synthetic 10 s clips (320x240, 25 fps, h264) copied to `--videos` files (decoding a copy
-costs the same). Model: a random-init ViT-B/32 DGL exported to ONNX (cached in --workdir).
+costs the same). Model: a random-init ViT-B/32 DGL exported to ONNX (cached in --workdir); the peer's CLIP is
+the same random-init ViT-B/32 architecture (speed does not depend on the weights).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -17,12 +27,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, exported_model  # noqa: E402
+from common import emit, exported_model, interleaved  # noqa: E402
 
 from dgl_deploy.data.loader import iter_video_batches  # noqa: E402
 from dgl_deploy.data.synthetic import make_synthetic  # noqa: E402
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos  # noqa: E402
+from dgl_deploy.retrieval.store import open_store  # noqa: E402
+from dgl_deploy.runtime.backends.meanpool import open_meanpool_encoder  # noqa: E402
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder  # noqa: E402
+from dgl_deploy.runtime.backends.select import open_encoder  # noqa: E402
 
 
 def clips(root: Path, videos: int, unique: int) -> Path:
@@ -47,6 +60,31 @@ def encoder_only(encoder: OnnxEncoder, folder: Path, batch: int, workers: int) -
     return len(frames) / (time.perf_counter() - start)
 
 
+def peer(export: Path, folder: Path, root: Path, settings: EmbedSettings, repeats: int) -> dict:
+    """`dgl embed` at auto precision vs the plain-CLIP mean-pool pipeline on the same videos (module docstring)."""
+    dgl = open_encoder(export, backend="onnxruntime", device="cpu", precision="auto", log=None)
+    clip = open_meanpool_encoder("ViT-B-32", None, dgl.frames)
+    videos = len(list(folder.glob("*.mp4")))
+    calls = {name: (lambda e=encoder, n=name: embed_videos(folder, root / f"peer-{n}.npy", e, settings, overwrite=True))
+             for name, encoder in (("dgl_embed_auto", dgl), ("clip_meanpool_torch_fp32", clip))}
+    times = interleaved(calls, repeats, warmup=0)
+    rates = {name: round(videos / statistics.median(seconds), 3) for name, seconds in times.items()}
+    return {"videos": videos, "repeats": repeats, "dgl_precision": dgl.precision, "videos_per_s": rates,
+            "seconds": {name: [round(t, 1) for t in seconds] for name, seconds in times.items()},
+            "dgl_vs_clip_meanpool": round(rates["dgl_embed_auto"] / rates["clip_meanpool_torch_fp32"], 3),
+            "target_ratio": 2.5, "dgl_auto_vs_fp32_cosine": auto_vs_fp32(export, folder, root, settings)}
+
+
+def auto_vs_fp32(export: Path, folder: Path, root: Path, settings: EmbedSettings) -> dict:
+    """min / median cosine of the peer run's auto-precision rows to fp32 rows of the same videos."""
+    embed_videos(folder, root / "peer-fp32.npy", OnnxEncoder(export, device="cpu", precision="fp32"), settings,
+                 overwrite=True)
+    auto, exact = (open_store(root / f"peer-{name}.npy") for name in ("dgl_embed_auto", "fp32"))
+    assert auto.ids == exact.ids
+    cosine = (np.asarray(auto.vectors, np.float32) * np.asarray(exact.vectors, np.float32)).sum(1)  # unit rows
+    return {"min": round(float(cosine.min()), 6), "median": round(float(np.median(cosine)), 6)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=200)
@@ -54,6 +92,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="int8", choices=["fp32", "int8"])
+    parser.add_argument("--peer-videos", type=int, default=96, help="Videos of the peer comparison (0: skip it).")
+    parser.add_argument("--peer-repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="Keep clips and export here for reuse.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,6 +105,8 @@ def main() -> None:
         alone = encoder_only(encoder, folder, args.batch, args.workers)
         settings = EmbedSettings(batch_size=args.batch, workers=args.workers)
         result = embed_videos(folder, root / "emb.npy", encoder, settings, overwrite=True)
+        compared = peer(export, clips(root, args.peer_videos, args.unique), root, settings, args.peer_repeats) \
+            if args.peer_videos else None
     pipeline = result.embedded / result.seconds
     emit("embed_pipeline", {
         "model": f"ViT-B-32 DGL, ONNX Runtime CPU {args.precision}", "videos": args.videos,
@@ -72,7 +114,7 @@ def main() -> None:
         "encoder_only_videos_per_s": round(alone, 3), "pipeline_videos_per_s": round(pipeline, 3),
         "efficiency_percent": round(100 * pipeline / alone, 1), "target_percent": 90,
         "encode_s": round(result.encode_seconds, 1), "decode_wait_s": round(result.decode_wait_seconds, 1),
-        "total_s": round(result.seconds, 1),
+        "total_s": round(result.seconds, 1), **({"peer": compared} if compared else {}),
     })
 
 

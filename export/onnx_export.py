@@ -18,7 +18,7 @@ import io
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,12 +30,20 @@ from torch import nn
 from dgl_deploy import __version__, defaults
 from dgl_deploy.errors import DGLError
 from dgl_deploy.export.parity import check_parity, check_tokenizer
-from dgl_deploy.export.quantize import to_fp16, to_int8
+from dgl_deploy.export.quantize import int8_fallbacks, to_fp16, to_int8
 from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.model.model import DGLModel
 from dgl_deploy.model.pixels import normalize
 from dgl_deploy.model.tokenizer import VOCAB_SIZE
-from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, GraphEntry, Manifest, TensorSpec, sha256_file, write_manifest
+from dgl_deploy.runtime.manifest import (
+    FINGERPRINT_KEY,
+    REDUCED_MIN_COSINE,
+    GraphEntry,
+    Manifest,
+    TensorSpec,
+    sha256_file,
+    write_manifest,
+)
 from dgl_deploy.runtime.tokenizer import BPE_FILE, open_clip_bpe_file
 
 OPSET = defaults.OPSET
@@ -95,9 +103,9 @@ def example_input(model: DGLModel, role: str, batch: int = 2) -> torch.Tensor:
 
 
 def signatures(model: DGLModel) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
-    """Input and output specs of the two graphs ("B" = dynamic batch)."""
+    """Input and output specs of the two graphs ("B" = dynamic batch, "W" = dynamic token length <= max_words)."""
     size, cfg = model.image_size, model.config
-    inputs = {"text": TensorSpec("ids", "int64", ("B", cfg.max_words)),
+    inputs = {"text": TensorSpec("ids", "int64", ("B", "W")),
               "video": TensorSpec("frames", "uint8", ("B", cfg.frames, size, size, 3))}
     outputs = {role: TensorSpec(f"{role}_embedding", "float32", ("B", model.embed_dim)) for role in GRAPH_FILES}
     return inputs, outputs
@@ -123,12 +131,15 @@ def graph_metadata(model: DGLModel, role: str, precision: str, fingerprint: str)
 
 def export_graph(module: nn.Module, example: torch.Tensor, spec_in: TensorSpec, spec_out: TensorSpec, path: Path,
                  metadata: dict[str, str], opset: int = OPSET) -> None:
-    """Trace `module` to ONNX with a dynamic batch, slim it, stamp metadata, check it, save to `path`."""
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    """Trace `module` to ONNX with the dynamic dims of `spec_in` (batch; token length up to the example's), slim
+    it, stamp metadata, check it, save to `path`."""
+    bounds = {"B": (1, 65536), "W": (2, example.shape[-1])}
+    dynamic = {axis: torch.export.Dim(dim, min=bounds[dim][0], max=bounds[dim][1])
+               for axis, dim in enumerate(spec_in.shape) if isinstance(dim, str)}
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # exporter progress and deprecation chatter
         torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
-                          input_names=[spec_in.name], output_names=[spec_out.name], dynamic_shapes=({0: batch},))
+                          input_names=[spec_in.name], output_names=[spec_out.name], dynamic_shapes=(dynamic,))
     graph = onnx.load(str(path))
     fix_transpose_perms(graph)
     graph = onnxslim.slim(graph)
@@ -157,9 +168,12 @@ def stamp_metadata(graph: onnx.ModelProto, metadata: dict[str, str]) -> None:
         graph.metadata_props.add(key=key, value=value)
 
 
-def write_variant(src: Path, dst: Path, precision: str, metadata: dict[str, str]) -> None:
-    """fp16 / int8 copy of an fp32 graph, re-stamped with its precision."""
-    {"fp16": to_fp16, "int8": to_int8}[precision](src, dst)
+def write_variant(src: Path, dst: Path, precision: str, metadata: dict[str, str], keep_fp32: Sequence[str] = ()) -> None:
+    """fp16 / int8 copy of an fp32 graph (int8: the nodes in `keep_fp32` stay fp32), re-stamped with its precision."""
+    if precision == "int8":
+        to_int8(src, dst, keep_fp32)
+    else:
+        to_fp16(src, dst)
     graph = onnx.load(str(dst))
     stamp_metadata(graph, {**metadata, "dgl.precision": precision})
     onnx.checker.check_model(graph)
@@ -209,13 +223,28 @@ def _export_graphs(model: DGLModel, folder: Path, precisions: list[str], fingerp
         export_graph(module, example_input(model, role), inputs[role], outputs[role], fp32, meta, opset)
         for precision in precisions:
             path = fp32 if precision == "fp32" else folder / f"{GRAPH_FILES[role]}.{precision}.onnx"
-            if precision != "fp32":
-                write_variant(fp32, path, precision, meta)
-            parity = check_parity(model, role, path, strict=precision == "fp32")
+            if precision == "fp32":
+                parity = check_parity(model, role, path, strict=True)
+            else:
+                parity = _reduced_variant(model, role, fp32, path, precision, meta)
+            kept = f", {parity['fp32_matmuls']:.0f} MatMuls kept fp32" if parity.get("fp32_matmuls") else ""
             log(f"{role:5s} {precision}: max abs err {parity['max_abs']:.2e}, min cosine {parity['min_cosine']:.6f}"
-                f" vs PyTorch fp32 (batches 1, 3, 8)")
+                f" vs PyTorch fp32 (batches 1, 3, 8){kept}")
             entries.append(GraphEntry(role, precision, path.name, sha256_file(path), parity))
     return entries
+
+
+def _reduced_variant(model: DGLModel, role: str, fp32: Path, path: Path, precision: str,
+                     metadata: dict[str, str]) -> dict[str, float]:
+    """Write the fp16/int8 graph of `fp32` and measure its parity. An int8 graph below REDUCED_MIN_COSINE is
+    redone with more of it kept fp32 (`quantize.int8_fallbacks`) until the parity holds; the last try stays."""
+    blocks = model.config.prompt_layers if role == "text" else len(model.clip.visual.transformer.resblocks)
+    for keep in int8_fallbacks(fp32, blocks) if precision == "int8" else [()]:
+        write_variant(fp32, path, precision, metadata, keep)
+        parity = {**check_parity(model, role, path, strict=False), "fp32_matmuls": float(len(keep))}
+        if parity["min_cosine"] >= REDUCED_MIN_COSINE:
+            break
+    return parity
 
 
 def _copy_tokenizer(model: DGLModel, folder: Path, log: Log) -> str | None:

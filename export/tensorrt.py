@@ -113,7 +113,8 @@ def _build_checked(trt: Any, folder: Path, manifest: Manifest, role: str, settin
     onnx_path = verified_file(folder, graph.file, graph.sha256)
     profile = settings.profiles[role]
     spec = manifest.inputs[role]
-    shapes = tuple((batch, *spec.shape[1:]) for batch in profile.as_tuple())
+    dims = tuple(manifest.max_words if dim == "W" else dim for dim in spec.shape[1:])  # engines take whole ids
+    shapes = tuple((batch, *dims) for batch in profile.as_tuple())
     log(f"{role}: building TensorRT {settings.precision} engine, batch {profile.min}/{profile.opt}/{profile.max}")
     plan = build_engine(trt, onnx_path, spec.name, shapes, settings, log)
     path = folder / f"{graph.file.removesuffix('.onnx')}.{settings.precision}.plan"

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
 from dgl_deploy.cli import app
-from dgl_deploy.export import export_onnx, parity
+from dgl_deploy.export import export_onnx, onnx_export, parity
+from dgl_deploy.export.quantize import int8_fallbacks
 from dgl_deploy.model.checkpoint import model_fingerprint, save
 from dgl_deploy.model.model import create_model
 from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, load_manifest
@@ -88,6 +89,24 @@ def test_fp16_and_int8_variants(tmp_path: Path) -> None:
         floor = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}[entry.precision]
         assert entry.parity["min_cosine"] >= floor, (entry.file, entry.parity)
     assert any("int8" in line and "cosine" in line for line in lines)  # measured and printed
+
+
+def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, monkeypatch) -> None:
+    """int8 graphs below the auto parity are redone with the first, then the first and last, transformer block
+    fp32; the last try is kept, its nodes really are plain MatMuls, and the export says so."""
+    model, out, _ = tiny_export
+    none, first, both = int8_fallbacks(out / "text_encoder.onnx", model.config.prompt_layers)
+    assert none == () and 0 < len(first) < len(both) and set(first) < set(both)
+    assert int8_fallbacks(out / "text_encoder.onnx", 1000) == [()]  # not shaped in blocks: no fallback
+    monkeypatch.setattr(onnx_export, "REDUCED_MIN_COSINE", 1.01)  # never holds: every fallback is tried
+    lines: list[str] = []
+    manifest = export_onnx(model, tmp_path / "ex", precisions=("int8",), log=lines.append)
+    entry = manifest.graph("text", "int8")
+    assert entry.parity["fp32_matmuls"] == len(both)
+    graph = onnx.load(str(tmp_path / "ex" / entry.file)).graph
+    assert set(both) <= {n.name for n in graph.node if n.op_type == "MatMul"}
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)  # the rest is int8
+    assert any(line.startswith("text  int8") and f"{len(both)} MatMuls kept fp32" in line for line in lines)
 
 
 def test_failed_parity_leaves_nothing(tmp_path: Path, monkeypatch) -> None:

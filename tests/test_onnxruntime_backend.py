@@ -10,12 +10,13 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from dgl_deploy import DGLError
 from dgl_deploy.export.parity import TOKENIZER_CORPUS, sample_frames
 from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.model.tokenizer import Tokenizer
-from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.backends.base import Encoder, used_words
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
 from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
 from dgl_deploy.runtime.tokenizer import BPETokenizer, open_clip_bpe_file
@@ -54,6 +55,18 @@ def test_encoder_matches_torch_backend(encoders) -> None:
     assert got.dtype == np.float32 and got.shape == (3, onnx_enc.embed_dim)
     np.testing.assert_allclose(got, torch_enc.encode_videos(frames), atol=1e-4, rtol=0)
     assert onnx_enc.describe() == "onnxruntime (CPU, fp32)"
+
+
+def test_text_graph_runs_only_up_to_the_last_eot(encoders) -> None:
+    """The text graph takes any token length: the ids cut after the batch's last EOT (what encode_ids feeds it)
+    give the embeddings of the whole zero-padded ids, alone and next to a longer caption."""
+    onnx_enc = encoders[1]
+    ids = onnx_enc.tokenize(["a dog", "a red circle moves to the left of the screen", ""])
+    assert used_words(ids[:1]) == 4 and used_words(torch.from_numpy(ids[2:])) == 2 and used_words(ids) < ids.shape[1]
+    session = onnx_enc.session("text")
+    whole = session.run(None, {session.get_inputs()[0].name: ids})[0]
+    np.testing.assert_allclose(onnx_enc.encode_ids(ids), whole, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(onnx_enc.encode_ids(ids[:1]), whole[:1], atol=1e-5, rtol=0)
 
 
 def test_bad_inputs(encoders) -> None:

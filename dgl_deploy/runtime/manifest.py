@@ -38,7 +38,8 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, dtype and shape of a graph input/output; "B" marks the dynamic batch dimension."""
+    """Name, dtype and shape of a graph input/output; "B" marks the dynamic batch dimension, "W" a dynamic token
+    length (text graphs: ids may end after the batch's last EOT; exports made before take exactly max_words)."""
 
     name: str
     dtype: str
@@ -182,7 +183,8 @@ def check_manifest(manifest: Manifest) -> None:
         check_number(name, getattr(m, name), *SIZE_LIMITS[name])
     check_number("vocab_size", m.vocab_size, 1, 1 << 20)
     size = m.image_size
-    expected = {"inputs": {"text": ("int64", ("B", m.max_words)), "video": ("uint8", ("B", m.frames, size, size, 3))},
+    text = ("B", m.max_words) if "text" in m.inputs and m.inputs["text"].shape == ("B", m.max_words) else ("B", "W")
+    expected = {"inputs": {"text": ("int64", text), "video": ("uint8", ("B", m.frames, size, size, 3))},
                 "outputs": {role: ("float32", ("B", m.embed_dim)) for role in ROLES}}
     for kind, specs in expected.items():
         recorded = {role: (spec.dtype, spec.shape) for role, spec in getattr(m, kind).items()}

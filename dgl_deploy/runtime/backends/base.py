@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,3 +42,10 @@ def check_frames(frames: np.ndarray, num_frames: int, image_size: int) -> None:
             tuple(frames.shape[1:]) != want:
         got = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
         raise DGLError(f"video frames must be uint8 (B, {', '.join(map(str, want))}) = (B, T, H, W, 3), got {got}")
+
+
+def used_words(ids: Any) -> int:
+    """How many leading token positions a (B, W) batch of ids (numpy or torch) needs: up to its last EOT, the
+    largest id. The text tower is causal and pools at EOT, so the padding after it never reaches an embedding
+    (DGL_SPEC.md section 2): cutting it off gives the same output for less work."""
+    return max(2, int(ids.argmax(-1).max()) + 1)

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dgl_deploy.errors import DGLError
-from dgl_deploy.runtime.backends.base import check_frames
+from dgl_deploy.runtime.backends.base import check_frames, used_words
 from dgl_deploy.runtime.manifest import (
     ROLES,
     Manifest,
@@ -101,6 +101,7 @@ class OnnxEncoder:
         self.fingerprint, self.frames, self.image_size = m.fingerprint, m.frames, m.image_size
         self.frame_sampling = m.frame_sampling
         self.max_words, self.embed_dim = m.max_words, m.embed_dim
+        self._trim_words = m.inputs["text"].shape[1] == "W"  # the text graph takes any length up to max_words
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._tokenizer: Any = None
 
@@ -139,6 +140,8 @@ class OnnxEncoder:
         """(B, W) int64 token ids -> (B, E) float32."""
         if ids.ndim != 2 or ids.shape[1] != self.max_words:
             raise DGLError(f"token ids must be (B, {self.max_words}), got {ids.shape}")
+        if self._trim_words:
+            ids = ids[:, : used_words(ids)]
         return self._run("text", ids.astype(np.int64, copy=False))
 
     def encode_videos(self, frames: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from dgl_deploy.model.model import DGLModel
 from dgl_deploy.model.pixels import normalize
 from dgl_deploy.model.tokenizer import tokenizer_for
+from dgl_deploy.runtime.backends.base import used_words
 
 
 class TorchEncoder:
@@ -38,7 +39,8 @@ class TorchEncoder:
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        ids = self._tokenize(texts).to(self.device)
+        ids = self._tokenize(texts)
+        ids = ids[:, : used_words(ids)].to(self.device)
         with self._autocast():
             out = self.model.encode_text(ids, self._prompts)
         return out.float().cpu().numpy()
