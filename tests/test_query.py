@@ -113,3 +113,11 @@ def test_query_finds_the_described_video(trained_export) -> None:
     assert result.exit_code == 0, result.output
     found = [hit["results"][0]["id"] for hit in json.loads(result.stdout)]
     assert found == [row["video"] for row in rows]
+
+
+@pytest.mark.parametrize("seconds,shown", [(0, "00:00"), (9.96, "00:10"), (2.5, "00:02.5"), (61.04, "01:01"),
+                                           (3725.3, "1:02:05.3")])
+def test_moment_clock_shows_tenths_only_when_needed(seconds: float, shown: str) -> None:
+    from dgl_deploy.cli.embed_cmds import _clock
+
+    assert _clock(seconds) == shown

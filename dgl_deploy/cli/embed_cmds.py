@@ -240,7 +240,9 @@ def _print_hits(results: list[dict]) -> None:
 
 
 def _clock(seconds: float) -> str:
-    """mm:ss (h:mm:ss from an hour on), seconds rounded down."""
-    minutes, secs = divmod(int(seconds), 60)
+    """mm:ss (h:mm:ss from an hour on), with tenths when the time is not whole seconds (as on the search page)."""
+    tenths = round(seconds * 10)
+    minutes, secs = divmod(tenths // 10, 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+    clock = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+    return f"{clock}.{tenths % 10}" if tenths % 10 else clock
