@@ -87,6 +87,14 @@ def test_each_frame_decoded_once_across_overlapping_windows(clip, monkeypatch) -
         np.testing.assert_array_equal(stack, decode_frames(clip, 5, 16, (start, end)))
 
 
+def test_decode_batches_are_whole_gops_within_the_limit() -> None:
+    keys = np.array([0, 10, 20])
+    wanted = np.array([1, 2, 3, 11, 12, 13, 14, 15, 21])
+    assert list(window_decode._batches(wanted, keys, 4)) == [[1, 2, 3], [11, 12, 13, 14], [15, 21]]
+    assert list(window_decode._batches(wanted, keys, 9)) == [wanted.tolist()]
+    assert list(window_decode._batches(wanted, np.array([0]), 5)) == [[1, 2, 3, 11, 12], [13, 14, 15, 21]]
+
+
 def test_isolated_decoder_streams_and_survives_a_timeout(clip, tmp_path) -> None:
     segmentation = Segmentation(window=2.0, stride=2.0)
     with_limit = WindowDecodeProcess()

@@ -3,13 +3,21 @@ and resized once however many windows share it.
 
 `decode_windows` opens the file once, finds its windows (`data.windows`; shots by `data.scenes` first with
 `--scenes`) and every window's frame indices (`video.frame_indices` with the window as segment), then decodes
-the sorted union of those frames in one forward pass through the file, `DECODE_BATCH` at a time, resizing each
-once. A window is complete once the pass reaches its last frame; complete windows go out in groups of
-`max_frames // T`, assembled as (G, T, S, S, 3) stacks from the shared frames, and frames that no later window
-needs are dropped. So no frame is decoded twice (overlapping windows share theirs), and this process holds
-one group's frames and at most `DECODE_BATCH` full-size frames at a time. decord's own native memory still grows
-over a long forward pass: the reader is reopened every `REOPEN_FRAMES` frames, which bounds most of it (decoder
-peak on 2 / 6-minute 1080p files: 1441 / 4527 MB before, 989 / 1898 MB after; not yet flat).
+the sorted union of those frames in one forward pass through the file, in batches of whole GOPs of at most
+`DECODE_BYTES` of full-size frames, resizing each once. A window is complete once the pass reaches its last
+frame; complete windows go out in groups of `max_frames // T`, assembled as (G, T, S, S, 3) stacks from the shared
+frames, and frames that no later window needs are dropped. So no frame is fetched twice (overlapping windows
+share theirs), and this process holds one group's frames and one batch of full-size frames at a time.
+
+decord decodes ahead: while a `get_batch` waits for a frame it keeps pushing packets to its decoder thread, which
+then converts every one of them to an RGB frame in an unbounded queue, during and after the call, until the end
+of the file or the next seek (on a 1080p file: +1 GB of RSS per second after one `get_batch`). So the decoder
+process grew with the file's length, most while its send waited on the encoder. Every batch now ends with a seek
+(`_Reader.read`), which stops that; each batch starts at a key frame, so the seek decodes nothing twice.
+Measured in-process, 1080p 5 fps, key frame every 10 s, 0.5 s pause per group: peak RSS 297 / 309 / 376 MB on
+2 / 6 / 12-minute files (was 1042 / 1470 / 1909 MB reseeking per GOP only; the previous reopen every 32 frames
+gave 989 / 1898 MB in the subprocess on 2 / 6 minutes), and half the CPU time of that reopen on the 10-minute
+640x360 clip (6.5 s against 12.3 s).
 
 Why one forward pass (benchmarks/bench_segments.py, results in benchmarks/results/segments.json): on a
 10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) one pass took 4.6 s against
@@ -37,9 +45,7 @@ from dgl_deploy.data.windows import Segmentation, windows_of
 from dgl_deploy.data.worker import Connection, WorkerProcess, decoder_message, worker_loop
 
 MAX_GROUP_FRAMES = 128  # frames (windows x T) sent at a time
-DECODE_BATCH = 8  # full-size frames decoded at a time (decord's peak memory grows with it; no speed gain above)
-REOPEN_FRAMES = 32  # the reader is reopened after this many frames: decord's native memory grows over a long
-# forward pass (6-min 1080p: 4.4 GB without, 0.8 GB with; 2-min: 0.8 GB), for ~6 % more time
+DECODE_BYTES = 32 << 20  # full-size frames decoded per batch, in bytes (1080p: 5 frames; 64 MB: higher peaks)
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,8 @@ def decode_windows(path: Path | str, segmentation: Segmentation, num_frames: int
     frames: dict[int, np.ndarray] = {}  # frame index -> (S, S, 3), decoded and still needed
     ready: list[int] = []  # complete windows not sent yet
     following = 0  # the first window not complete yet
-    wanted = np.unique(np.concatenate(indices)).tolist()  # ascending: one forward pass through the file
-    for start in range(0, len(wanted), DECODE_BATCH):
-        batch = wanted[start:start + DECODE_BATCH]
+    wanted = np.unique(np.concatenate(indices))  # ascending: one forward pass through the file
+    for batch in _batches(wanted, reader.keys, reader.batch_frames):
         frames.update(zip(batch, _read_resized(reader, path, batch, image_size), strict=True))
         while following < len(spans) and indices[following].max() <= batch[-1]:
             ready.append(following)
@@ -93,6 +98,22 @@ def decode_windows(path: Path | str, segmentation: Segmentation, num_frames: int
                 ready = []
 
 
+def _batches(wanted: np.ndarray, keys: np.ndarray, limit: int) -> Iterator[list[int]]:
+    """`wanted` (ascending) in batches of at most `limit` frames made of whole GOPs (the frames from one key
+    frame to the next), so that the seek that starts each batch decodes no frame twice; a GOP with more than
+    `limit` wanted frames is split (each later piece decodes the GOP's start again)."""
+    batch: list[int] = []
+    for gop in np.split(wanted, np.flatnonzero(np.diff(np.searchsorted(keys, wanted, "right"))) + 1):
+        if batch and len(batch) + len(gop) > limit:
+            yield batch
+            batch = []
+        pieces = [gop[start:start + limit].tolist() for start in range(0, len(gop), limit)]
+        yield from pieces[:-1]
+        batch += pieces[-1]
+    if batch:
+        yield batch
+
+
 def _group(windows: list[int], spans: list, indices: list[np.ndarray], frames: dict[int, np.ndarray]) -> WindowStacks:
     """The stacks of `windows` (consecutive) assembled from the decoded frames."""
     stacks = np.stack([np.stack([frames[int(i)] for i in indices[w]]) for w in windows])  # (G, T, S, S, 3)
@@ -100,11 +121,13 @@ def _group(windows: list[int], spans: list, indices: list[np.ndarray], frames: d
 
 
 class _Reader:
-    """A decord VideoReader that is reopened every REOPEN_FRAMES decoded frames, so memory stays bounded."""
+    """decord's VideoReader, stopped from decoding ahead after each batch (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.fetched = path, 0
         self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        self.keys = np.array(self.reader.get_key_indices(), np.int64)  # key frame indices, ascending
+        self.batch_frames = max(1, DECODE_BYTES // int(np.prod(self.reader[0].shape)))
+        self.reader.seek(0)
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -112,11 +135,12 @@ class _Reader:
     def get_avg_fps(self) -> float:
         return self.reader.get_avg_fps()
 
-    def get_batch(self, indices: list[int]) -> decord.ndarray.NDArray:
-        if self.fetched >= REOPEN_FRAMES:
-            self.reader, self.fetched = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1), 0
-        self.fetched += len(indices)
-        return self.reader.get_batch(indices)
+    def read(self, indices: list[int]) -> np.ndarray:
+        """Frames `indices` (ascending), full size: (F, H, W, 3) uint8. Then a seek drops the packets and frames
+        decord queued ahead (the next read seeks to its first frame's key frame anyway)."""
+        frames = self.reader.get_batch(indices).asnumpy()
+        self.reader.seek(0)
+        return frames
 
 
 def _open(path: Path) -> _Reader:
@@ -141,18 +165,14 @@ def _cuts(path: Path, segmentation: Segmentation, progress: Callable[[], None]) 
 
 
 def _read_resized(reader: _Reader, path: Path, indices: list[int], image_size: int) -> np.ndarray:
-    """Frames `indices` (ascending) decoded forward through the file and resized: (F, S, S, 3) uint8."""
-    out = np.empty((len(indices), image_size, image_size, 3), np.uint8)
-    for start in range(0, len(indices), DECODE_BATCH):
-        piece = indices[start:start + DECODE_BATCH]
-        try:
-            frames = reader.get_batch(piece).asnumpy()  # (F, H, W, 3)
-        except (decord.DECORDError, RuntimeError, IndexError) as exc:
-            raise VideoError(path, f"corrupt or truncated video ({decoder_message(exc)})") from None
-        if len(frames) != len(piece):
-            raise VideoError(path, f"truncated video (got {len(frames)} of {len(piece)} frames)")
-        out[start:start + len(piece)] = resize_center_crop(frames, image_size)
-    return out
+    """Frames `indices` (ascending, one batch) decoded and resized: (F, S, S, 3) uint8."""
+    try:
+        frames = reader.read(indices)  # (F, H, W, 3)
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        raise VideoError(path, f"corrupt or truncated video ({decoder_message(exc)})") from None
+    if len(frames) != len(indices):
+        raise VideoError(path, f"truncated video (got {len(frames)} of {len(indices)} frames)")
+    return resize_center_crop(frames, image_size)
 
 
 def _serve(conn: Connection) -> None:
@@ -210,4 +230,4 @@ class WindowDecodeProcess(WorkerProcess):
                 self.stop()
 
 
-__all__ = ["WindowStacks", "decode_windows", "WindowDecodeProcess", "MAX_GROUP_FRAMES", "DECODE_BATCH"]
+__all__ = ["WindowStacks", "decode_windows", "WindowDecodeProcess", "MAX_GROUP_FRAMES", "DECODE_BYTES"]
