@@ -13,17 +13,17 @@ decord decodes ahead: while a `get_batch` waits for a frame it keeps pushing pac
 then converts every one of them to an RGB frame in an unbounded queue, during and after the call, until the end
 of the file or the next seek (on a 1080p file: +1 GB of RSS per second after one `get_batch`). So the decoder
 process grew with the file's length, most while its send waited on the encoder. Every batch now ends with a seek
-(`_Reader.read`), which stops that; each batch starts at a key frame, so the seek decodes nothing twice.
-Measured in-process, 1080p 5 fps, key frame every 10 s, 0.5 s pause per group: peak RSS 297 / 309 / 376 MB on
-2 / 6 / 12-minute files (was 1042 / 1470 / 1909 MB reseeking per GOP only; the previous reopen every 32 frames
-gave 989 / 1898 MB in the subprocess on 2 / 6 minutes), and half the CPU time of that reopen on the 10-minute
-640x360 clip (6.5 s against 12.3 s).
+(`_Reader.read`), which stops that. Batches start at key frames, so the seek decodes nothing twice, except in a
+GOP with more wanted frames than one batch holds: its later pieces decode its start again.
+Decoder process peak RSS in a whole `embed_videos` job (bench_segments.py --rss-minutes, 1080p 5 fps, key frame
+every 10 s): 336 / 325 / 366 MB on 2 / 6 / 12-minute files (the previous reopen every 32 frames: 989 / 1898 MB on
+2 / 6 minutes). In-process, the previous reopen took 12.3 s of CPU on the 10-minute 640x360 clip, this 6.4 s.
 
 Why one forward pass (benchmarks/bench_segments.py, results in benchmarks/results/segments.json): on a
-10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) one pass took 4.6 s against
-9.5 s for a seek and a decode per window (which decodes overlapping stretches twice and restarts at a key frame
-for every window) and 5.4 s for decoding every frame in order (an earlier run on a busier machine: 10.2 / 27.4 /
-19.5 s).
+10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) one pass took 5.4 s against
+8.9 s for a seek and a decode per window (which decodes overlapping stretches twice and restarts at a key frame
+for every window); decoding every frame in order took 4.0 s there, but its memory grows like decord's queue
+(3.4 GB on the 6-minute 1080p file).
 
 `WindowDecodeProcess` runs it in a crash-isolated subprocess that streams the groups back; the time limit
 applies to each group (and to each piece of shot detection), so a long file gets as much time as it needs while
