@@ -137,9 +137,12 @@ class _Reader:
 
     def read(self, indices: list[int]) -> np.ndarray:
         """Frames `indices` (ascending), full size: (F, H, W, 3) uint8. Then a seek drops the packets and frames
-        decord queued ahead (the next read seeks to its first frame's key frame anyway)."""
+        decord queued ahead: to the next key frame, where the next batch starts (batches are whole GOPs), so that
+        read needs no seek of its own (10-min 640x360 clip: 4.0 s against 5.3 s with a seek to frame 0, the
+        same frames)."""
         frames = self.reader.get_batch(indices).asnumpy()
-        self.reader.seek(0)
+        following = int(np.searchsorted(self.keys, indices[-1], "right"))
+        self.reader.seek(int(self.keys[following]) if following < len(self.keys) else 0)
         return frames
 
 
