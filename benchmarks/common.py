@@ -60,9 +60,22 @@ def load_average() -> float:
 def machine() -> dict[str, Any]:
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": platform.processor() or platform.machine(), **cpu_model(), "cores": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average_1m_at_end": load_average(),
             "date": datetime.now(timezone.utc).date().isoformat()}
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU's model name and its int8-relevant vector extensions (Linux /proc/cpuinfo; {} elsewhere): int8
+    speed differs several-fold between AVX2-only and AVX-512 VNNI hosts of the same core count."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in info.splitlines() if ":" in line)}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", ""),
+            "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]}
 
 
 def emit(name: str, results: dict[str, Any]) -> None:

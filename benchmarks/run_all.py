@@ -37,9 +37,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "serve": ("bench_serve.py", [], "dgl serve latency under bounded local load"),
     "ray": ("bench_ray.py", [], "Ray embedding throughput, 1 vs 2 CPU workers"),
     "segments": ("bench_segments.py", ["--dir", str(HERE / ".work" / "segments"), "--workdir", str(HERE / ".work"),
-                                       "--pipeline", "--rss-minutes", "2", "6"],
+                                       "--pipeline", "--rss-minutes", "2", "6", "12"],
                  "segmented dgl embed (10 s windows every 5 s, 12 frames): window decode strategies and segmented "
-                 "embed vs encoder alone on a 10-min 640x360 clip, peak RSS on 2 and 6 min 1080p clips"),
+                 "embed vs encoder alone on a 10-min 640x360 clip, peak RSS on 2, 6 and 12 min 1080p clips"),
 }
 
 
@@ -119,7 +119,9 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
                  ("rss.2min.decoder_peak_rss_mb", "decoder peak RSS MB, 2-min 1080p file"),
                  ("rss.6min.decoder_peak_rss_mb", "decoder peak RSS MB, 6-min 1080p file"),
                  ("rss.2min.job_process_peak_rss_mb", "embed process peak RSS MB (model included), 2-min 1080p file"),
-                 ("rss.6min.job_process_peak_rss_mb", "embed process peak RSS MB (model included), 6-min 1080p file")],
+                 ("rss.6min.job_process_peak_rss_mb", "embed process peak RSS MB (model included), 6-min 1080p file"),
+                 ("rss.12min.decoder_peak_rss_mb", "decoder peak RSS MB, 12-min 1080p file"),
+                 ("rss.12min.job_process_peak_rss_mb", "embed process peak RSS MB (model included), 12-min 1080p file")],
 }
 
 
