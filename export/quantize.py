@@ -52,7 +52,8 @@ def int8_fallbacks(src: Path, blocks: int) -> list[tuple[str, ...]]:
     or patch embeddings with prompts of another scale, so one per-tensor activation scale fits them worst
     (random-init ViT-B/32 text tower: min cosine 0.99834 with every block int8, 0.99936 with block 0 fp32, no
     other single block above 0.9985). Blocks are told apart by position: the graph's weight MatMuls in order are
-    `blocks` equal runs plus the final projection; a graph not shaped like that gets no fallback."""
+    `blocks` equal runs plus the final projection; a graph not shaped like that gets no fallback (the video
+    graph: its last block keeps only the global branch, so its runs differ; its int8 parity held without)."""
     graph = onnx.load(str(src)).graph
     weights = {t.name for t in graph.initializer} | {out for n in graph.node if n.op_type == "Constant" for out in n.output}
     matmuls = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
