@@ -9,7 +9,7 @@ numerically sensitive ops (LayerNorm, softmax, reductions, the final L2 norm) in
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -46,19 +46,20 @@ def to_int8(src: Path, dst: Path, keep_fp32: Sequence[str] = ()) -> None:
         root.setLevel(level)
 
 
-def int8_fallbacks(src: Path, blocks: int) -> list[tuple[str, ...]]:
+def int8_fallbacks(src: Path, blocks: int) -> Iterator[tuple[str, ...]]:
     """The node sets to keep fp32, in the order an int8 export tries them until its parity holds: none, the
     first transformer block's weight MatMuls, the first and the last block's. The first block's inputs mix token
     or patch embeddings with prompts of another scale, so one per-tensor activation scale fits them worst
     (random-init ViT-B/32 text tower: min cosine 0.99834 with every block int8, 0.99936 with block 0 fp32, no
     other single block above 0.9985). Blocks are told apart by position: the graph's weight MatMuls in order are
     `blocks` equal runs plus the final projection; a graph not shaped like that gets no fallback (the video
-    graph: its last block keeps only the global branch, so its runs differ; its int8 parity held without)."""
+    graph: its last block keeps only the global branch, so its runs differ; its int8 parity held without).
+    The graph is read only when the all-int8 try is not enough."""
+    yield ()
     graph = onnx.load(str(src)).graph
     weights = {t.name for t in graph.initializer} | {out for n in graph.node if n.op_type == "Constant" for out in n.output}
     matmuls = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
     per_block, extra = divmod(len(matmuls) - 1, blocks)
-    if per_block == 0 or extra:
-        return [()]
-    first, last = matmuls[:per_block], matmuls[-1 - per_block: -1]
-    return [(), tuple(first), tuple(first + last)]
+    if per_block and not extra:
+        first, last = matmuls[:per_block], matmuls[-1 - per_block: -1]
+        yield from (tuple(first), tuple(first + last))

@@ -97,7 +97,7 @@ def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, 
     model, out, _ = tiny_export
     none, first, both = int8_fallbacks(out / "text_encoder.onnx", model.config.prompt_layers)
     assert none == () and 0 < len(first) < len(both) and set(first) < set(both)
-    assert int8_fallbacks(out / "text_encoder.onnx", 1000) == [()]  # not shaped in blocks: no fallback
+    assert list(int8_fallbacks(out / "text_encoder.onnx", 1000)) == [()]  # not shaped in blocks: no fallback
     monkeypatch.setattr(onnx_export, "REDUCED_MIN_COSINE", 1.01)  # never holds: every fallback is tried
     lines: list[str] = []
     manifest = export_onnx(model, tmp_path / "ex", precisions=("int8",), log=lines.append)
