@@ -2,8 +2,8 @@
 
   text_encoder   one text through the ONNX text encoder, fp32 vs int8
   exact_top10    exact top-10 of one query vector over N x 512 random unit rows stored float32 vs float16
-                 (`search.top_k` on the memory-mapped set; at the first size float16 also without FAISS,
-                 numpy's fallback)
+                 (`search.top_k` on the memory-mapped set; float32 through its float16 scan copy and without
+                 it; at the first size float16 also without FAISS, numpy's fallback)
   query          in process, once loaded: encode one text + exact top-10 (`query.query_texts`), text encoder
                  fp32/int8 x rows float32/float16 at the first size; at the other sizes the auto precision only
   process        the whole `dgl query "..." --json` process (start-up, model and set opening, one query),
@@ -74,7 +74,9 @@ def exact_top10(stores: dict[str, Any], repeats: int, numpy_float16: bool) -> di
         vector = rng.standard_normal((1, dim), dtype=np.float32)
         return vector / np.linalg.norm(vector)
 
-    calls = {dtype: (lambda s=store: search.top_k(s.vectors, query(), 10)) for dtype, store in stores.items()}
+    calls = {dtype: (lambda s=store: search.top_k(s.vectors, query(), 10, scan=s.scan_copy))
+             for dtype, store in stores.items()}
+    calls["float32_without_scan_copy"] = lambda: search.top_k(stores["float32"].vectors, query(), 10)
     if numpy_float16:
         calls["float16_without_faiss"] = lambda: _without_faiss(lambda: search.top_k(stores["float16"].vectors, query(), 10))
     return {name: percentiles(times) for name, times in interleaved(calls, repeats).items()}

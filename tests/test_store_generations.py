@@ -174,3 +174,33 @@ def test_search_refuses_nan_rows_and_queries(tmp_path) -> None:
         search(store, _rows(1, 1), 1)  # even when the bad row would not be among the results
     with pytest.raises(DGLError, match="NaN/inf for the query"):
         search(store, np.full((1, DIM), np.nan, np.float32), 1)
+
+
+def test_large_float32_sets_get_a_float16_scan_copy(tmp_path, monkeypatch) -> None:
+    """A float32 set of SCAN_COPY_MIN_ROWS rows or more is written with its float16 copy (recorded in the
+    manifest, replaced with the generation); search through it equals the float32 scan; smaller and float16
+    sets, and rows beyond float16's range, get none; a damaged copy is refused."""
+    monkeypatch.setattr(store_module, "SCAN_COPY_MIN_ROWS", 6)
+    emb = tmp_path / "emb.npy"
+    _write(emb, _rows(0, 5), [f"v{i}" for i in range(5)])
+    assert open_store(emb).scan_copy is None and "scan16" not in " ".join(_generation_files(tmp_path))
+    rows = _rows(1, 40)
+    _write(emb, rows, [f"w{i}" for i in range(40)])
+    store = open_store(emb)
+    np.testing.assert_array_equal(store.scan_copy.rows, rows.astype(np.float16))
+    assert store.scan_copy.max_norm == pytest.approx(1, abs=1e-6) == store.manifest["scan_copy"]["max_row_norm"]
+    assert sum("scan16" in name for name in _generation_files(tmp_path)) == 1
+    query = _rows(2, 1)
+    hits = search(store, query, 7)
+    assert [h.row for h in hits[0]] == list(np.argsort(-(rows @ query[0]), kind="stable")[:7])
+    big = rows * 1e5  # norms beyond float16's range: no copy
+    _write(emb, big, [f"w{i}" for i in range(40)])
+    assert open_store(emb).scan_copy is None and "scan_copy" not in open_store(emb).manifest
+    write_set(StorePaths.of(emb), [rows], [f"w{i}" for i in range(40)], dim=DIM, dtype=np.float16,
+              fields={"model_fingerprint": "fp"})
+    assert open_store(emb).scan_copy is None and "scan16" not in " ".join(_generation_files(tmp_path))
+    _write(emb, rows, [f"w{i}" for i in range(40)])
+    copy = StorePaths.of(emb).scan_file(open_store(emb).manifest["generation"])
+    np.save(copy, rows[:39].astype(np.float16))
+    with pytest.raises(DGLError, match=r"scan16.npy: the scan copy \(float16 \(39, 8\).*damaged"):
+        open_store(emb)

@@ -7,6 +7,10 @@
   emb.<gen>.ids.txt      one id per row, same order (the video's id: a segmented set repeats it for each window)
   emb.<gen>.segments.npy (N, 2) float64 start, end in seconds of each row, in a segmented set only
                          (`dgl embed --window`; the segmentation is `settings.segments` in the manifest)
+  emb.<gen>.scan16.npy   (N, E) float16 copy of the rows of a float32 set of SCAN_COPY_MIN_ROWS rows or more:
+                         exact search's first pass reads it (half the bytes) where FAISS is installed, then
+                         re-scores from the float32 rows (`search.top_k`); `scan_copy` in the manifest records the
+                         largest row norm, which bounds the copy's rounding. It adds half the rows' size on disk
   emb.npy, emb.ids.txt,  symlinks to the current generation's files: the public names (np.load("emb.npy") works)
   emb.segments.npy
   emb.errors.tsv         the files that failed in the last job, with reasons
@@ -49,10 +53,12 @@ from dgl_deploy.retrieval.precision import described_precision
 FORMAT = "dgl-deploy-embeddings/1"
 ROW_DTYPES = ("float32", "float16")
 COPY_ROWS = 65536  # rows copied per step when writing a generation (bounded memory for any set size)
+FLOAT16_MAX = 65504.0
+SCAN_COPY_MIN_ROWS = 100_000  # float32 sets of this many rows get a float16 scan copy (below, a scan is < 10 ms)
 _REQUIRED = {"model_fingerprint": str, "count": int, "ids_sha256": str}
 _OPTIONAL = {"generation": str, "embed_dim": int, "model": str, "model_relative": str, "source_root": str,
              "source_root_relative": str, "job": str, "settings": dict, "spans_sha256": str, "backend": str,
-             "encoder_backend": str, "precision": str, "row_precisions": list, "frame_sampling": str}
+             "encoder_backend": str, "precision": str, "row_precisions": list, "frame_sampling": str, "scan_copy": dict}
 _GENERATION = r"gen-[0-9a-f]{12}"
 
 
@@ -86,6 +92,9 @@ class StorePaths:
     def spans_file(self, generation: str) -> Path:
         return self.emb.with_name(f"{self.emb.stem}.{generation}.segments.npy")
 
+    def scan_file(self, generation: str) -> Path:
+        return self.emb.with_name(f"{self.emb.stem}.{generation}.scan16.npy")
+
     def data_files(self, manifest: dict[str, Any]) -> list[Path]:
         """[rows, ids(, segments of a segmented set)] files the manifest names: its generation's, or the public
         names for a set without one."""
@@ -104,6 +113,14 @@ def spans_digest(spans: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(spans, dtype="<f8").tobytes()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class ScanCopy:
+    """A float32 set's rows rounded to float16: what exact search scans first (`search.top_k`)."""
+
+    rows: np.ndarray  # (N, E) float16, memory-mapped
+    max_norm: float  # the largest L2 norm of a float32 row: bounds how far the rounding moves a score
+
+
 @dataclass
 class EmbeddingStore:
     """A loaded embedding set: memory-mapped rows, their ids and the manifest."""
@@ -113,6 +130,7 @@ class EmbeddingStore:
     ids: list[str]
     manifest: dict[str, Any]
     spans: np.ndarray | None = None  # (N, 2) float64 start, end in seconds (memory-mapped); None: whole videos
+    scan_copy: ScanCopy | None = None  # float16 copy of float32 rows (sets of SCAN_COPY_MIN_ROWS rows or more)
 
     @property
     def fingerprint(self) -> str:
@@ -225,7 +243,7 @@ def _load(paths: StorePaths, manifest: dict[str, Any]) -> EmbeddingStore:
         raise DGLError(f"{ids_file}: the ids do not match the checksum in {paths.manifest.name} (edited or "
                        "reordered?): the set is damaged, re-embed it")
     spans = _load_spans(spans_file[0], manifest) if spans_file else None
-    return EmbeddingStore(paths, vectors, ids, manifest, spans)
+    return EmbeddingStore(paths, vectors, ids, manifest, spans, _load_scan_copy(paths, vectors, manifest))
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
@@ -247,6 +265,21 @@ def _load_spans(path: Path, manifest: dict[str, Any]) -> np.ndarray:
         raise DGLError(f"{path}: the segments ({spans.dtype} {spans.shape}) do not match the manifest's "
                        f"{manifest['count']} rows and checksum: the set is damaged, re-embed it")
     return spans
+
+
+def _load_scan_copy(paths: StorePaths, vectors: np.ndarray, manifest: dict[str, Any]) -> ScanCopy | None:
+    """The set's float16 scan copy, checked against the rows and the manifest; None if it has none."""
+    recorded = manifest.get("scan_copy")
+    if not recorded or not manifest.get("generation"):
+        return None
+    path = paths.scan_file(manifest["generation"])
+    rows = _load_npy(path, "the scan copy")
+    norm = recorded.get("max_row_norm")
+    if rows.shape != vectors.shape or rows.dtype != np.float16 or isinstance(norm, bool) or \
+            not isinstance(norm, (int, float)) or not 0 <= norm < np.inf:
+        raise DGLError(f"{path}: the scan copy ({rows.dtype} {rows.shape}, max row norm {norm!r}) does not match "
+                       f"the rows ({vectors.dtype} {vectors.shape}): the set is damaged, re-embed it")
+    return ScanCopy(rows, float(norm))
 
 
 def _check_rows(rows_file: Path, vectors: np.ndarray, ids: list[str], manifest: dict[str, Any]) -> None:
@@ -285,10 +318,13 @@ def write_set(paths: StorePaths, blocks: Iterable[np.ndarray], ids: list[str], *
     generation = f"gen-{secrets.token_hex(6)}"
     ids_text = "".join(f"{i}\n" for i in ids)
     spans_size = 0 if spans is None else 128 + len(ids) * 16
-    _check_space(paths, 128 + len(ids) * dim * dtype.itemsize + len(ids_text.encode()) + spans_size)
+    scan_copy = dtype == np.float32 and len(ids) >= SCAN_COPY_MIN_ROWS
+    _check_space(paths, 128 + len(ids) * dim * (dtype.itemsize + 2 * scan_copy) + len(ids_text.encode()) + spans_size)
     _write_rows(paths, paths.rows_file(generation), blocks, ids, dim, dtype)
     atomic_write_text(paths.ids_file(generation), ids_text)
-    checksums = {"ids_sha256": ids_digest(ids)}
+    checksums: dict[str, Any] = {"ids_sha256": ids_digest(ids)}
+    if scan_copy and (copy := _write_scan_copy(paths.rows_file(generation), paths.scan_file(generation))):
+        checksums["scan_copy"] = copy
     if spans is not None:
         spans = np.asarray(spans, dtype=np.float64)
         if spans.shape != (len(ids), 2):
@@ -307,6 +343,30 @@ def write_set(paths: StorePaths, blocks: Iterable[np.ndarray], ids: list[str], *
         paths.spans.unlink(missing_ok=True)
     _remove_stale_generations(paths, generation)
     return manifest
+
+
+class _OutOfRange(Exception):
+    """A row does not fit float16's range: the set gets no scan copy."""
+
+
+def _write_scan_copy(rows_file: Path, path: Path) -> dict[str, float] | None:
+    """Write the float16 copy of a float32 rows file (written and checked finite just before); returns what the
+    manifest records of it (`scan_copy`), or None (nothing written) if a row's norm exceeds float16's range."""
+    rows = np.load(rows_file, mmap_mode="r")
+    norm = 0.0
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                                                          "fortran_order": False, "shape": rows.shape})
+            for start in range(0, len(rows), COPY_ROWS):
+                piece = np.asarray(rows[start:start + COPY_ROWS])  # (R, E) float32
+                norm = max(norm, float(np.sqrt(np.square(piece, dtype=np.float64).sum(1)).max()))
+                if norm > FLOAT16_MAX:
+                    raise _OutOfRange
+                handle.write(piece.astype(np.float16).tobytes())  # (R, E) float16
+    except _OutOfRange:
+        return None
+    return {"max_row_norm": norm}
 
 
 def _check_space(paths: StorePaths, need: int) -> None:
@@ -354,7 +414,7 @@ def _pieces(blocks: Iterable[np.ndarray], dtype: np.dtype) -> Iterator[np.ndarra
 def _remove_stale_generations(paths: StorePaths, current: str) -> None:
     """Remove every generation file of this set but `current`'s (older ones, and those of writes that were
     killed or failed before their switch)."""
-    pattern = re.compile(rf"\.?{re.escape(paths.emb.stem)}\.({_GENERATION})\.(npy|ids\.txt|segments\.npy)(\.\w+\.tmp)?")
+    pattern = re.compile(rf"\.?{re.escape(paths.emb.stem)}\.({_GENERATION})\.(npy|ids\.txt|segments\.npy|scan16\.npy)(\.\w+\.tmp)?")
     for path in paths.emb.parent.iterdir():
         match = pattern.fullmatch(path.name)
         if match and match.group(1) != current:
