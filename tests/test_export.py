@@ -19,6 +19,8 @@ from dgl_deploy.export import export_onnx, onnx_export, parity
 from dgl_deploy.export.quantize import int8_fallbacks
 from dgl_deploy.model.checkpoint import model_fingerprint, save
 from dgl_deploy.model.model import create_model
+from dgl_deploy.runtime.backends import onnxruntime as onnxruntime_backend
+from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
 from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, load_manifest
 from tests.conftest import golden_case
 
@@ -107,6 +109,22 @@ def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, 
     assert set(both) <= {n.name for n in graph.node if n.op_type == "MatMul"}
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)  # the rest is int8
     assert any(line.startswith("text  int8") and f"{len(both)} MatMuls kept fp32" in line for line in lines)
+
+
+
+def test_int8_video_rows_do_not_depend_on_the_batch(tmp_path: Path, tiny_export, monkeypatch) -> None:
+    """On CPU each video runs alone through the video graph (`CPU_VIDEO_CHUNK`): an int8 row is the same whether
+    the video came alone or with others (int8's activation scales are per run: a shared run would mix them)."""
+    model, out, _ = tiny_export
+    export_onnx(model, tmp_path / "ex", precisions=("int8",), log=lambda _: None)
+    encoder = OnnxEncoder(tmp_path / "ex", device="cpu", precision="int8")
+    size = (encoder.frames, encoder.image_size, encoder.image_size, 3)
+    rng = np.random.default_rng(0)
+    frames = np.stack([rng.integers(0, high, size, dtype=np.uint8) for high in (40, 255, 120)])  # (3, T, H, W, 3)
+    alone = np.concatenate([encoder.encode_videos(frames[i:i + 1]) for i in range(3)])
+    np.testing.assert_array_equal(encoder.encode_videos(frames), alone)
+    monkeypatch.setattr(onnxruntime_backend, "CPU_VIDEO_CHUNK", 3)  # one shared run: the rows change
+    assert np.abs(encoder.encode_videos(frames) - alone).max() > 0
 
 
 def test_failed_parity_leaves_nothing(tmp_path: Path, monkeypatch) -> None:

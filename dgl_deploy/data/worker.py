@@ -2,8 +2,16 @@
 has imported the worker's module once (fast restarts), killed and restarted after a hang or a crash.
 
 A worker runs `worker_loop`: it ignores Ctrl-C (the parent's to handle), silences fd 2 (ffmpeg and decord print
-there; the reason of a failure travels back in the reply), says ('ready', None), then answers each request with
-the messages its handler sends, or ('error', reason) for a VideoError or anything else the decoder throws.
+there; the reason of a failure travels back in the reply), lowers its CPU priority by DECODER_NICE, says
+('ready', None), then answers each request with the messages its handler sends, or ('error', reason) for a
+VideoError or anything else the decoder throws.
+
+Why the lower priority: where the decoders share the cores with the encoder (a CPU encoder with one thread per
+core), every slice a decoder takes from one encoder thread also stalls the other threads at the op's end, so a
+decoder at the encoder's priority costs the encoder about twice its own CPU time. At nice 10 the scheduler
+runs the decoders mostly where the encoder's threads wait, and they still get a tenth of a busy core: on 2 cores,
+segmented embed of the 10-minute clip (benchmarks/bench_segments.py, interleaved medians of 3) ran 3.35 windows/s
+against 3.03 at nice 0; at nice 15 and 19 the encoder waited longer for frames.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 
 from dgl_deploy.errors import DGLError
 
+DECODER_NICE = 10  # added to a worker's nice value (module docstring)
 STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against any time limit
 Connection = mp.connection.Connection
 
@@ -37,6 +46,7 @@ def worker_loop(conn: Connection, handle: Callable[[Any], None]) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+    os.nice(DECODER_NICE)
     conn.send(("ready", None))
     while True:
         try:
