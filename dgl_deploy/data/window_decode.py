@@ -16,14 +16,14 @@ process grew with the file's length, most while its send waited on the encoder. 
 (`_Reader.read`), which stops that. Batches start at key frames, so the seek decodes nothing twice, except in a
 GOP with more wanted frames than one batch holds: its later pieces decode its start again.
 Decoder process peak RSS in a whole `embed_videos` job (bench_segments.py --rss-minutes, 1080p 5 fps, key frame
-every 10 s): 368 / 443 / 445 MB on 2 / 6 / 12-minute files (the previous reopen every 32 frames: 989 / 1898 MB on
+every 10 s): 430 / 488 / 515 MB on 2 / 6 / 12-minute files (an earlier run: 368 / 443 / 445; the previous reopen every 32 frames: 989 / 1898 MB on
 2 / 6 minutes). In-process, the previous reopen took 12.3 s of CPU on the 10-minute 640x360 clip, a seek to frame 0
 after each batch 6.4 s.
 
 Why one forward pass (benchmarks/bench_segments.py, results in benchmarks/results/segments.json): on a
-10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) one pass took 4.6 s against
+10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) one pass took 3.9 s against
 10.0 s for a seek and a decode per window (which decodes overlapping stretches twice and restarts at a key frame
-for every window); decoding every frame in order also took 4.6 s there, but its memory grows like decord's queue
+for every window); decoding every frame in order took 4.0 s there, but its memory grows like decord's queue
 (3.4 GB on the 6-minute 1080p file).
 
 `WindowDecodeProcess` runs it in a crash-isolated subprocess that streams the groups back; the time limit

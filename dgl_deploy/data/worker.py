@@ -10,8 +10,8 @@ Why the lower priority: where the decoders share the cores with the encoder (a C
 core), every slice a decoder takes from one encoder thread also stalls the other threads at the op's end, so a
 decoder at the encoder's priority costs the encoder about twice its own CPU time. At nice 10 the scheduler
 runs the decoders mostly where the encoder's threads wait, and they still get a tenth of a busy core: on 2 cores,
-segmented embed of the 10-minute clip (benchmarks/bench_segments.py, interleaved medians of 3) ran 3.35 windows/s
-against 3.03 at nice 0; at nice 15 and 19 the encoder waited longer for frames.
+segmented embed of the 10-minute clip (benchmarks/bench_segments.py, one run each) ran 3.35 windows/s against 3.03
+at nice 0; at nice 15 and 19 the encoder waited about twice as long for frames.
 """
 
 from __future__ import annotations
