@@ -356,8 +356,7 @@ def _write_scan_copy(rows_file: Path, path: Path) -> dict[str, float] | None:
     norm = 0.0
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
-                                                          "fortran_order": False, "shape": rows.shape})
+            _write_npy_header(handle, np.dtype(np.float16), rows.shape)
             for start in range(0, len(rows), COPY_ROWS):
                 piece = np.asarray(rows[start:start + COPY_ROWS])  # (R, E) float32
                 norm = max(norm, float(np.sqrt(np.square(piece, dtype=np.float64).sum(1)).max()))
@@ -386,10 +385,9 @@ def _mb(size: int) -> str:
 def _write_rows(paths: StorePaths, path: Path, blocks: Iterable[np.ndarray], ids: list[str], dim: int,
                 dtype: np.dtype) -> None:
     """Stream the blocks into an .npy (header first), refusing rows that are not finite."""
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (len(ids), dim)}
     written = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, header)
+        _write_npy_header(handle, dtype, (len(ids), dim))
         for piece in _pieces(blocks, dtype):
             if piece.ndim != 2 or piece.shape[1] != dim or written + len(piece) > len(ids):
                 raise ValueError(f"rows {piece.shape} after {written} do not fit ({len(ids)}, {dim})")
@@ -402,6 +400,12 @@ def _write_rows(paths: StorePaths, path: Path, blocks: Iterable[np.ndarray], ids
             written += len(piece)
         if written != len(ids):
             raise ValueError(f"{written} rows for {len(ids)} ids")
+
+
+def _write_npy_header(handle: Any, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """The .npy header of a C-order array of `dtype` and `shape`, whose bytes the caller streams after it."""
+    np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": False, "shape": shape})
 
 
 def _pieces(blocks: Iterable[np.ndarray], dtype: np.dtype) -> Iterator[np.ndarray]:
