@@ -16,9 +16,9 @@ process grew with the file's length, most while its send waited on the encoder. 
 (`_Reader.read`), which stops that. Batches start at key frames, so the seek decodes nothing twice, except in a
 GOP with more wanted frames than one batch holds: its later pieces decode its start again.
 Decoder process peak RSS in a whole `embed_videos` job (bench_segments.py --rss-minutes, 1080p 5 fps, key frame
-every 10 s): 430 / 488 / 515 MB on 2 / 6 / 12-minute files (an earlier run: 368 / 443 / 445; the previous reopen every 32 frames: 989 / 1898 MB on
-2 / 6 minutes). In-process, the previous reopen took 12.3 s of CPU on the 10-minute 640x360 clip, a seek to frame 0
-after each batch 6.4 s.
+every 10 s): 430 / 488 / 515 MB on 2 / 6 / 12-minute files (an earlier run: 368 / 443 / 445; the previous reopen
+every 32 frames: 989 / 1898 MB on 2 / 6 minutes). In-process, the previous reopen took 12.3 s of CPU on the
+10-minute 640x360 clip, a seek to frame 0 after each batch 6.4 s.
 
 Why one forward pass (benchmarks/bench_segments.py, results in benchmarks/results/segments.json): on a
 10-minute 640x360 h264 clip (10 s windows, stride 5 s, T = 12, key frame every 10 s) one pass took 3.9 s against
