@@ -1,5 +1,7 @@
 """CPU benchmark of the export against the usual CLIP pipeline: PyTorch eager fp32 vs ONNX Runtime fp32 vs
-ONNX Runtime int8 (dynamic) DGL encoders, and the plain-CLIP baseline (open_clip frame embeddings of the same
+ONNX Runtime int8 (dynamic) DGL encoders (the bare session, one batch per run over every core; and for video also
+`OnnxEncoder` as `dgl embed` runs it on CPU, `dgl_encoder_*`: one video per run, a single-threaded run per core
+at once), and the plain-CLIP baseline (open_clip frame embeddings of the same
 frames, mean-pooled, PyTorch fp32: `runtime.backends.meanpool`).
 
 Video encoder (T frames, batch B, uint8 frames in: every variant normalises them itself) in videos/s and text
@@ -32,7 +34,7 @@ from dgl_deploy.export.parity import Sizes, compare, sample_input, torch_embed  
 from dgl_deploy.model.model import DGLModel, create_model  # noqa: E402
 from dgl_deploy.model.pixels import normalize  # noqa: E402
 from dgl_deploy.runtime.backends.meanpool import MeanPoolEncoder  # noqa: E402
-from dgl_deploy.runtime.backends.onnxruntime import make_session, physical_cores  # noqa: E402
+from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder, make_session, physical_cores  # noqa: E402
 from dgl_deploy.runtime.manifest import Manifest  # noqa: E402
 
 PRECISIONS = ("fp32", "int8")
@@ -56,6 +58,8 @@ def variants(model: DGLModel, folder: Path, manifest: Manifest, role: str,
         session = make_session(folder / manifest.graph(role, precision).file)
         name = session.get_inputs()[0].name
         calls[f"onnxruntime_{precision}"] = lambda s=session, n=name: s.run(None, {n: array})[0]
+        if role == "video":  # as `dgl embed` runs it: one video per run, one single-threaded run per core at once
+            calls[f"dgl_encoder_{precision}"] = OnnxEncoder(folder, device="cpu", precision=precision).encode_videos
     if role == "video":
         baseline = MeanPoolEncoder(model.clip, "bench", model.config.frames)
         calls["clip_meanpool_torch_fp32"] = lambda: baseline.encode_videos(array)
@@ -78,8 +82,8 @@ def bench_role(model: DGLModel, folder: Path, manifest: Manifest, role: str, bat
                          "min_ms": round(1000 * min(seconds), 1)}
         if name in cosines:
             results[name]["cosine"] = round(cosines[name], 6)
-        if name.startswith("onnxruntime_"):
-            precision = name.removeprefix("onnxruntime_")
+        if name.startswith(("onnxruntime_", "dgl_encoder_")):
+            precision = name.rsplit("_", 1)[1]
             results[name]["export_parity_min_cosine"] = manifest.graph(role, precision).parity.get("min_cosine")
     base = results["torch_eager_fp32"]["per_s"]
     for entry in results.values():
@@ -112,6 +116,8 @@ def main() -> None:
         "timing": "interleaved, order rotated per repetition; medians", "export_seconds": round(export_s, 1),
         "video_per_s": video, "text_per_s": text,
         "int8_vs_clip_meanpool": round(video["onnxruntime_int8"]["per_s"] / video["clip_meanpool_torch_fp32"]["per_s"], 3),
+        "dgl_encoder_int8_vs_clip_meanpool": round(video["dgl_encoder_int8"]["per_s"] /
+                                                   video["clip_meanpool_torch_fp32"]["per_s"], 3),
     })
 
 

@@ -84,6 +84,9 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     "export": [("video_per_s.onnxruntime_fp32.speedup", "ORT fp32 / PyTorch video speed-up (target >= 1.5)"),
                ("video_per_s.onnxruntime_int8.speedup", "ORT int8 / PyTorch video speed-up (target >= 2.5)"),
                ("int8_vs_clip_meanpool", "ORT int8 DGL / plain CLIP mean-pooled frames (PyTorch fp32), videos/s"),
+               ("video_per_s.dgl_encoder_int8.speedup", "DGL video encoder as `dgl embed` runs it on CPU (int8, a "
+                "single-threaded video per core at once) / PyTorch"),
+               ("dgl_encoder_int8_vs_clip_meanpool", "same / plain CLIP mean-pooled frames (PyTorch fp32), videos/s"),
                ("video_per_s.onnxruntime_int8.per_s", "DGL videos/s, ORT int8, 12 frames, batch 4"),
                ("video_per_s.clip_meanpool_torch_fp32.per_s", "plain CLIP mean-pooled videos/s, PyTorch fp32"),
                ("video_per_s.onnxruntime_int8.cosine", "ORT int8 cosine to fp32 (target >= 0.99)"),

@@ -17,7 +17,7 @@ from dgl_deploy.export.parity import TOKENIZER_CORPUS, sample_frames
 from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.model.tokenizer import Tokenizer
 from dgl_deploy.runtime.backends.base import Encoder, used_words
-from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder, physical_cores
 from dgl_deploy.runtime.backends.torch_backend import TorchEncoder
 from dgl_deploy.runtime.tokenizer import BPETokenizer, open_clip_bpe_file
 
@@ -55,6 +55,18 @@ def test_encoder_matches_torch_backend(encoders) -> None:
     assert got.dtype == np.float32 and got.shape == (3, onnx_enc.embed_dim)
     np.testing.assert_allclose(got, torch_enc.encode_videos(frames), atol=1e-4, rtol=0)
     assert onnx_enc.describe() == "onnxruntime (CPU, fp32)"
+
+
+def test_cpu_video_runs_go_side_by_side(encoders) -> None:
+    """On CPU the video tower's runs go one video each, one single-threaded run per core at once; the rows come
+    back in input order, equal to one-by-one runs. Texts keep one run over every core."""
+    _, onnx_enc = encoders
+    frames = sample_frames(onnx_enc.frames, onnx_enc.image_size, 5, np.random.default_rng(9))
+    rows = onnx_enc.encode_videos(frames)
+    assert onnx_enc.session("video").get_session_options().intra_op_num_threads == 1
+    onnx_enc.encode_text(["a"])
+    assert onnx_enc.session("text").get_session_options().intra_op_num_threads == physical_cores()
+    np.testing.assert_array_equal(rows, np.concatenate([onnx_enc.encode_videos(f[None]) for f in frames]))
 
 
 def test_text_graph_runs_only_up_to_the_last_eot(encoders) -> None:
@@ -102,7 +114,7 @@ def test_query_startup_does_not_import_torch(tiny_export) -> None:
     script = textwrap.dedent(f"""
         import json, sys, time
         start = time.perf_counter()
-        from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
+        from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder, physical_cores
         imported = time.perf_counter() - start
         out = OnnxEncoder({str(folder)!r}, device="cpu").encode_text(["a dog runs", "a cat"])
         print(json.dumps({{"torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules,
