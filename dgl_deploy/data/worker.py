@@ -6,12 +6,14 @@ there; the reason of a failure travels back in the reply), lowers its CPU priori
 ('ready', None), then answers each request with the messages its handler sends, or ('error', reason) for a
 VideoError or anything else the decoder throws.
 
-Why the lower priority: where the decoders share the cores with the encoder (a CPU encoder with one thread per
-core), every slice a decoder takes from one encoder thread also stalls the other threads at the op's end, so a
-decoder at the encoder's priority costs the encoder about twice its own CPU time. At nice 10 the scheduler
-runs the decoders mostly where the encoder's threads wait, and they still get a tenth of a busy core: on 2 cores,
-segmented embed of the 10-minute clip (benchmarks/bench_segments.py, one run each) ran 3.35 windows/s against 3.03
-at nice 0; at nice 15 and 19 the encoder waited about twice as long for frames.
+Why the lower priority: the decoders share the cores with the encoder, whose throughput is the job's. Measured
+when the CPU video tower ran one run at a time over every core: every slice a decoder took from one encoder
+thread also stalled the other threads at the op's end, so a decoder at the encoder's priority cost the encoder
+about twice its own CPU time, and at nice 10 segmented embed of the 10-minute clip (benchmarks/bench_segments.py,
+one run each) ran 3.35 windows/s against 3.03 at nice 0; at nice 15 and 19 the encoder waited about twice as long
+for frames. Since the video tower runs a single-threaded run per core side by side there is no such stall: nice
+0, 5 and 10 embedded 96 clips at the same rate within noise (4.32 / 4.28 / 4.27 and 3.91 / 4.10 / 4.19 videos/s,
+two rounds), and at nice 10 the decoders still get the tenth of a busy core they need.
 """
 
 from __future__ import annotations
