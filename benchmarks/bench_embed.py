@@ -111,7 +111,7 @@ def main() -> None:
         export = exported_model(root)
         folder = clips(root, args.videos, args.unique)
         encoder = OnnxEncoder(export, device="cpu", precision=args.precision)
-        encoder.encode_videos(np.zeros((1, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))
+        encoder.encode_videos(np.zeros((2, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))  # batch path
         alone = encoder_only(encoder, folder, args.batch, args.workers)
         settings = EmbedSettings(batch_size=args.batch, workers=args.workers)
         result = embed_videos(folder, root / "emb.npy", encoder, settings, overwrite=True)

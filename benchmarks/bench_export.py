@@ -59,7 +59,8 @@ def variants(model: DGLModel, folder: Path, manifest: Manifest, role: str,
         name = session.get_inputs()[0].name
         calls[f"onnxruntime_{precision}"] = lambda s=session, n=name: s.run(None, {n: array})[0]
         if role == "video":  # as `dgl embed` runs it: one video per run, one single-threaded run per core at once
-            calls[f"dgl_encoder_{precision}"] = OnnxEncoder(folder, device="cpu", precision=precision).encode_videos
+            encoder = OnnxEncoder(folder, device="cpu", precision=precision)
+            calls[f"dgl_encoder_{precision}"] = lambda e=encoder: e.encode_videos(array)
     if role == "video":
         baseline = MeanPoolEncoder(model.clip, "bench", model.config.frames)
         calls["clip_meanpool_torch_fp32"] = lambda: baseline.encode_videos(array)

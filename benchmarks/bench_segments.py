@@ -164,7 +164,7 @@ def _open_encoder(workdir: Path):  # noqa: ANN202
     from dgl_deploy.runtime.backends.select import open_encoder
 
     encoder = open_encoder(exported_model(workdir), precision="auto", log=None)
-    encoder.encode_videos(np.zeros((1, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))
+    encoder.encode_videos(np.zeros((2, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))  # batch path
     return encoder
 
 

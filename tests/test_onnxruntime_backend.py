@@ -57,16 +57,27 @@ def test_encoder_matches_torch_backend(encoders) -> None:
     assert onnx_enc.describe() == "onnxruntime (CPU, fp32)"
 
 
-def test_cpu_video_runs_go_side_by_side(encoders) -> None:
-    """On CPU the video tower's runs go one video each, one single-threaded run per core at once; the rows come
-    back in input order, equal to one-by-one runs. Texts keep one run over every core."""
-    _, onnx_enc = encoders
-    frames = sample_frames(onnx_enc.frames, onnx_enc.image_size, 5, np.random.default_rng(9))
-    rows = onnx_enc.encode_videos(frames)
-    assert onnx_enc.session("video").get_session_options().intra_op_num_threads == 1
-    onnx_enc.encode_text(["a"])
-    assert onnx_enc.session("text").get_session_options().intra_op_num_threads == physical_cores()
-    np.testing.assert_array_equal(rows, np.concatenate([onnx_enc.encode_videos(f[None]) for f in frames]))
+def test_cpu_video_runs_go_side_by_side(tiny_export) -> None:
+    """On CPU a batch of videos runs one video per run, one single-threaded run per core at once; the rows come
+    back in input order, equal to one-by-one runs. A lone video (and texts) takes every core, unless the
+    single-threaded session is loaded already (no second copy of the graph)."""
+    _, folder, _ = tiny_export
+    cores = physical_cores()
+    lone_first, batch_first = OnnxEncoder(folder, device="cpu"), OnnxEncoder(folder, device="cpu")
+    frames = sample_frames(lone_first.frames, lone_first.image_size, 5, np.random.default_rng(9))
+    lone = lone_first.encode_videos(frames[:1])
+    assert _threads(lone_first) == {("video", None): cores}
+    rows = batch_first.encode_videos(frames)
+    np.testing.assert_array_equal(rows, np.concatenate([batch_first.encode_videos(f[None]) for f in frames]))
+    np.testing.assert_array_equal(rows[:1], lone)
+    batch_first.encode_text(["a"])
+    assert _threads(batch_first) == {("video", 1): 1, ("text", None): cores}
+    np.testing.assert_array_equal(lone_first.encode_videos(frames), rows)
+    assert _threads(lone_first) == {("video", None): cores, ("video", 1): 1}
+
+
+def _threads(encoder: OnnxEncoder) -> dict:
+    return {key: session.get_session_options().intra_op_num_threads for key, session in encoder._sessions.items()}
 
 
 def test_text_graph_runs_only_up_to_the_last_eot(encoders) -> None:

@@ -35,8 +35,10 @@ from dgl_deploy.runtime.manifest import (
 # 2 cores, pre-decoded: int8 4.91 videos/s side by side vs 3.40 one run at a time over 2 threads (ORT's int8
 # ops leave its second thread waiting at each op's end), fp32 1.74 vs 1.66; one video per run also keeps a
 # video's activations in cache (int8 4.40 / 3.50 videos/s at 1 / 16 videos per 2-thread run), and with int8's
-# per-run activation scales makes a video's row independent of the batch it came in. Texts keep one run over
-# every core (query latency; int8 106 / 198 texts/s at 1 / 64 per run). GPUs run whole batches.
+# per-run activation scales makes a video's row independent of the batch it came in. A lone video (a query by
+# video: 299 against 407 ms int8) runs over every core, unless the single-threaded session is already loaded (a
+# second copy of the graph costs ~250 MB); texts too (int8 106 / 198 texts/s at 1 / 64 per run). A run's result
+# does not depend on its thread count (bitwise, ViT-B/32 fp32 and int8). GPUs run whole batches.
 CPU_VIDEO_CHUNK = 1
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = PROVIDER_ORDER[:2]
@@ -117,7 +119,7 @@ class OnnxEncoder:
         self.frame_sampling = m.frame_sampling
         self.max_words, self.embed_dim = m.max_words, m.embed_dim
         self._trim_words = m.inputs["text"].shape[1] == "W"  # the text graph takes any length up to max_words
-        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._sessions: dict[tuple[str, int | None], ort.InferenceSession] = {}  # by (role, threads)
         self._tokenizer: Any = None
         self._video_lanes: ThreadPoolExecutor | None = None  # CPU: one lane per core, each a video at a time
 
@@ -131,17 +133,16 @@ class OnnxEncoder:
             self.manifest.graph(role, precision)  # raises naming what the export has
         return precision
 
-    def session(self, role: str) -> ort.InferenceSession:
-        """The verified session of tower `role` ("text" or "video"), created on first use."""
-        if role not in self._sessions:
+    def session(self, role: str, threads: int | None = None) -> ort.InferenceSession:
+        """The verified session of tower `role` ("text" or "video") with `threads` intra-op threads (default one
+        per core), created on first use."""
+        if (role, threads) not in self._sessions:
             entry = self.manifest.graph(role, self.precision)
             path = verified_file(self.folder, entry.file, entry.sha256)
-            side_by_side = role == "video" and not self.on_gpu  # encode_videos runs one per core at once
-            session = make_session(path, self.providers, cache_dir=self.folder / ".ort_trt_cache",
-                                   threads=1 if side_by_side else None)
+            session = make_session(path, self.providers, cache_dir=self.folder / ".ort_trt_cache", threads=threads)
             check_graph_metadata(path, session.get_modelmeta().custom_metadata_map, self.manifest)
-            self._sessions[role] = session
-        return self._sessions[role]
+            self._sessions[role, threads] = session
+        return self._sessions[role, threads]
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """Captions -> (B, W) int64 ids with the export's CLIP BPE vocabulary."""
@@ -164,18 +165,18 @@ class OnnxEncoder:
 
     def encode_videos(self, frames: np.ndarray) -> np.ndarray:
         check_frames(frames, self.frames, self.image_size)  # (B, T, H, W, 3) uint8
-        if self.on_gpu:
+        if self.on_gpu or (len(frames) == 1 and ("video", 1) not in self._sessions):  # a lone video (CPU_VIDEO_CHUNK)
             return self._run("video", frames)
         if self._video_lanes is None:
-            self.session("video")  # created (and verified) once, before the lanes share it
+            self.session("video", threads=1)  # created (and verified) once, before the lanes share it
             self._video_lanes = ThreadPoolExecutor(physical_cores(), thread_name_prefix="dgl-video")
         chunks = [frames[i:i + CPU_VIDEO_CHUNK] for i in range(0, len(frames), CPU_VIDEO_CHUNK)]
-        return np.concatenate(list(self._video_lanes.map(partial(self._run, "video"), chunks)))  # (B, E)
+        return np.concatenate(list(self._video_lanes.map(partial(self._run, "video", threads=1), chunks)))  # (B, E)
 
-    def _run(self, role: str, array: np.ndarray) -> np.ndarray:
+    def _run(self, role: str, array: np.ndarray, threads: int | None = None) -> np.ndarray:
         """One batch through a tower; on a GPU provider through IO binding (output stays on the device until
         the one copy back), on CPU a plain run."""
-        session = self.session(role)
+        session = self.session(role, threads)
         array = np.ascontiguousarray(array)
         if not self.on_gpu:
             return session.run(None, {session.get_inputs()[0].name: array})[0]
