@@ -99,9 +99,13 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
               ("peer.dgl_vs_clip_meanpool", "dgl embed (auto precision) / plain-CLIP mean-pool pipeline (PyTorch fp32), "
                "videos/s end to end, same settings (target >= 2.5)"),
               ("peer.dgl_vs_clip_meanpool_best_batch", "same, the plain-CLIP pipeline at its fastest batch (4)"),
+              ("peer.dgl_vs_clip_meanpool_side_by_side", "same, the plain-CLIP pipeline scheduled like dgl embed (a "
+               "single-threaded video per core at once)"),
               ("peer.videos_per_s.dgl_embed_auto", "dgl embed videos/s, auto precision, peer run"),
               ("peer.videos_per_s.clip_meanpool_torch_fp32", "plain-CLIP mean-pool pipeline videos/s, peer run (batch 16)"),
               ("peer.videos_per_s.clip_meanpool_torch_fp32_best_batch", "plain-CLIP mean-pool pipeline videos/s, batch 4"),
+              ("peer.videos_per_s.clip_meanpool_torch_fp32_side_by_side", "plain-CLIP mean-pool pipeline videos/s, "
+               "side by side"),
               ("peer.dgl_auto_vs_fp32_cosine.min", "dgl embed auto-precision rows: min cosine to fp32 rows")],
     "query": [("auto_precision", "precision `auto` picks on CPU for this export"),
               ("query_100000.text_int8_rows_float32.p50_ms", "query p50 ms at 100k float32 rows: int8 text + exact top-10 "
