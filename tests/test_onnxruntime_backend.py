@@ -125,7 +125,7 @@ def test_query_startup_does_not_import_torch(tiny_export) -> None:
     script = textwrap.dedent(f"""
         import json, sys, time
         start = time.perf_counter()
-        from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder, physical_cores
+        from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
         imported = time.perf_counter() - start
         out = OnnxEncoder({str(folder)!r}, device="cpu").encode_text(["a dog runs", "a cat"])
         print(json.dumps({{"torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules,
