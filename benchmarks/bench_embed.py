@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, exported_model, interleaved  # noqa: E402
+from common import emit, exported_model, interleaved, warm_up  # noqa: E402
 
 from dgl_deploy.data.loader import iter_video_batches  # noqa: E402
 from dgl_deploy.data.synthetic import make_synthetic  # noqa: E402
@@ -140,7 +140,7 @@ def main() -> None:
         export = exported_model(root)
         folder = clips(root, args.videos, args.unique)
         encoder = OnnxEncoder(export, device="cpu", precision=args.precision)
-        encoder.encode_videos(np.zeros((2, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))  # batch path
+        warm_up(encoder)
         alone = encoder_only(encoder, folder, args.batch, args.workers)
         settings = EmbedSettings(batch_size=args.batch, workers=args.workers)
         result = embed_videos(folder, root / "emb.npy", encoder, settings, overwrite=True)

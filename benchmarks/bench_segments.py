@@ -159,12 +159,12 @@ class _ChildPeaks:
 
 
 def _open_encoder(workdir: Path):  # noqa: ANN202
-    from common import exported_model
+    from common import exported_model, warm_up
 
     from dgl_deploy.runtime.backends.select import open_encoder
 
     encoder = open_encoder(exported_model(workdir), precision="auto", log=None)
-    encoder.encode_videos(np.zeros((2, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))  # batch path
+    warm_up(encoder)
     return encoder
 
 

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def timeit(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
     """Median / min seconds of `fn()` over `repeats` runs after `warmup` runs."""
@@ -81,6 +83,13 @@ def cpu_model() -> dict[str, Any]:
 def emit(name: str, results: dict[str, Any]) -> None:
     """Print one JSON line: {"benchmark": name, "machine": ..., **results}."""
     print(json.dumps({"benchmark": name, "machine": machine(), **results}))
+
+
+def warm_up(encoder: Any) -> None:
+    """Run a batch of two blank videos through `encoder` before timing: it loads the session `dgl embed`'s batches
+    use (on CPU, OnnxEncoder's single-threaded one; a lone video would load the every-core one, a second copy of
+    the graph that the timed batches never use)."""
+    encoder.encode_videos(np.zeros((2, encoder.frames, encoder.image_size, encoder.image_size, 3), np.uint8))
 
 
 def exported_model(workdir: Path, name: str = "ViT-B-32", precisions: tuple[str, ...] = ("int8",)) -> Path:
