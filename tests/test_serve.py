@@ -174,7 +174,7 @@ def _stalled_upload(base: str) -> socket.socket:
     """A connection that sends an upload's headers and part of its body, then nothing."""
     host, port = base.removeprefix("http://").split(":")
     conn = socket.create_connection((host, int(port)))
-    conn.sendall(b"POST /search/video HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    conn.sendall(b"POST /search/video HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                  b"Content-Length: 100000\r\n\r\n--b\r\n")
     return conn
 

@@ -51,17 +51,22 @@ def serve(
                                         "also read from $DGL_SERVE_TOKEN."),
     poster_cache: Optional[Path] = typer.Option(None, "--poster-cache", help="Folder for poster frames (default: "
                                                 "~/.cache/dgl-deploy/posters/<index>)."),
+    allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", show_default=False,
+                                                     help="Without --token, also answer requests for this host name "
+                                                     "(repeatable; loopback names and --host are always answered)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve search over HTTP: the search page at /, GET /search, POST /search/video, GET /search/similar, GET /health."""
     import uvicorn  # missing: the CLI's error boundary names the `serve` extra
 
-    from dgl_deploy.retrieval.serve import check_token, create_app, log_config
+    from dgl_deploy.retrieval.serve import check_hosts, check_token, create_app, log_config
 
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_query_chars=max_query_chars, max_k=max_k,
                              decode_timeout=decode_timeout, max_pending=max_pending, decoders=decoders,
                              body_timeout=body_timeout)
     check_token(token)
+    hosts = [host, *(allowed_host or [])]  # answered without a token, besides the loopback names
+    check_hosts(hosts)
     if not is_loopback(host) and token is None:
         typer.echo(f"warning: listening on {host}, not loopback: anyone who can reach this machine can search the "
                    "index and watch its videos (there is no authentication); pass --token, or put it behind a proxy "
@@ -70,5 +75,6 @@ def serve(
         typer.echo(f"warning: listening on {host}, not loopback: the token travels unencrypted (plain HTTP); put it "
                    "behind a TLS proxy", err=True)
     app = create_app(model, index, settings, backend=backend.value, device=device, precision=precision.value, nprobe=nprobe,
-                     ef_search=ef_search, token=token, poster_cache=poster_cache)
+                     ef_search=ef_search, token=token, poster_cache=poster_cache,
+                     allowed_hosts=hosts)
     uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config())

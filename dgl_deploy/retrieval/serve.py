@@ -15,16 +15,20 @@ to start instead of answering every search with an error.
   GET  /poster?id=ID&start=S          JPEG poster frame at the moment's start (made once, cached on disk)
   GET  /docs, /openapi.json           the API's OpenAPI description
 
-Results carry `start`/`end` seconds for a segmented set's moments. Media are served only from the folders the
-index was built from, by id, never by path (`serve_media`). With a `token`, every request but the page's static
-files and the API description needs it: `Authorization: Bearer TOKEN`, or `?token=TOKEN` (for <video>/<img>
-sources); a missing or wrong token is 401.
+Results carry `start`/`end` seconds for a segmented set's moments. Media are served only from the folder each
+video was embedded from, by id, never by path, as video/image types only (`serve_media`). Every answer carries
+`X-Content-Type-Options: nosniff` and a Content-Security-Policy (the page: its own files only; anything else:
+nothing may run). With a `token`, every request but the page's static files and the API description needs it:
+`Authorization: Bearer TOKEN`, or `?token=TOKEN` (for <video>/<img> sources); a missing or wrong token is 401.
+Without one, only requests whose Host header names the served address are answered (DNS rebinding): a loopback
+name, the address the connection came in on, or one of `allowed_hosts` (`dgl serve --allowed-host`); else 400.
 
 Every error, from bad input to an unknown path, is a 4xx/5xx with the body {"error": "..."}.
 Bounds: query length, 1 <= k <= max_k, upload size (Content-Length required, checked before the body is
 read: 411/413), the time to receive a request body (`body_timeout`: 408), decode time (`decode_timeout`).
 At most `max_pending` search requests are in progress at once (being received, decoded, or waiting for
-the encoder); more get 503 with a Retry-After header at once.
+the encoder); more get 503 with a Retry-After header at once (a refused upload's body is read and dropped
+first, so that the client sees the 503 rather than a connection reset).
 
 Concurrency: the routes are async. Uploads are decoded by a pool of `decoders` decoder processes, outside
 the encoder; the encoder runs one call at a time on its own thread (backends are not assumed thread-safe),
@@ -33,7 +37,9 @@ worker threads, concurrently.
 """
 
 import asyncio  # no `from __future__ import annotations`: FastAPI reads the routes' annotations at runtime
+import base64
 import copy
+import hashlib
 import hmac
 import itertools
 import logging
@@ -43,7 +49,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -60,7 +66,14 @@ from dgl_deploy.limits import check_number
 from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
 from dgl_deploy.retrieval.query import check_encoder, hits_to_dicts, search_moments
 from dgl_deploy.retrieval.search import Hit
-from dgl_deploy.retrieval.serve_media import POSTER_DECODERS, IndexedVideos, MediaError, Posters, default_poster_cache
+from dgl_deploy.retrieval.serve_media import (
+    POSTER_DECODERS,
+    IndexedVideos,
+    MediaError,
+    Posters,
+    default_poster_cache,
+    media_type,
+)
 from dgl_deploy.runtime.backends.base import Encoder
 
 if TYPE_CHECKING:  # decord is imported when a service starts, not with the CLI
@@ -75,8 +88,13 @@ STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/c
 PAGE_HEADERS = {"content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                 "media-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
                 "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "cache-control": "no-cache"}
-PUBLIC_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+# every other answer (JSON, media): nothing in it may run, be framed or be sniffed as another type
+ANSWER_HEADERS = {"content-security-policy": "default-src 'none'; base-uri 'none'; form-action 'none'; "
+                  "frame-ancestors 'none'; sandbox", "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+DOCS_CDN = "https://cdn.jsdelivr.net"  # where FastAPI's /docs page loads Swagger UI from
+PUBLIC_PATHS = frozenset({"/", "/docs", "/openapi.json",
                           *(f"/static/{name}" for name in STATIC_FILES)})  # no index data: no token needed
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # the Host names a server without a token always answers
 TEXT, VIDEO, STOP = 0, 1, 2  # encoder queue priorities: text first
 
 # (min, max) of each setting; the CLI options carry the same bounds
@@ -220,11 +238,13 @@ class SearchService:
     async def search_similar(self, video_id: str, row: int | None, k: int,
                              per_video: int = 0) -> dict[str, Any]:
         """Other videos like an indexed one (its row vector: nothing decoded or encoded); the video itself is
-        left out (at most `per_video` of its moments could rank, so k + that many are fetched)."""
+        left out (each of its rows, at most `per_video` of them, could rank: k + that many are fetched)."""
         row = await asyncio.to_thread(self.videos.row_of, video_id, row)
+        own = self.videos.rows_of(video_id)
         store = self.index.store
         vector = np.asarray(store.vectors[row:row + 1], dtype=np.float32)  # (1, E)
-        hits = (await asyncio.to_thread(search_moments, self.index, vector, k + max(per_video, 1), per_video))[0]
+        fetch = k + (min(own, per_video) if per_video else own)
+        hits = (await asyncio.to_thread(search_moments, self.index, vector, fetch, per_video))[0]
         others = [replace(hit, rank=rank) for rank, hit in enumerate((h for h in hits if h.id != video_id), 1)]
         spans = getattr(store, "spans", None)
         start = float(spans[row, 0]) if spans is not None else None
@@ -267,18 +287,94 @@ def open_service(model: str | Path, index: str | Path, settings: ServeSettings =
 def create_app(model: str | Path, index: str | Path, settings: ServeSettings = ServeSettings(), *,
                backend: str = "auto", device: str = "auto", precision: str = "auto", nprobe: int | None = None,
                ef_search: int | None = None, token: str | None = None,
-               poster_cache: str | Path | None = None) -> Any:
-    """The FastAPI app serving `model` over `index` (see the module docstring); `token`: required on requests."""
+               poster_cache: str | Path | None = None, allowed_hosts: Sequence[str] = ()) -> Any:
+    """The FastAPI app serving `model` over `index` (see the module docstring); `token`: required on requests;
+    `allowed_hosts`: Host names answered without a token besides the loopback names (the bound host, ...)."""
     check_token(token)
+    check_hosts(allowed_hosts)
     service = open_service(model, index, settings, backend=backend, device=device, precision=precision, nprobe=nprobe,
                            ef_search=ef_search, poster_cache=poster_cache)
-    return build_app(service, token=token)
+    return build_app(service, token=token, allowed_hosts=allowed_hosts)
 
 
 def check_token(token: str | None) -> None:
     """Refuse an empty token or one that cannot travel in a header (DGLError)."""
     if token is not None and not re.fullmatch(r"[\x21-\x7e]{1,4096}", token):
         raise DGLError("the token must be 1-4096 printable ASCII characters without spaces")
+
+
+def host_name(value: str) -> str:
+    """The host of a Host header or an address: lower case, without port or trailing dot, IPv6 in brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[:value.index("]") + 1] if "]" in value else value
+    if value.count(":") > 1:  # a bare IPv6 address
+        return f"[{value}]"
+    return value.partition(":")[0].rstrip(".")
+
+
+def check_hosts(hosts: Sequence[str]) -> frozenset[str]:
+    """The host names of `hosts` (names or addresses, optionally with a port); DGLError for one that is not."""
+    names = {host_name(host) for host in hosts}
+    bad = sorted(name for name in names if not re.fullmatch(r"[a-z0-9_.-]{1,253}|\[[0-9a-f:.]{2,45}\]", name))
+    if bad:
+        raise DGLError(f"not a host name or address: {bad[0]!r} (--allowed-host takes a name such as "
+                       "search.example.org or an address)")
+    return frozenset(names)
+
+
+class HostGuard:
+    """ASGI middleware of a server without a token: a request is answered only if its Host header names the served
+    address (a loopback name, the address the connection came in on, or `hosts`); else 400. A page of another site
+    whose name was made to resolve to this address (DNS rebinding) sends its own name, and is refused."""
+
+    def __init__(self, app: Any, hosts: frozenset[str], error: "ErrorResponse") -> None:
+        self.app, self.error = app, error
+        self.hosts = hosts | set(LOOPBACK_HOSTS)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
+        server = scope.get("server")
+        served = self.hosts | ({host_name(str(server[0]))} if server else set())
+        if given is not None and host_name(given) in served:
+            return await self.app(scope, receive, send)
+        shown = repr(given[:100]) if given is not None else "(none)"
+        await self.error(400, f"Host {shown} is not an address of this server (a server without a token answers "
+                              "only its own addresses: start it with --allowed-host NAME, or --token)",
+                         {"connection": "close"} if scope["method"] == "POST" else None)(scope, receive, send)
+
+
+class AnswerHeaders:
+    """ASGI middleware: every answer carries ANSWER_HEADERS, except those a route set itself (the page's policy)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers = [(name.encode(), value.encode()) for name, value in ANSWER_HEADERS.items()]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message = {**message, "headers": headers + [h for h in self.headers if h[0] not in present]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def docs_headers(html: bytes) -> dict[str, str]:
+    """The /docs page's headers: PAGE_HEADERS with a policy allowing Swagger UI from DOCS_CDN and the page's own
+    inline scripts (by hash), nothing else."""
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
+                      for script in re.findall(rb"<script>(.*?)</script>", html, re.S))
+    return {**PAGE_HEADERS, "content-security-policy": f"default-src 'none'; script-src {DOCS_CDN} {hashes}; "
+            f"style-src {DOCS_CDN}; img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
 
 
 class TokenGuard:
@@ -353,6 +449,8 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         refusal = self._refusal(scope)
         if refusal is not None:
+            if refusal.status_code == 503 and scope["method"] == "POST":
+                await self._discard_body(scope, receive)
             return await refusal(scope, receive, send)
         self.pending += 1
         try:
@@ -374,6 +472,21 @@ class RequestGuard:
             retry = {"retry-after": "1", **(close if scope["method"] == "POST" else {})}
             return self.error(503, f"busy: {settings.max_pending} requests in progress, retry later", retry)
         return None
+
+    async def _discard_body(self, scope: dict, receive: Callable) -> None:
+        """Read and drop a shed upload's body (its size is already checked; at most `body_timeout` seconds), so the
+        connection closes after the 503 without unread data: else the client, still sending, sees a reset."""
+        if b"100-continue" in dict(scope["headers"]).get(b"expect", b"").lower():
+            return  # the client waits for a go-ahead before sending: nothing to drop
+
+        async def drop() -> None:
+            while (message := await receive())["type"] == "http.request" and message.get("more_body", False):
+                pass
+
+        try:
+            await asyncio.wait_for(drop(), self.settings.body_timeout)
+        except asyncio.TimeoutError:
+            pass
 
     async def _with_body_deadline(self, scope: dict, receive: Callable, send: Callable) -> None:
         """Run the app; if the body is not complete `body_timeout` seconds after the headers, answer 408 instead."""
@@ -407,17 +520,20 @@ class RequestGuard:
             await response(scope, receive, send)
 
 
-def build_app(service: SearchService, token: str | None = None) -> Any:
-    """The routes, limits, token check and error mapping around an opened service."""
+def build_app(service: SearchService, token: str | None = None, allowed_hosts: Sequence[str] = ()) -> Any:
+    """The routes, limits, token (or Host) check, security headers and error mapping around an opened service."""
     try:
         from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
         from fastapi.exceptions import RequestValidationError
+        from fastapi.openapi.docs import get_swagger_ui_html
         from fastapi.responses import FileResponse, JSONResponse, Response
         from fastapi.security import HTTPBearer
         from starlette.exceptions import HTTPException
+        from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
     except ImportError:
         raise DGLError(INSTALL_HINT) from None
     check_token(token)
+    hosts = check_hosts(allowed_hosts)
     from dgl_deploy.data.video import VideoError
 
     settings = service.settings
@@ -434,11 +550,31 @@ def build_app(service: SearchService, token: str | None = None) -> Any:
     page = {name: (static / name).read_bytes() for name in ("index.html", *STATIC_FILES)}
     # with a token, /docs offers an "Authorize" button (the check itself is TokenGuard's)
     bearer = [Depends(HTTPBearer(auto_error=False))] if token else []
-    app = FastAPI(title="dgl-deploy search", version="1", lifespan=lifespan, dependencies=bearer)
+    app = FastAPI(title="dgl-deploy search", version="1", lifespan=lifespan, dependencies=bearer, docs_url=None,
+                  redoc_url=None)
     app.state.service = service
     app.add_middleware(RequestGuard, settings=settings, error=error)
     if token:
-        app.add_middleware(TokenGuard, token=token, error=error)  # outermost: refused before counting as pending
+        app.add_middleware(TokenGuard, token=token, error=error)  # refused before counting as pending
+    else:
+        app.add_middleware(HostGuard, hosts=hosts, error=error)
+    app.add_middleware(AnswerHeaders)  # outermost: on every answer, refusals included
+    docs = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI").body
+
+    class MediaFile(FileResponse):
+        """A file answer whose bad Range is the app's JSON error (400, 416); several ranges get the whole file (a
+        multipart body is not a media type)."""
+
+        @classmethod
+        def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+            try:
+                ranges = super()._parse_range_header(http_range, file_size)
+            except MalformedRangeHeader as exc:
+                raise HTTPException(400, f"bad Range header: {exc.content}") from None
+            except RangeNotSatisfiable as exc:
+                raise HTTPException(416, f"Range not satisfiable: the file has {exc.max_size} bytes",
+                                    {"content-range": f"bytes */{exc.max_size}"}) from None
+            return ranges if len(ranges) == 1 else []
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -471,6 +607,10 @@ def build_app(service: SearchService, token: str | None = None) -> Any:
         if name not in STATIC_FILES:
             raise HTTPException(404, "Not Found")
         return Response(page[name], media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> Response:
+        return Response(docs, media_type="text/html; charset=utf-8", headers=docs_headers(docs))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -506,22 +646,16 @@ def build_app(service: SearchService, token: str | None = None) -> Any:
     async def video(id: str = Query(..., min_length=1, max_length=4096)) -> Any:
         """The indexed video `id` (as recorded in the index), with HTTP range requests (206) for seeking."""
         path = await asyncio.to_thread(service.videos.resolve, id)
-        return FileResponse(path, media_type=_video_type(path), headers={"cache-control": "private, max-age=3600"})
+        return MediaFile(path, media_type=media_type(path), headers={"cache-control": "private, max-age=3600"})
 
     @app.get("/poster", response_class=FileResponse)
     async def poster(id: str = Query(..., min_length=1, max_length=4096),
                      start: float = Query(0.0, ge=0, le=1e9, description="the moment's start, seconds")) -> Any:
         """JPEG frame of video `id` at `start` (0, or a moment start of a segmented set)."""
         path = await service.posters.get(id, start)
-        return FileResponse(path, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+        return MediaFile(path, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
 
     return app
-
-
-def _video_type(path: Path) -> str:
-    import mimetypes
-
-    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"  # browsers sniff media types
 
 
 async def _timed(search: Awaitable[dict[str, Any]]) -> dict[str, Any]:
@@ -545,4 +679,4 @@ def _saved_upload(upload: BinaryIO, name: str) -> Iterator[Path]:
 
 
 __all__ = ["ServeSettings", "SearchService", "LIMITS", "open_service", "create_app", "build_app", "verify_encoder",
-           "check_token", "log_config", "RedactTokens"]
+           "check_token", "check_hosts", "log_config", "RedactTokens"]

@@ -3,11 +3,14 @@ frames (one JPEG per (video, moment start), made once and cached on disk).
 
 Which files may be served: only those of the index. The client names a video by its id as recorded in the
 index (never a path); an id that is not in the index is 404. The id is joined to the source folder recorded
-in the embeddings manifest (`source_root`), and the resolved file (links followed) must lie in one of the
-folders the index was built from: the source folder, and, for ids recorded relative to it as `../other/x.mp4`
-(a second folder embedded into the same set), that folder. Anything else (a video replaced by a link to a file
-outside them, a recorded absolute id, `..` inside an id) is 403. A set that does not record its source folder
-serves no files.
+in the embeddings manifest (`source_root`) and normalised, and each id is checked against its own folder, never
+against a folder another id names: an id inside the source folder against the source folder; an id recorded
+relative to it as `../other/x.mp4` (a folder embedded into the same set with `--update`, or a `.txt` list entry
+outside the list's folder) against the folder it names its file in (`<root>/../other`). The file, links followed,
+must lie in that folder's real path. Anything else (a video replaced by a link to a file outside its folder, a
+recorded absolute id, `..` after a name) is 403. A set that does not record its source folder serves no files.
+Files are served as the video type of their extension (`media_type`), any other name as application/octet-stream:
+never as a type a browser would render as a page.
 
 Posters: the frame at the moment's start (0 for a whole video), decoded by `decoders` decoder processes (a
 time limit per file, off the event loop; at most `max_pending` waiting, more get 503), centre-cropped to
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from dgl_deploy.data.discover import VIDEO_EXTENSIONS
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path
 from dgl_deploy.retrieval.store import EmbeddingStore
@@ -63,7 +68,18 @@ def _shown(video_id: str) -> str:
 
 
 def _within(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies under it (both absolute and normalised)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def media_type(path: Path | str) -> str:
+    """The content type a video file is served as: the video type of its extension (VIDEO_EXTENSIONS), else
+    application/octet-stream (a listed `page.html` is never served as a page)."""
+    import mimetypes
+
+    name = Path(path).name
+    guessed = mimetypes.guess_type(name)[0] if Path(name).suffix.lower() in VIDEO_EXTENSIONS else None
+    return guessed if guessed and guessed.startswith("video/") else "application/octet-stream"
 
 
 class IndexedVideos:
@@ -76,14 +92,16 @@ class IndexedVideos:
         self._lock = threading.Lock()
         self._first_row: dict[str, int] | None = None  # built on first use (one pass over the ids)
         self._starts: dict[str, frozenset[int]] = {}  # id -> moment starts (ms); empty for a whole-video set
-        self._roots: list[str] = []
+        self._rows: dict[str, int] = {}  # id -> its number of rows (moments)
 
     def _catalogue(self) -> dict[str, int]:
         with self._lock:
             if self._first_row is None:
                 first: dict[str, int] = {}
+                rows: dict[str, int] = {}
                 for row, video_id in enumerate(self.store.ids):
                     first.setdefault(video_id, row)
+                    rows[video_id] = rows.get(video_id, 0) + 1
                 spans = getattr(self.store, "spans", None)
                 if spans is not None:
                     starts: dict[str, set[int]] = {}
@@ -91,20 +109,8 @@ class IndexedVideos:
                                                strict=True):
                         starts.setdefault(video_id, set()).add(int(start))
                     self._starts = {k: frozenset(v) for k, v in starts.items()}
-                self._roots = self._folders(first) if self.root is not None else []
-                self._first_row = first
+                self._rows, self._first_row = rows, first
             return self._first_row
-
-    def _folders(self, ids: dict[str, int]) -> list[str]:
-        """The resolved folders the set was built from: the source folder, and the folder each `../` id names."""
-        assert self.root is not None
-        folders = {os.path.normpath(self.root)}
-        for video_id in ids:
-            parts = PurePosixPath(video_id).parts
-            ups = next((n for n, part in enumerate(parts) if part != ".."), len(parts))
-            if ups and ups < len(parts):  # ../other/x.mp4 -> <root>/../other ; ../x.mp4 -> <root>/..
-                folders.add(os.path.normpath(self.root.joinpath(*parts[:ups], *parts[ups:-1][:1])))
-        return sorted({os.path.realpath(folder) for folder in folders})
 
     def row_of(self, video_id: str, row: int | None = None) -> int:
         """The row of `video_id` (its first, or `row` checked to be one of its rows); 404 otherwise."""
@@ -117,6 +123,11 @@ class IndexedVideos:
             raise MediaError(404, f"row {row} is not a moment of {_shown(video_id)}")
         return row
 
+    def rows_of(self, video_id: str) -> int:
+        """How many rows (moments) `video_id` has in the index (0: none)."""
+        self._catalogue()
+        return self._rows.get(video_id, 0)
+
     def check_moment(self, video_id: str, start: float) -> int:
         """`start` (seconds) as milliseconds if it is 0 or a moment start of `video_id`, else 404."""
         self._catalogue()
@@ -128,7 +139,7 @@ class IndexedVideos:
         return ms
 
     def resolve(self, video_id: str) -> Path:
-        """The file of `video_id`, resolved and checked to lie in the set's folders (module docstring)."""
+        """The file of `video_id`, resolved and checked to lie in its own folder (module docstring)."""
         first = self._catalogue()
         if video_id not in first:
             raise MediaError(404, f"no video {_shown(video_id)} in the index")
@@ -140,13 +151,20 @@ class IndexedVideos:
         if PurePosixPath(video_id).is_absolute() or PureWindowsPath(video_id).is_absolute() or \
                 ".." in parts[ups:] or "\\" in video_id or "\0" in video_id:
             raise MediaError(403, f"{_shown(video_id)} is recorded as an absolute or indirect path: not served")
-        real = os.path.realpath(self.root / video_id)
-        if not any(_within(real, folder) for folder in self._roots):
+        path = os.path.normpath(self.root / video_id)
+        real = os.path.realpath(path)
+        if not _within(real, os.path.realpath(self._folder_of(path))):
             raise MediaError(403, f"{_shown(video_id)} leads outside the folders the index was built from (a "
                                   "link?): not served")
         if not os.path.isfile(real):
             raise MediaError(404, f"{_shown(video_id)}: the file is not there any more")
         return Path(real)
+
+    def _folder_of(self, path: str) -> str:
+        """The folder an id's normalised `path` was embedded from: the source folder if it lies there, else the
+        folder the id names its file in (a `../other/x.mp4` id: `<root>/../other`; never a wider one)."""
+        root = os.path.normpath(self.root or "")
+        return root if _within(path, root) else os.path.dirname(path)
 
 
 def default_poster_cache(index: Path | str) -> Path:
@@ -157,13 +175,16 @@ def default_poster_cache(index: Path | str) -> Path:
 
 
 def _check_writable(folder: Path) -> None:
-    """DGLError unless `folder` can be written or made (it is made with the first poster, not at start-up)."""
+    """DGLError unless a folder can be made in `folder` or its nearest existing parent (tried, then removed: the
+    cache itself is made with the first poster, not at start-up)."""
     existing = folder
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".dgl-poster-check-", dir=existing))
+    except OSError:
         raise DGLError(f"{folder}: the poster cache cannot be {'written' if existing == folder else 'made'} there: "
-                       "pass --poster-cache with a writable folder")
+                       "pass --poster-cache with a writable folder") from None
 
 
 class Posters:
@@ -230,4 +251,4 @@ class Posters:
         self._pool.close()
 
 
-__all__ = ["MediaError", "IndexedVideos", "Posters", "default_poster_cache", "POSTER_SIZE"]
+__all__ = ["MediaError", "IndexedVideos", "Posters", "default_poster_cache", "media_type", "POSTER_SIZE"]
