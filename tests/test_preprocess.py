@@ -1,6 +1,8 @@
 """One preprocessing path (numpy/Pillow, no torch) for every consumer: the in-process decoder, the decoder
 process (query --video, serve uploads, Ray), the parallel loader (embed, eval, training) give identical
-uint8 pixels, and they match torchvision's antialiased bicubic (the old torch path) to 1 level."""
+uint8 pixels, and they stay close to torchvision's antialiased bicubic (open_clip's own preprocessing) on frames
+decoded independently: swscale's bicubic is another kernel, so on zone plates (all high frequencies, the worst
+case) the measured difference is at most 10 levels, mean <= 1.9 (PyAV 18.1)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from dgl_deploy.data.loader import iter_video_batches
-from dgl_deploy.data.video import decode_frames, read_frames, resize_center_crop
+from dgl_deploy.data.video import decode_frames, read_frames
 
 FRAMES, SIZE = 6, 32
 
@@ -29,17 +31,22 @@ def _zone_plate(height: int, width: int, count: int) -> np.ndarray:
     return np.stack(frames)
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    """A lossless 10-frame 90x160 (16:9) video."""
-    path = tmp_path_factory.mktemp("pre") / "zone.mp4"
+def _lossless(path: Path, frames: np.ndarray) -> Path:
+    """`frames` (N, H, W, 3) as a lossless H.264 (yuv444p, qp 0) clip at 10 fps."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt, stream.options = 160, 90, "yuv444p", {"qp": "0"}
-        for frame in _zone_plate(90, 160, 10):
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt, stream.options = "yuv444p", {"qp": "0"}
+        for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A lossless 10-frame 90x160 (16:9) video."""
+    return _lossless(tmp_path_factory.mktemp("pre") / "zone.mp4", _zone_plate(90, 160, 10))
 
 
 def test_every_path_gives_identical_pixels(clip: Path) -> None:
@@ -51,12 +58,13 @@ def test_every_path_gives_identical_pixels(clip: Path) -> None:
         np.testing.assert_array_equal(batches[0].frames[0], direct)
 
 
-@pytest.mark.parametrize("shape", [(90, 160), (160, 90), (64, 64), (37, 101)])
-def test_matches_open_clip_bicubic_antialias(shape: tuple[int, int]) -> None:
-    frames = _zone_plate(*shape, 3)
-    ours = resize_center_crop(frames, SIZE)
-    x = TF.resize(torch.from_numpy(frames).permute(0, 3, 1, 2), [SIZE], interpolation=TF.InterpolationMode.BICUBIC,
+@pytest.mark.parametrize("shape", [(90, 160), (160, 90), (64, 64), (37, 101), (48, 72), (144, 176)])
+def test_close_to_open_clip_bicubic_antialias(tmp_path: Path, shape: tuple[int, int]) -> None:
+    path = _lossless(tmp_path / "zone.mp4", _zone_plate(*shape, 3))
+    full = np.stack([frame.to_ndarray(format="rgb24") for frame in av.open(str(path)).decode(video=0)])
+    ours = decode_frames(path, 3, SIZE)
+    x = TF.resize(torch.from_numpy(full).permute(0, 3, 1, 2), [SIZE], interpolation=TF.InterpolationMode.BICUBIC,
                   antialias=True)
     theirs = TF.center_crop(x, [SIZE, SIZE]).permute(0, 2, 3, 1).numpy()
     diff = np.abs(ours.astype(int) - theirs.astype(int))
-    assert diff.max() <= 1 and diff.mean() < 0.25, (diff.max(), diff.mean())  # rounding: 1 level at most
+    assert diff.max() <= 12 and diff.mean() < 2.5, (diff.max(), diff.mean())  # module docstring

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import decord
 import numpy as np
 import pytest
 
 from dgl_deploy import DGLError
-from dgl_deploy.data import window_decode
+from dgl_deploy.data.decoder import VideoFile
 from dgl_deploy.data.loader import VideoFailure, WindowGroup, iter_window_groups
 from dgl_deploy.data.long_clips import Shot, write_shots
 from dgl_deploy.data.video import VideoError, decode_frames
@@ -38,7 +37,16 @@ def test_fixed_windows(duration, expected) -> None:
 
 def test_fixed_windows_without_overlap_and_offset() -> None:
     assert fixed_windows(25.0, 10.0, 10.0) == [(0.0, 10.0), (10.0, 20.0), (15.0, 25.0)]
-    assert fixed_windows(12.0, 10.0, 10.0, offset=3.0) == [(3.0, 13.0), (5.0, 15.0)]
+    assert fixed_windows(12.0, 10.0, 10.0, offset=3.0) == [(3.0, 15.0)]  # a last start 2 s < 10 s / 4 on: merged
+
+
+@pytest.mark.parametrize(("duration", "window", "stride", "expected"), [
+    (4.004, 4.0, 2.0, [(0.0, 4.004)]),  # carphone_pristine.mp4: not (0, 4) and (0.004, 4.004)
+    (20.5, 10.0, 5.0, [(0.0, 10.0), (5.0, 15.0), (10.0, 20.5)]),  # 0.5 s < 5 s / 4 after the last start
+    (21.25, 10.0, 5.0, [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (11.25, 21.25)]),  # exactly a quarter: kept
+])
+def test_no_near_duplicate_last_window(duration, window, stride, expected) -> None:
+    assert fixed_windows(duration, window, stride) == expected
 
 
 def test_short_shots_merge_into_a_neighbour() -> None:
@@ -48,7 +56,7 @@ def test_short_shots_merge_into_a_neighbour() -> None:
     assert shot_windows(30.0, [4.0, 5.0, 12.0, 25.0], 10.0, 5.0) == [
         (0.0, 5.0), (5.0, 12.0), (12.0, 22.0), (15.0, 25.0), (25.0, 30.0)]
     assert windows_of(30.0, Segmentation(10.0, 10.0, scenes=True), [12.0]) == [
-        (0.0, 10.0), (2.0, 12.0), (12.0, 22.0), (20.0, 30.0)]
+        (0.0, 12.0), (12.0, 22.0), (20.0, 30.0)]
 
 
 @pytest.mark.parametrize("bad", [dict(window=0, stride=1), dict(window=5, stride=6), dict(window=float("inf"), stride=1),
@@ -58,41 +66,34 @@ def test_segmentation_refuses_bad_numbers(bad) -> None:
         Segmentation(**bad)
 
 
-class CountingReader(decord.VideoReader):
-    """decord's reader, recording every frame index fetched."""
-
-    fetched: list[int] = []
-
-    def get_batch(self, indices):  # noqa: ANN001, ANN201
-        CountingReader.fetched += [int(i) for i in indices]
-        return super().get_batch(indices)
-
-
 def test_each_frame_decoded_once_across_overlapping_windows(clip, monkeypatch) -> None:
-    monkeypatch.setattr(window_decode.decord, "VideoReader", CountingReader)
-    CountingReader.fetched = []
+    decoded, converted = [], []
+    decode_from, convert = VideoFile._decode_from, VideoFile._convert
+
+    def counting_decode(self, key):  # noqa: ANN001, ANN202
+        for index, frame in decode_from(self, key):
+            decoded.append(index)
+            yield index, frame
+
+    def counting_convert(self, frame, size):  # noqa: ANN001, ANN202
+        converted.append(frame.pts)
+        return convert(self, frame, size)
+
+    monkeypatch.setattr(VideoFile, "_decode_from", counting_decode)
+    monkeypatch.setattr(VideoFile, "_convert", counting_convert)
     segmentation = Segmentation(window=2.0, stride=1.0)  # windows share frames (e.g. frame 10 of 0-2 s and 1-3 s)
     groups = list(decode_windows(clip, segmentation, 5, 16, max_frames=10))  # 2 windows per group
     spans = np.concatenate([g.spans for g in groups])
     assert spans.tolist() == [[0, 2], [1, 3], [2, 4], [3, 5], [4, 6]]
     assert [(g.first, g.total, g.last) for g in groups] == [(0, 5, False), (2, 5, False), (4, 5, True)]
-    assert len(CountingReader.fetched) == len(set(CountingReader.fetched))  # no frame decoded twice...
-    assert CountingReader.fetched == sorted(CountingReader.fetched)  # ...in one forward pass
+    assert decoded == sorted(set(decoded))  # every frame decoded once, in one forward pass...
+    assert len(converted) == len(set(converted))  # ...and each wanted frame converted once
     stacks = np.concatenate([g.frames for g in groups])  # (5, T, S, S, 3)
     assert stacks.shape == (5, 5, 16, 16, 3)
-    shared = 25 * 5 - len(CountingReader.fetched)
-    assert shared > 0  # overlapping windows did share frames
+    assert 25 * 5 > len(converted)  # overlapping windows did share frames
     monkeypatch.undo()
     for stack, (start, end) in zip(stacks, spans, strict=True):  # the pixels of a per-window decode
         np.testing.assert_array_equal(stack, decode_frames(clip, 5, 16, (start, end)))
-
-
-def test_decode_batches_are_whole_gops_within_the_limit() -> None:
-    keys = np.array([0, 10, 20])
-    wanted = np.array([1, 2, 3, 11, 12, 13, 14, 15, 21])
-    assert list(window_decode._batches(wanted, keys, 4)) == [[1, 2, 3], [11, 12, 13, 14], [15, 21]]
-    assert list(window_decode._batches(wanted, keys, 9)) == [wanted.tolist()]
-    assert list(window_decode._batches(wanted, np.array([0]), 5)) == [[1, 2, 3, 11, 12], [13, 14, 15, 21]]
 
 
 def test_isolated_decoder_streams_and_survives_a_timeout(clip, tmp_path) -> None:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from dgl_deploy.data.sampling import frame_indices
 from dgl_deploy.data.synthetic import COLORS, _write_video, make_synthetic, write_broken_files
-from dgl_deploy.data.video import DecodeProcess, VideoError, decode_frames, frame_indices, read_frames
+from dgl_deploy.data.video import DecodeProcess, VideoError, decode_frames, read_frames
 from dgl_deploy.model.pixels import normalize
 
 STEP = 6  # gray level per frame index in ramp clips

@@ -87,8 +87,8 @@ def _make_data(out: Path, config: DemoConfig, log: Log) -> tuple[Path, Path]:
 def _frame_pairs(annotations: Path, config: DemoConfig) -> tuple[np.ndarray, list[str]]:
     """Decoded frames of every training video and a static caption for each frame."""
     from dgl_deploy.data.loader import iter_video_batches
+    from dgl_deploy.data.sampling import frame_indices
     from dgl_deploy.data.synthetic import frame_caption
-    from dgl_deploy.data.video import frame_indices
 
     rows = [json.loads(line) for line in annotations.read_text().splitlines()]
     image_size = _image_size(config.model_name)

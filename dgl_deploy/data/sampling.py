@@ -1,13 +1,15 @@
 """Which frames of a clip the model sees: the two frame-sampling rules, as index arithmetic (no decoder here,
 so annotation, config and CLI code can name the modes without importing decord).
 
-`uniform` (dgl-deploy's own, the default): whole clip of N decodable frames, T wanted:
-    first, last = 0, N - 1
-    idx_i = rint(first + i * (last - first) / (T - 1)),  i = 0 … T-1      (np.linspace, round half to even)
-With a segment [start_s, end_s] (seconds, at the container's average fps):
-    first = clip(floor(start_s * fps), 0, N - 1),  last = clip(ceil(end_s * fps) - 1, first, N - 1)
-so a segment past the end of the clip clamps to its last frame. T = 1 takes `first`. Clips with fewer
-than T frames repeat frames (the linspace hits some indices twice).
+`uniform` (dgl-deploy's own, the default): uniform in *time*, on the frames' presentation times t_0 … t_{N-1}
+(`decoder.Timeline`, seconds from the first frame). Whole clip: first, last = 0, N - 1. With a segment
+[start_s, end_s]: first = the frame shown at start_s (the last with t <= start_s), last = the last frame that
+starts before end_s (at least first), so a segment past the end of the clip clamps to its last frame. Then
+    s_i = t_first + i * (t_last - t_first) / (T - 1),  i = 0 … T-1
+    idx_i = rint(the fractional frame index of s_i)      (np.interp over the times, round half to even)
+On a constant-rate clip (t_j = j / fps) this is rint(np.linspace(first, last, T)) with first = floor(start_s *
+fps) and last = ceil(end_s * fps) - 1; on a variable-rate clip it follows the clock, not the frame count.
+T = 1 takes `first`. Clips with fewer than T frames repeat frames (some indices come twice).
 
 `reference`: the frames the DGL reference code evaluates on (github knightyxp/DGL `dataloaders/decode.py`
 RawVideoExtractorpyAV with `sampling.py` uniform_sampling, inherited from CenterCLIP; not CLIP4Clip's
@@ -33,7 +35,6 @@ the crops agree (tests/test_sampling_reference.py checks frames and pixels again
 
 from __future__ import annotations
 
-import math
 from typing import Literal, cast
 
 import numpy as np
@@ -53,16 +54,20 @@ def check_sampling(value: object, where: str = "frame sampling") -> Sampling:
     return cast(Sampling, value)
 
 
-def uniform_indices(num_available: int, fps: float, num_frames: int, segment: Segment | None = None) -> np.ndarray:
-    """The `uniform` rule (module docstring): int64 (T,)."""
-    first, last = 0, num_available - 1
+TIME_EPS = 1e-6  # seconds: times closer than this are the same (spans are recorded to the microsecond)
+
+
+def uniform_indices(times: np.ndarray, num_frames: int, segment: Segment | None = None) -> np.ndarray:
+    """The `uniform` rule on frame times (seconds, ascending; module docstring): int64 (T,)."""
+    first, last = 0, len(times) - 1
     if segment is not None:
         start_s, end_s = segment
-        if not (fps > 0 and 0 <= start_s < end_s):
-            raise ValueError(f"invalid segment {segment} (fps {fps})")
-        first = min(max(math.floor(start_s * fps), 0), last)
-        last = min(max(math.ceil(end_s * fps) - 1, first), last)
-    return np.rint(np.linspace(first, last, num_frames)).astype(np.int64)
+        if not 0 <= start_s < end_s:
+            raise ValueError(f"invalid segment {segment}")
+        first = min(max(int(np.searchsorted(times, start_s + TIME_EPS, "right")) - 1, 0), last)
+        last = min(max(int(np.searchsorted(times, end_s - TIME_EPS, "left")) - 1, first), last)
+    picks = np.linspace(times[first], times[last], num_frames)
+    return np.rint(np.interp(picks, times[first:last + 1], np.arange(first, last + 1))).astype(np.int64)
 
 
 def reference_indices(num_available: int, fps: float, num_frames: int, segment: Segment | None = None) -> np.ndarray:
@@ -83,10 +88,20 @@ def reference_indices(num_available: int, fps: float, num_frames: int, segment: 
     return first + np.minimum(np.arange(num_frames, dtype=np.int64), count - 1)
 
 
+def sample_indices(times: np.ndarray, fps: float, num_frames: int, segment: Segment | None = None,
+                   sampling: Sampling = DEFAULT_SAMPLING) -> np.ndarray:
+    """The `num_frames` frame indices to decode under `sampling`, int64 (T,), for frames shown at `times`
+    (seconds, ascending) of a container whose average rate is `fps`. A bad segment raises ValueError."""
+    if check_sampling(sampling) == "uniform":
+        return uniform_indices(times, num_frames, segment)
+    return reference_indices(len(times), fps, num_frames, segment)
+
+
 def frame_indices(
     num_available: int, fps: float, num_frames: int, segment: Segment | None = None, sampling: Sampling = DEFAULT_SAMPLING
 ) -> np.ndarray:
-    """The `num_frames` frame indices to decode under `sampling`, int64 (T,). A bad segment raises ValueError."""
-    rule = uniform_indices if check_sampling(sampling) == "uniform" else reference_indices
-    return rule(num_available, fps, num_frames, segment)
+    """`sample_indices` for a constant-rate clip of `num_available` frames at `fps`."""
+    if not fps > 0:
+        raise ValueError(f"invalid frame rate {fps}")
+    return sample_indices(np.arange(num_available) / fps, fps, num_frames, segment, sampling)
 

@@ -1,8 +1,10 @@
 """Shot boundaries with PySceneDetect's ContentDetector (`dgl embed --scenes`), an optional extra:
 pip install 'dgl-deploy[scenes]' (scenedetect with headless OpenCV, whose wheels bundle FFmpeg).
 
-PySceneDetect reads the file with OpenCV, at a reduced resolution, in pieces of `PIECE_FRAMES` frames; the
-caller's `progress` runs after each piece, so a time limit can apply per piece instead of per file.
+PySceneDetect reads the file with its PyAV backend (the decoder of `data.decoder`, so its frame numbers are the
+timeline's frame indices), at a reduced resolution, in pieces of `PIECE_FRAMES` frames; the caller's `progress`
+runs after each piece, so a time limit can apply per piece instead of per file. The caller turns the frame
+numbers into times with the file's timeline (variable frame rates included).
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ def require_scenedetect() -> None:
         raise DGLError(INSTALL_HINT) from None
 
 
-def detect_cuts(path: Path, threshold: float, progress: Callable[[], None]) -> list[float]:
-    """The times (seconds, ascending) where a new shot starts, the start of the file excluded."""
+def detect_cuts(path: Path, threshold: float, progress: Callable[[], None]) -> list[int]:
+    """The frames (indices in presentation order, ascending) where a new shot starts, the first excluded."""
     from scenedetect import ContentDetector, SceneManager, open_video
 
-    video = open_video(str(path))
+    video = open_video(str(path), backend="pyav")
     manager = SceneManager()
     manager.add_detector(ContentDetector(threshold=threshold))
     while manager.detect_scenes(video, duration=PIECE_FRAMES) > 0:
         progress()
-    return [start.frame_num / video.frame_rate for start, _ in manager.get_scene_list()[1:]]
+    return [start.frame_num for start, _ in manager.get_scene_list()[1:]]
 
 
 __all__ = ["INSTALL_HINT", "require_scenedetect", "detect_cuts"]

@@ -2,7 +2,8 @@
 
 Fixed windows, for a video of D seconds (W, S in seconds, 0 < S <= W):
     starts 0, S, 2S, ... while start + W < D, then one last window [D - W, D] aligned to the end of the file;
-    a video no longer than W is one window [0, D].
+    a last window that would start within S * MERGE_FRACTION of the one before is merged into it (that window
+    then ends at D: no near-duplicate rows); a video no longer than W is one window [0, D].
 Shots (`--scenes`): the cut times found by PySceneDetect's ContentDetector (`data.scenes`) split [0, D] into
 shots; a shot shorter than W * MIN_SHOT_FRACTION is merged into the shot before it (the first one into the
 shot after it), then every shot longer than W is cut into fixed windows of its own (the rule above, inside
@@ -21,6 +22,7 @@ from dgl_deploy.data.segments import Segment
 from dgl_deploy.errors import DGLError
 
 MIN_SHOT_FRACTION = 0.25  # shots shorter than this fraction of the window are merged into a neighbour
+MERGE_FRACTION = 0.25  # a last window starting within this fraction of the stride of the one before joins it
 DEFAULT_SCENE_THRESHOLD = 27.0  # ContentDetector's own default
 _EPS = 1e-6  # seconds: below this, two times are the same
 
@@ -76,8 +78,11 @@ def fixed_windows(duration: float, window: float, stride: float, offset: float =
     if duration <= window + _EPS:
         return [_span(offset, offset + duration)]
     count = math.ceil((duration - window) / stride - _EPS)  # starts k * stride with start + window < duration
-    starts = [k * stride for k in range(count)] + [duration - window]
-    return [_span(offset + start, offset + start + window) for start in starts]
+    spans = [_span(offset + k * stride, offset + k * stride + window) for k in range(count)]
+    last = duration - window
+    if spans and last - (count - 1) * stride < stride * MERGE_FRACTION:
+        return spans[:-1] + [_span(offset + (count - 1) * stride, offset + duration)]
+    return spans + [_span(offset + last, offset + duration)]
 
 
 def shot_windows(duration: float, cuts: list[float], window: float, stride: float) -> list[Segment]:
@@ -111,4 +116,4 @@ def _span(start: float, end: float) -> Segment:
 
 
 __all__ = ["Segmentation", "describe_record", "fixed_windows", "shot_windows", "merge_short_shots", "windows_of",
-           "MIN_SHOT_FRACTION", "DEFAULT_SCENE_THRESHOLD"]
+           "MIN_SHOT_FRACTION", "MERGE_FRACTION", "DEFAULT_SCENE_THRESHOLD"]

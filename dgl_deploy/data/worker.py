@@ -1,7 +1,7 @@
 """Crash-isolated decoder subprocesses: one worker process per `WorkerProcess`, started from a forkserver that
 has imported the worker's module once (fast restarts), killed and restarted after a hang or a crash.
 
-A worker runs `worker_loop`: it ignores Ctrl-C (the parent's to handle), silences fd 2 (ffmpeg and decord print
+A worker runs `worker_loop`: it ignores Ctrl-C (the parent's to handle), silences fd 2 (FFmpeg prints
 there; the reason of a failure travels back in the reply), lowers its CPU priority by DECODER_NICE, says
 ('ready', None), then answers each request with the messages its handler sends, or ('error', reason) for a
 VideoError or anything else the decoder throws.
@@ -21,11 +21,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import re
 import signal
 from collections.abc import Callable
 from typing import Any
 
+from dgl_deploy.data.decoder import VideoError, decoder_message
 from dgl_deploy.errors import DGLError
 
 DECODER_NICE = 10  # added to a worker's nice value (module docstring)
@@ -33,17 +33,8 @@ STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not co
 Connection = mp.connection.Connection
 
 
-def decoder_message(exc: BaseException) -> str:
-    """A decoder error's first line without decord's '[time] /src/file.cc:123:' prefix (at most 160 chars)."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return re.sub(r"^\[[\d:]+\] \S+: (Error: )?", "", line)[:160]
-
-
 def worker_loop(conn: Connection, handle: Callable[[Any], None]) -> None:
     """The worker side: `handle(request)` sends the replies of each request (see the module docstring)."""
-    from dgl_deploy.data.video import VideoError  # the worker's module has imported it already
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)

@@ -1,0 +1,262 @@
+"""Video files as the model sees them, with PyAV (FFmpeg): each frame's time from the stream, chosen frames
+decoded once and converted once, upright, resized and centre-cropped. The one decoder of every path (whole
+videos, windows, posters, uploads, training); `video` and `window_decode` pick frames, this module reads them.
+
+Time: `VideoFile.timeline` demuxes the video stream once (packets only, no decoding) and sorts the packets'
+presentation timestamps: frame i of the file (presentation order) is shown from `times[i]` (seconds from the
+first frame) until the next frame's time, so variable-frame-rate files (phones, screen captures, AVIs that hold
+frames) place every frame at its real time. A file whose packets carry no timestamps falls back to index / fps
+(`Timeline.from_stream` False, recorded in the embedding set's manifest). The duration is the last frame's time
+plus its display duration: a header that claims more than the stream holds changes nothing.
+
+Decoding: `VideoFile.frames(wanted, size)` runs forward through the file once, decoding every packet between
+the wanted frames and converting only the wanted ones; where the next wanted frame lies behind a key frame
+that is ahead of the decoder, it seeks to that key frame instead of decoding the stretch in between. Memory is
+one decoded frame plus the converted ones the caller keeps, whatever the file's length or GOP size. The
+decoder runs on one thread (`-j` parallelism is one process per file) and so does the conversion.
+
+Pixels: one FFmpeg filter graph per frame format converts to RGB and resizes the shorter side of the frame as
+a player shows it (display rotation from the frame's display matrix, sample aspect ratio) to S with swscale's
+bicubic filter (antialiased when shrinking), then the frame is rotated upright and centre-cropped with
+torchvision's sizes: long side int(S * long / short), offsets round((side - S) / 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from dgl_deploy.errors import DGLError
+
+SCALE_FLAGS = "bicubic"  # swscale's resize filter (module docstring)
+
+
+class VideoError(DGLError):
+    """A video file that cannot be decoded; `path` names it and `reason` says why (one line)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def decoder_message(exc: BaseException) -> str:
+    """A decoder error's first line, without FFmpeg's "[Errno N] " prefix and the file name (<= 160 chars)."""
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    line = str(text).splitlines()[0] if text else type(exc).__name__
+    return line[:160]
+
+
+def check_file(path: Path) -> None:
+    """Cheap checks before any decoder sees the file."""
+    if not path.exists():
+        raise VideoError(path, "file not found")
+    if not path.is_file():
+        raise VideoError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When each frame of a file is shown (module docstring)."""
+
+    times: np.ndarray  # (N,) float64: seconds from the first frame, ascending, presentation order
+    keys: np.ndarray  # (K,) int64: indices of the key frames, ascending (0 always)
+    duration: float  # seconds: the last frame's time plus its display duration
+    fps: float  # the container's average frame rate (index-based sampling, and the fallback)
+    from_stream: bool  # times are the stream's presentation timestamps (False: index / fps)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+@dataclass
+class _Packets:
+    """What the demuxing pass collects."""
+
+    pts: list[int]  # presentation timestamps (time base units); None-free
+    keys: list[int]  # the same packets' key flags (0/1)
+    last_duration: int  # display duration of the packet with the highest pts (0: unknown)
+    complete: bool  # every packet had a timestamp
+    held: int = 0  # empty packets: frames an AVI holds (the previous frame stays on screen)
+
+
+class VideoFile:
+    """One open video file: its `timeline` and `frames`. Use as a context manager (or call `close`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        check_file(self.path)
+        try:
+            self.container = av.open(str(self.path), metadata_errors="ignore")
+        except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+            raise VideoError(self.path, f"not a readable video ({decoder_message(exc)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoError(self.path, "no video stream (audio-only or not a video)")
+        self.stream = self.container.streams.video[0]
+        self.stream.codec_context.thread_count = 1
+        self._graph: tuple[tuple, av.filter.Graph] | None = None  # (frame geometry + S, graph)
+        self._pts = np.zeros(0, np.int64)  # (N,) the frames' timestamps, presentation order (time base units)
+        self._pts_index: dict[int, int] = {}  # timestamp -> frame index
+        self.timeline = self._timeline()
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+    # ---- time -------------------------------------------------------------------------------------------------
+    def _demux(self) -> _Packets:
+        packets = _Packets([], [], 0, True)
+        best = None
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.size == 0:  # the flush packet, or a frame an AVI holds (shown until the next one)
+                    packets.held += packet.dts is not None
+                    continue
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if pts is None:
+                    packets.complete = False
+                    pts = len(packets.pts)
+                packets.pts.append(pts)
+                packets.keys.append(int(packet.is_keyframe))
+                if best is None or pts >= best:
+                    best, packets.last_duration = pts, packet.duration or 0
+        except av.FFmpegError as exc:
+            raise VideoError(self.path, f"corrupt or truncated video ({decoder_message(exc)})") from None
+        claimed = self.stream.frames  # the container's frame count (0: none, as in Matroska)
+        if claimed and len(packets.pts) + packets.held < claimed:
+            raise VideoError(self.path, f"corrupt or truncated video (its index lists {claimed} frames, the file "
+                                        f"holds {len(packets.pts) + packets.held})")
+        return packets
+
+    def _timeline(self) -> Timeline:
+        packets = self._demux()
+        if not packets.pts:
+            raise VideoError(self.path, "no video frames")
+        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
+        fps = float(rate) if rate else 0.0
+        order = np.argsort(np.asarray(packets.pts, np.int64), kind="stable")
+        pts = np.asarray(packets.pts, np.int64)[order]
+        keys = np.flatnonzero(np.asarray(packets.keys, np.int64)[order])
+        keys = np.union1d([0], keys).astype(np.int64)
+        if packets.complete and self.stream.time_base is not None:
+            base = float(self.stream.time_base)
+            times = (pts - pts[0]) * base
+            self._pts, self._pts_index = pts, {int(p): i for i, p in enumerate(pts.tolist())}
+            step = packets.last_duration * base or (float(np.median(np.diff(times))) if len(times) > 1 else 0.0)
+            step = step or (1.0 / fps if fps > 0 else 0.0)
+            return Timeline(times, keys, float(times[-1] + step), fps, True)
+        if not fps > 0:
+            raise VideoError(self.path, "no timestamps and no frame rate: cannot place frames in time")
+        times = np.arange(len(pts)) / fps
+        return Timeline(times, keys, len(pts) / fps, fps, False)
+
+    # ---- frames -----------------------------------------------------------------------------------------------
+    def frames(self, wanted: np.ndarray, image_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, (S, S, 3) uint8) for each of `wanted` (ascending, unique frame indices), in order. A wanted
+        frame the decoder never outputs (damaged, or dropped by the codec) gets the next frame it does output;
+        past the last decodable frame, the last one. Raises VideoError when nothing decodes."""
+        try:
+            yield from self._frames(np.asarray(wanted, np.int64), image_size)
+        except av.FFmpegError as exc:
+            raise VideoError(self.path, f"corrupt or truncated video ({decoder_message(exc)})") from None
+
+    def _frames(self, wanted: np.ndarray, image_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        done, position, last = 0, -1, None  # wanted frames delivered, last decoded index, its converted frame
+        while done < len(wanted):
+            key = self._key_of(wanted[done]) if self.timeline.from_stream else 0
+            for index, frame in self._decode_from(key):
+                position = index
+                if wanted[done] > index:
+                    continue
+                last = self._convert(frame, image_size)
+                while done < len(wanted) and wanted[done] <= index:
+                    yield int(wanted[done]), last
+                    done += 1
+                if done == len(wanted) or self._seek_pays(wanted[done], position, key):
+                    break
+            else:  # the end of the stream
+                if last is None:
+                    raise VideoError(self.path, "corrupt or truncated video (no frame could be decoded)")
+                while done < len(wanted):
+                    yield int(wanted[done]), last
+                    done += 1
+
+    def _key_of(self, frame: int) -> int:
+        """The last key frame at or before `frame`."""
+        keys = self.timeline.keys
+        return int(keys[np.searchsorted(keys, frame, "right") - 1])
+
+    def _seek_pays(self, frame: int, position: int, run_key: int) -> bool:
+        """Whether a key frame after the current run's lies between the decoder's position and `frame`: a seek
+        there skips the stretch in between. Never without timestamps to seek by."""
+        key = self._key_of(frame)
+        return self.timeline.from_stream and key > position + 1 and key > run_key
+
+    def _decode_from(self, key: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Decoded frames with their indices (presentation order), after a seek to key frame `key`."""
+        target = int(self._pts[key]) if self.timeline.from_stream else 0
+        self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        self.stream.codec_context.flush_buffers()
+        position, errors = key - 1, 0
+        for packet in self.container.demux(self.stream):
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as exc:  # a damaged packet: skip it, as players do, unless nothing decodes
+                errors += 1
+                if errors > 64:
+                    raise VideoError(self.path, f"corrupt or truncated video ({decoder_message(exc)})") from None
+                continue
+            for frame in decoded:
+                position = self._pts_index.get(frame.pts, position + 1) if frame.pts is not None else position + 1
+                yield position, frame
+
+    def _convert(self, frame: av.VideoFrame, size: int) -> np.ndarray:
+        """One decoded frame upright, shorter side resized to `size`, centre-cropped: (S, S, 3) uint8."""
+        turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns a player applies
+        sar = self.stream.sample_aspect_ratio or Fraction(1)
+        width, height = frame.width * float(sar), frame.height  # as shown, before rotation
+        shown_w, shown_h = (height, width) if turns % 2 else (width, height)
+        short, long = sorted((shown_w, shown_h))
+        long_px = int(size * long / short)
+        new_w, new_h = (long_px, size) if shown_h <= shown_w else (size, long_px)
+        scale = (new_h, new_w) if turns % 2 else (new_w, new_h)  # in the stored orientation
+        rgb = self._scaled(frame, *scale)  # (h, w, 3)
+        if turns:
+            rgb = np.rot90(rgb, turns)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        return np.ascontiguousarray(rgb[top:top + size, left:left + size])
+
+    def _scaled(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+        geometry = (frame.width, frame.height, frame.format.name, width, height)
+        if self._graph is None or self._graph[0] != geometry:
+            graph = av.filter.Graph()
+            graph.threads = 1
+            source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                                      time_base=self.stream.time_base or Fraction(1, 1000))
+            scale = graph.add("scale", f"{width}:{height}:flags={SCALE_FLAGS}")
+            convert = graph.add("format", "rgb24")
+            sink = graph.add("buffersink")
+            source.link_to(scale)
+            scale.link_to(convert)
+            convert.link_to(sink)
+            graph.configure()
+            self._graph = (geometry, graph)
+        graph = self._graph[1]
+        graph.push(frame)
+        return graph.pull().to_ndarray()  # (height, width, 3)
+
+
+__all__ = ["VideoError", "VideoFile", "Timeline", "check_file", "decoder_message", "SCALE_FLAGS"]
