@@ -30,7 +30,7 @@ from torch import nn
 from dgl_deploy import __version__, defaults
 from dgl_deploy.errors import DGLError
 from dgl_deploy.export.parity import check_parity, check_tokenizer
-from dgl_deploy.export.quantize import int8_fallbacks, to_fp16, to_int8
+from dgl_deploy.export.quantize import INT8_WEIGHTS, int8_tries, to_fp16, to_int8
 from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.model.model import DGLModel
 from dgl_deploy.model.pixels import normalize
@@ -168,10 +168,12 @@ def stamp_metadata(graph: onnx.ModelProto, metadata: dict[str, str]) -> None:
         graph.metadata_props.add(key=key, value=value)
 
 
-def write_variant(src: Path, dst: Path, precision: str, metadata: dict[str, str], keep_fp32: Sequence[str] = ()) -> None:
-    """fp16 / int8 copy of an fp32 graph (int8: the nodes in `keep_fp32` stay fp32), re-stamped with its precision."""
+def write_variant(src: Path, dst: Path, precision: str, metadata: dict[str, str], keep_fp32: Sequence[str] = (),
+                  weights: str = INT8_WEIGHTS[0]) -> None:
+    """fp16 / int8 copy of an fp32 graph (int8: `weights` type, the nodes in `keep_fp32` stay fp32), re-stamped with
+    its precision."""
     if precision == "int8":
-        to_int8(src, dst, keep_fp32)
+        to_int8(src, dst, keep_fp32, weights)
     else:
         to_fp16(src, dst)
     graph = onnx.load(str(dst))
@@ -228,6 +230,7 @@ def _export_graphs(model: DGLModel, folder: Path, precisions: list[str], fingerp
             else:
                 parity = _reduced_variant(model, role, fp32, path, precision, meta)
             kept = f", {parity['fp32_matmuls']:.0f} MatMuls kept fp32" if parity.get("fp32_matmuls") else ""
+            kept += ", uint8 weights" if parity.get("uint8_weights") else ""
             log(f"{role:5s} {precision}: max abs err {parity['max_abs']:.2e}, min cosine {parity['min_cosine']:.6f}"
                 f" vs PyTorch fp32 (batches 1, 3, 8){kept}")
             entries.append(GraphEntry(role, precision, path.name, sha256_file(path), parity))
@@ -237,11 +240,13 @@ def _export_graphs(model: DGLModel, folder: Path, precisions: list[str], fingerp
 def _reduced_variant(model: DGLModel, role: str, fp32: Path, path: Path, precision: str,
                      metadata: dict[str, str]) -> dict[str, float]:
     """Write the fp16/int8 graph of `fp32` and measure its parity. An int8 graph below REDUCED_MIN_COSINE is
-    redone with more of it kept fp32 (`quantize.int8_fallbacks`) until the parity holds; the last try stays."""
+    redone with more of it kept fp32, then with uint8 weights (`quantize.int8_tries`) until the parity holds; the
+    last try stays."""
     blocks = model.config.prompt_layers if role == "text" else len(model.clip.visual.transformer.resblocks)
-    for keep in int8_fallbacks(fp32, blocks) if precision == "int8" else [()]:
-        write_variant(fp32, path, precision, metadata, keep)
+    for weights, keep in int8_tries(fp32, blocks) if precision == "int8" else [(INT8_WEIGHTS[0], ())]:
+        write_variant(fp32, path, precision, metadata, keep, weights)
         parity = {**check_parity(model, role, path, strict=False), "fp32_matmuls": float(len(keep))}
+        parity |= {"uint8_weights": 1.0} if weights == "uint8" else {}
         if parity["min_cosine"] >= REDUCED_MIN_COSINE:
             break
     return parity

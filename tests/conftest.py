@@ -90,6 +90,16 @@ def tiny_export(tmp_path_factory) -> tuple:
 
 
 @pytest.fixture(scope="session")
+def int8_export(tmp_path_factory, tiny_export) -> tuple:
+    """(model, folder, manifest): tiny_export's model exported with its int8 graphs, once per session (tests only
+    read the files, or copy the folder before changing it)."""
+    from dgl_deploy.export import export_onnx
+
+    out = tmp_path_factory.mktemp("export") / "tiny_int8"
+    return tiny_export[0], out, export_onnx(tiny_export[0], out, precisions=("int8",), log=_quiet)
+
+
+@pytest.fixture(scope="session")
 def golden_export(tmp_path_factory):  # noqa: ANN201
     """latent -> (model, folder, manifest) of an imported golden reference checkpoint, exported once."""
     from dgl_deploy.export import export_onnx

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from dgl_deploy import DGLError
 from dgl_deploy.cli import app
 from dgl_deploy.export import export_onnx, onnx_export, parity
-from dgl_deploy.export.quantize import int8_fallbacks
+from dgl_deploy.export.quantize import INT8_WEIGHT_MAX, int8_fallbacks
 from dgl_deploy.model.checkpoint import model_fingerprint, save
 from dgl_deploy.model.model import create_model
 from dgl_deploy.runtime.backends import onnxruntime as onnxruntime_backend
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
-from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, load_manifest
+from dgl_deploy.runtime.manifest import FINGERPRINT_KEY, REDUCED_MIN_COSINE, load_manifest
 from tests.conftest import golden_case
 
 
@@ -95,7 +95,8 @@ def test_fp16_and_int8_variants(tmp_path: Path) -> None:
 
 def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, monkeypatch) -> None:
     """int8 graphs below the auto parity are redone with the first, then the first and last, transformer block
-    fp32; the last try is kept, its nodes really are plain MatMuls, and the export says so."""
+    fp32, then the same with uint8 weights; the last try is kept, its nodes really are plain MatMuls, and the export
+    says so."""
     model, out, _ = tiny_export
     none, first, both = int8_fallbacks(out / "text_encoder.onnx", model.config.prompt_layers)
     assert none == () and 0 < len(first) < len(both) and set(first) < set(both)
@@ -104,20 +105,41 @@ def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, 
     lines: list[str] = []
     manifest = export_onnx(model, tmp_path / "ex", precisions=("int8",), log=lines.append)
     entry = manifest.graph("text", "int8")
-    assert entry.parity["fp32_matmuls"] == len(both)
+    assert entry.parity["fp32_matmuls"] == len(both) and entry.parity["uint8_weights"] == 1  # the last try
     graph = onnx.load(str(tmp_path / "ex" / entry.file)).graph
     assert set(both) <= {n.name for n in graph.node if n.op_type == "MatMul"}
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)  # the rest is int8
-    assert any(line.startswith("text  int8") and f"{len(both)} MatMuls kept fp32" in line for line in lines)
+    assert any(line.startswith("text  int8") and f"{len(both)} MatMuls kept fp32, uint8 weights" in line for line in lines)
 
 
+QUANTISED_OPS = {"MatMulInteger": (1, 0), "DynamicQuantizeMatMul": (1, 0), "MatMulIntegerToFloat": (1, 0),
+                 "ConvInteger": (1, 0), "QLinearMatMul": (3, 2), "QLinearConv": (3, 2)}  # op -> (weight, activation)
 
-def test_int8_video_rows_do_not_depend_on_the_batch(tmp_path: Path, tiny_export, monkeypatch) -> None:
+
+def test_int8_weights_cannot_saturate_on_any_x86_cpu(int8_export) -> None:
+    """Without VNNI, onnxruntime's u8s8 kernels add two uint8 x int8 products in a saturating int16 (vpmaddubsw):
+    every int8 weight within 7 bits (|w| <= 64) keeps 2 * 255 * |w| <= 32767 whatever the activations, so the
+    int8 graphs compute the same on AVX2 as on VNNI hosts (uint8 weights, the export's last resort, run u8u8
+    kernels that cannot saturate); checked on the weights themselves, and the export's parity still holds."""
+    _, out, manifest = int8_export
+    assert 2 * 255 * INT8_WEIGHT_MAX <= np.iinfo(np.int16).max
+    for entry in (g for g in manifest.graphs if g.precision == "int8"):
+        graph = onnx.load(str(out / entry.file)).graph
+        weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        quantised = [(n, QUANTISED_OPS[n.op_type]) for n in graph.node if n.op_type in QUANTISED_OPS]
+        assert quantised, entry.file
+        for node, (weight, activation) in quantised:
+            w = weights[node.input[weight]]
+            assert node.input[activation] not in weights and w.dtype in (np.int8, np.uint8), (entry.file, node.name)
+            if w.dtype == np.int8:  # u8s8 kernels; uint8 weights run u8u8 kernels, which widen before multiplying
+                assert np.abs(w.astype(np.int32)).max() <= INT8_WEIGHT_MAX, (entry.file, node.name)
+        assert entry.parity["min_cosine"] >= REDUCED_MIN_COSINE, (entry.file, entry.parity)
+
+
+def test_int8_video_rows_do_not_depend_on_the_batch(int8_export, monkeypatch) -> None:
     """On CPU each video runs alone through the video graph (`CPU_VIDEO_CHUNK`): an int8 row is the same whether
     the video came alone or with others (int8's activation scales are per run: a shared run would mix them)."""
-    model, out, _ = tiny_export
-    export_onnx(model, tmp_path / "ex", precisions=("int8",), log=lambda _: None)
-    encoder = OnnxEncoder(tmp_path / "ex", device="cpu", precision="int8")
+    encoder = OnnxEncoder(int8_export[1], device="cpu", precision="int8")
     size = (encoder.frames, encoder.image_size, encoder.image_size, 3)
     rng = np.random.default_rng(0)
     frames = np.stack([rng.integers(0, high, size, dtype=np.uint8) for high in (40, 255, 120)])  # (3, T, H, W, 3)
