@@ -60,30 +60,33 @@ def _refused(http: TestClient, video_id: str) -> None:
 
 
 def test_links_out_of_an_updated_set_are_refused(tmp_path, serve_files) -> None:
-    """After `dgl embed OTHER --update`, ids `../../new/batch/x.mp4` are served from new/batch only: a video of
-    either folder replaced by a link to a file beside new/batch (in neither folder) is 403."""
+    """After `dgl embed OTHER --update`, ids `../../new/batch/x.mp4` are served from new/batch (recorded in the
+    manifest) only: a video of either folder replaced by a link to a file beside new/batch (in neither folder) is
+    403; a link to another file of new/batch, in another of its subfolders, is served."""
     root = _copy_set(serve_files, tmp_path / "set")
     batch = tmp_path / "new" / "batch"
-    batch.mkdir(parents=True)
-    for n in (0, 1, 2):
-        shutil.copy(_video(root, n), batch / f"clip_{n}.mp4")
+    (batch / "sub").mkdir(parents=True)
+    for n, name in ((0, "clip_0.mp4"), (1, "clip_1.mp4"), (2, "sub/clip_2.mp4")):
+        shutil.copy(_video(root, n), batch / name)
     _embed(root, batch, root / "emb.npy", update=True)
     secret = tmp_path / "new" / "secret.mp4"  # in the parent of the second folder, not in it
     shutil.copy(_video(root, 3), secret)
-    first, second, sibling = _video(root, 0), batch / "clip_0.mp4", batch / "clip_1.mp4"
-    first_id, second_id = first.name, "../../new/batch/clip_0.mp4"
+    first, second, nested, sibling = _video(root, 0), batch / "clip_0.mp4", batch / "sub" / "clip_2.mp4", \
+        batch / "clip_1.mp4"
+    first_id, second_id, nested_id = first.name, "../../new/batch/clip_0.mp4", "../../new/batch/sub/clip_2.mp4"
     with TestClient(serve_app(root)) as http:
-        ids = http.app.state.service.index.store.ids
-        assert second_id in ids and "../../new/batch/clip_2.mp4" in ids
+        store = http.app.state.service.index.store
+        assert store.manifest["source_folders"] == ["../../new/batch"]
+        assert {second_id, nested_id} <= set(store.ids)
         assert http.get("/video", params={"id": second_id}).content == second.read_bytes()
         for video in (first, second):
             video.unlink()
             video.symlink_to(secret)
         _refused(http, first_id)
         _refused(http, second_id)
-        second.unlink()
-        second.symlink_to(sibling.name)  # a link inside its own folder is still served
-        assert http.get("/video", params={"id": second_id}).content == sibling.read_bytes()
+        nested.unlink()
+        nested.symlink_to(sibling)  # a link inside the folder it was embedded from is still served
+        assert http.get("/video", params={"id": nested_id}).content == sibling.read_bytes()
 
 
 @pytest.fixture(scope="module")

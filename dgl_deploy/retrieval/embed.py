@@ -24,7 +24,8 @@ Ids and folders: ids are relative to the folder the set was first made from (its
 the manifest both absolute and relative to the set, so a set moved together with its videos still finds
 them). An update from another folder gets ids relative to that first root (`../new_batch/vid_00000.mp4`):
 files of two folders never share an id, so nothing is skipped silently, and an update from a subfolder or
-a parent of the root finds the ids that the root's own files already have.
+a parent of the root finds the ids that the root's own files already have. The folders embedded besides the root
+are recorded relative to it (`source_folders`: `../new_batch`), so `dgl serve` serves each id from its own folder.
 
 Deleted videos: rows whose file (root / id) no longer exists are kept and counted (`EmbedResult.missing`);
 `prune=True` (with `update`) drops them in the same generation switch, which renumbers the rows after them.
@@ -167,6 +168,7 @@ class EmbedJob:
     embed_dim: int
     descriptor: dict  # model, sizes and settings that fix the output (checked on resume)
     result: EmbedResult
+    folders: list[str] = field(default_factory=list)  # other folders embedded into the set, relative to root (posix)
 
     @property
     def writes(self) -> bool:
@@ -246,11 +248,21 @@ def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: Emb
     result = EmbedResult(paths.emb, len(videos), 0, count - len(pruned), backend=backend,
                          model=os.path.abspath(model) if model else None, missing=len(missing) - len(pruned),
                          pruned=len(pruned), precision=encoder_precision(encoder), encoder_backend=encoder.backend)
-    job = EmbedJob(paths, todo, existing, _runs(count, pruned), root, encoder.embed_dim, descriptor, result)
+    job = EmbedJob(paths, todo, existing, _runs(count, pruned), root, encoder.embed_dim, descriptor, result,
+                   _source_folders(existing, source, root))
     _clear_finished_parts(paths, existing)
     if job.writes:
         _prepare_parts(paths.parts, descriptor, replace=overwrite)
     return job
+
+
+def _source_folders(existing: EmbeddingStore | None, source: Path | str, root: Path) -> list[str]:
+    """The folders embedded into the set besides `root`, relative to it: the existing set's, and the folder of
+    `source` when it lies outside the root (an update from another folder: `../new_batch`)."""
+    folders = list(existing.manifest.get("source_folders") or []) if existing else []
+    folder = Path(os.path.relpath(source_root(source), os.path.abspath(root))).as_posix()
+    outside = folder == ".." or folder.startswith("../")
+    return folders + [folder] if outside and folder not in folders else folders
 
 
 def _existing(paths: StorePaths, encoder: Encoder, settings: EmbedSettings, update: bool,
@@ -577,6 +589,7 @@ def _manifest_fields(job: EmbedJob, settings: EmbedSettings, precisions: set[str
         "image_size": job.descriptor["image_size"],
         "source": job.descriptor["source"],
         **path_fields("source_root", job.root, folder),
+        "source_folders": job.folders,
         "settings": settings.record(),
         "failures": len(result.failures),
         "missing": result.missing,

@@ -5,9 +5,10 @@ Which files may be served: only those of the index. The client names a video by 
 index (never a path); an id that is not in the index is 404. The id is joined to the source folder recorded
 in the embeddings manifest (`source_root`) and normalised, and each id is checked against its own folder, never
 against a folder another id names: an id inside the source folder against the source folder; an id recorded
-relative to it as `../other/x.mp4` (a folder embedded into the same set with `--update`, or a `.txt` list entry
-outside the list's folder) against the folder it names its file in (`<root>/../other`). The file, links followed,
-must lie in that folder's real path. Anything else (a video replaced by a link to a file outside its folder, a
+relative to it as `../other/x.mp4` against the folder embedded into the same set with `--update` that holds it
+(the manifest's `source_folders`, the innermost), else (a `.txt` list entry outside the list's folder, a set
+that does not record them) against the folder the id names its file in. The file, links followed, must lie in
+that folder's real path. Anything else (a video replaced by a link to a file outside its folder, a
 recorded absolute id, `..` after a name) is 403. A set that does not record its source folder serves no files.
 Files are served as the video type of their extension (`media_type`), any other name as application/octet-stream:
 never as a type a browser would render as a page.
@@ -89,6 +90,8 @@ class IndexedVideos:
         self.store = store
         recorded = store.recorded_path("source_root")
         self.root = Path(os.path.abspath(recorded)) if recorded is not None else None
+        added = getattr(store, "manifest", {}).get("source_folders") or []  # relative to the root
+        self.folders = [os.path.normpath(self.root / folder) for folder in added] if self.root is not None else []
         self._lock = threading.Lock()
         self._first_row: dict[str, int] | None = None  # built on first use (one pass over the ids)
         self._starts: dict[str, frozenset[int]] = {}  # id -> moment starts (ms); empty for a whole-video set
@@ -162,9 +165,12 @@ class IndexedVideos:
 
     def _folder_of(self, path: str) -> str:
         """The folder an id's normalised `path` was embedded from: the source folder if it lies there, else the
-        folder the id names its file in (a `../other/x.mp4` id: `<root>/../other`; never a wider one)."""
+        innermost recorded folder holding it, else the folder the id names its file in (never a wider one)."""
         root = os.path.normpath(self.root or "")
-        return root if _within(path, root) else os.path.dirname(path)
+        if _within(path, root):
+            return root
+        return max((folder for folder in self.folders if _within(path, folder)), key=len,
+                   default=os.path.dirname(path))
 
 
 def default_poster_cache(index: Path | str) -> Path:

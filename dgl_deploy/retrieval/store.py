@@ -58,7 +58,8 @@ SCAN_COPY_MIN_ROWS = 100_000  # float32 sets of this many rows get a float16 sca
 _REQUIRED = {"model_fingerprint": str, "count": int, "ids_sha256": str}
 _OPTIONAL = {"generation": str, "embed_dim": int, "model": str, "model_relative": str, "source_root": str,
              "source_root_relative": str, "job": str, "settings": dict, "spans_sha256": str, "backend": str,
-             "encoder_backend": str, "precision": str, "row_precisions": list, "frame_sampling": str, "scan_copy": dict}
+             "encoder_backend": str, "precision": str, "row_precisions": list, "frame_sampling": str, "scan_copy": dict,
+             "source_folders": list}
 _GENERATION = r"gen-[0-9a-f]{12}"
 
 
@@ -226,6 +227,8 @@ def _manifest_problem(data: dict[str, Any]) -> str | None:
         return "count < 0 or embed_dim < 1"
     if not all(isinstance(p, str) for p in data.get("row_precisions") or []):
         return "'row_precisions' must be a list of precision names"
+    if not all(isinstance(p, str) for p in data.get("source_folders") or []):
+        return "'source_folders' must be a list of folder paths"
     if data.get("generation") and not re.fullmatch(_GENERATION, data["generation"]):
         return f"bad generation {data['generation']!r}"
     segments = (data.get("settings") or {}).get("segments")
