@@ -29,7 +29,11 @@ test-slow: setup
 demo: $(VENV)/.demo
 	$(BIN)/dgl demo --out demo_out
 
-bench: setup
+$(VENV)/.bench: pyproject.toml $(VENV)/.test
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py
 
 .PHONY: setup test test-slow demo bench

@@ -5,9 +5,9 @@ TensorNormalize), run on real encoded clips: PyAV/libx264 with B-frames at 29.97
 and portrait, an MPEG-4 AVI (MSVD-style), a 3 s clip with fewer frames than T, DiDeMo's [0, 31] s and
 ActivityNet's [0, ceil(duration)] segments and a mid-clip one.
 
-Frame indices must be equal. Pixels: the reference decodes with PyAV, we decode with decord; both convert
-YUV to RGB with their own FFmpeg's swscale. Measured difference: 0 levels (bit-identical uint8 frames, so
-model inputs equal to float rounding) with decord 0.6.0 and PyAV 18.1.0 on every clip here.
+Frame indices must be equal. Pixels: the reference and we both decode with PyAV and convert YUV to RGB with
+FFmpeg's swscale. Measured difference: 0 levels (bit-identical uint8 frames, so model inputs equal to float
+rounding) with PyAV 18.1.0 on every clip here.
 PIXEL_TOLERANCE allows 1 level (of 255) for other FFmpeg builds' conversion rounding.
 
 The clips' shorter side equals the crop size, as in the reference's data (compress_video.py: shorter side
@@ -20,14 +20,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import decord
 import numpy as np
 import pytest
 import torch
 from torchvision.transforms import CenterCrop
 from torchvision.transforms.functional import normalize as tv_normalize
 
-from dgl_deploy.data.sampling import frame_indices
+from dgl_deploy.data.decoder import VideoFile
+from dgl_deploy.data.sampling import sample_indices
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.model.pixels import normalize
 
@@ -124,8 +124,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_reference_sampling_matches_the_reference_code(clips: Path, name: str, segment: tuple[float, float] | None) -> None:
     size = CLIPS[name][-1]
     expected, expected_indices = reference_video(clips / name, size, segment)
-    reader = decord.VideoReader(str(clips / name), num_threads=1)
-    indices = frame_indices(len(reader), reader.get_avg_fps(), T, segment, "reference")
+    with VideoFile(clips / name) as video:
+        indices = sample_indices(video.timeline.times, video.timeline.fps, T, segment, "reference")
     assert indices.tolist() == expected_indices.tolist()
     frames = decode_frames(clips / name, T, size, segment, "reference")  # (T, S, S, 3) uint8
     levels = (normalize(frames) - expected).abs() * torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255  # model input, in pixel levels
@@ -134,7 +134,8 @@ def test_reference_sampling_matches_the_reference_code(clips: Path, name: str, s
 
 def test_short_clip_repeats_its_last_frame_like_the_reference(clips: Path) -> None:
     """9 frames for T = 12: the reference pads with the last frame (its video mask is never read by DGL)."""
-    reader = decord.VideoReader(str(clips / "short.mp4"), num_threads=1)
-    assert frame_indices(len(reader), reader.get_avg_fps(), T, None, "reference").tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8]
+    with VideoFile(clips / "short.mp4") as video:
+        indices = sample_indices(video.timeline.times, video.timeline.fps, T, None, "reference")
+    assert indices.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8]
     frames = decode_frames(clips / "short.mp4", T, 224, None, "reference")
     assert all(np.array_equal(frames[8], frames[i]) for i in (9, 10, 11))

@@ -10,7 +10,7 @@ survive a kill). Step outputs go to OUT/gpu_check.log. Steps, in order:
   pytest      `pytest -m "gpu or tensorrt"` on the test files that hold such tests (tensorrt ones skip here)
   parity      CUDA autocast fp16 / bf16 vs fp32 of both encoders (text, video) of a random-init DGL model,
               both latents; min cosine >= 0.999 (and CUDA fp32 vs CPU fp32 >= 0.9999)
-  videos      the carried synthetic mp4s: decord decode -> CUDA fp32/fp16/bf16 vs CPU fp32
+  videos      the carried synthetic mp4s: PyAV decode (needs av on the image) -> CUDA fp32/fp16/bf16 vs CPU fp32
   train_b32   benchmarks/bench_train.py --device cuda --amp bf16 --batch-size 32 --baseline
   train_b128  the same at batch 128
   inference   bench_gpu.py's measurements for torch eager fp32, torch autocast fp16/bf16 (CUDA) and
@@ -124,7 +124,7 @@ def step_env(s: StepSettings) -> bool:
     d["python"] = platform.python_version()
     d["machine"] = platform.machine()
     names = ["torch", "torchvision", "open_clip_torch", "dgl-deploy", "numpy", "onnx", "onnxruntime",
-             "onnxruntime-gpu", "onnxscript", "onnx_ir", "onnxslim", "tensorrt", "decord", "pillow", "ftfy", "regex",
+             "onnxruntime-gpu", "onnxscript", "onnx_ir", "onnxslim", "tensorrt", "av", "pillow", "ftfy", "regex",
              "safetensors", "typer", "rich", "pytest", "pytest-timeout", "timm", "huggingface_hub"]
     versions = {}
     for name in names:
@@ -136,7 +136,7 @@ def step_env(s: StepSettings) -> bool:
     d["packages"] = versions
     imports = {}
     for module in ("torch", "torchvision", "open_clip", "dgl_deploy.model.model", "dgl_deploy.export",
-                   "dgl_deploy.training.loop", "dgl_deploy.runtime.backends.onnxruntime", "decord"):
+                   "dgl_deploy.training.loop", "dgl_deploy.runtime.backends.onnxruntime", "av"):
         try:
             imported = __import__(module, fromlist=["_"])
             imports[module] = f"ok ({Path(imported.__file__).parent})"
@@ -162,7 +162,7 @@ def step_env(s: StepSettings) -> bool:
                              capture_output=True, text=True, timeout=15)
         d["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     s.save()
-    failed = [m for m, v in imports.items() if v.startswith("FAILED") and m != "decord"]
+    failed = [m for m, v in imports.items() if v.startswith("FAILED") and m != "av"]
     return not failed
 
 
@@ -229,7 +229,7 @@ def step_videos(s: StepSettings) -> bool:
     import numpy as np
     import torch
 
-    from dgl_deploy.data.video import decode_frames  # needs decord
+    from dgl_deploy.data.video import decode_frames  # needs av (PyAV)
     from dgl_deploy.model.model import create_model
 
     videos = s.folder / "videos"

@@ -5,7 +5,7 @@ and takes at most 64 MiB of files a call (the working tree included). This scrip
 
   1. downloads (pip, --no-deps, cp312 manylinux x86_64 wheels only) the versions installed in this .venv of
      open_clip_torch and what it and the checks import that the image may lack, torchvision 0.26.0 (the
-     release for torch 2.11), decord, onnxscript/onnx_ir/onnxslim, pytest and pytest-timeout;
+     release for torch 2.11), onnxscript/onnx_ir/onnxslim, pytest and pytest-timeout;
   2. builds the project's own wheel from a copy of its sources (nothing is written into the checkout);
   3. renders a few synthetic h264 clips (dgl_deploy.data.synthetic, which needs PyAV: made here, not there);
   4. copies run.sh and check.py beside them, writes manifest.json (sizes, hashes, what was left out and why)
@@ -60,14 +60,14 @@ WHEELS: list[tuple[str, str | None, str, bool]] = [
     ("iniconfig", None, "pytest", False),
     ("pygments", None, "pytest", False),
     ("pytest-timeout", None, "pyproject's --timeout addopt", False),
-    ("decord", None, "decoding the carried synthetic videos (videos step)", True),
 ]
 LEFT_OUT = {
     "onnxruntime-gpu": "hundreds of MiB, over the 64 MiB a call carries: the onnxruntime CUDA provider is not checked "
                        "(the check uses the image's CPU onnxruntime as reference)",
     "tensorrt": "GiB of libraries: not carried, so the -m tensorrt tests skip and no engine is built",
     "av": "PyAV's cp312 wheel is about 34 MiB (av 18.1, FFmpeg inside): with it the folder would pass 60 MiB, so "
-          "the synthetic videos are rendered here and carried instead",
+          "the synthetic videos are rendered here and carried instead; the videos step decodes them only where the "
+          "image has av (the decoder is PyAV since decord was dropped)",
     "huggingface_hub, timm": "optional imports of open_clip (caught ImportError); no weights can be fetched there",
     "faiss-cpu, fastapi, uvicorn, ray, httpx": "index/serve/ray profiles: not used by the GPU checks",
 }

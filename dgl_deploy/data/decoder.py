@@ -15,8 +15,8 @@ that is ahead of the decoder, it seeks to that key frame instead of decoding the
 one decoded frame plus the converted ones the caller keeps, whatever the file's length or GOP size. The
 decoder runs on one thread (`-j` parallelism is one process per file) and so does the conversion.
 
-Pixels: one FFmpeg filter graph per frame format converts to RGB and resizes the shorter side of the frame as
-a player shows it (display rotation from the frame's display matrix, sample aspect ratio) to S with swscale's
+Pixels: swscale (`VideoFrame.reformat`) converts each kept frame to RGB and resizes the shorter side of the frame
+as a player shows it (display rotation from the frame's display matrix, sample aspect ratio) to S with swscale's
 bicubic filter (antialiased when shrinking), then the frame is rotated upright and centre-cropped with
 torchvision's sizes: long side int(S * long / short), offsets round((side - S) / 2).
 """
@@ -33,7 +33,7 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 
-SCALE_FLAGS = "bicubic"  # swscale's resize filter (module docstring)
+INTERPOLATION = "BICUBIC"  # swscale's resize filter (module docstring)
 
 
 class VideoError(DGLError):
@@ -102,7 +102,6 @@ class VideoFile:
             raise VideoError(self.path, "no video stream (audio-only or not a video)")
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = 1
-        self._graph: tuple[tuple, av.filter.Graph] | None = None  # (frame geometry + S, graph)
         self._pts = np.zeros(0, np.int64)  # (N,) the frames' timestamps, presentation order (time base units)
         self._pts_index: dict[int, int] = {}  # timestamp -> frame index
         self.timeline = self._timeline()
@@ -135,8 +134,8 @@ class VideoFile:
                     best, packets.last_duration = pts, packet.duration or 0
         except av.FFmpegError as exc:
             raise VideoError(self.path, f"corrupt or truncated video ({decoder_message(exc)})") from None
-        claimed = self.stream.frames  # the container's frame count (0: none, as in Matroska)
-        if claimed and len(packets.pts) + packets.held < claimed:
+        claimed = self.stream.frames  # MP4/MOV: the sample index's count, which a cut-off file no longer holds
+        if "mov" in self.container.format.name and len(packets.pts) + packets.held < claimed:
             raise VideoError(self.path, f"corrupt or truncated video (its index lists {claimed} frames, the file "
                                         f"holds {len(packets.pts) + packets.held})")
         return packets
@@ -239,24 +238,11 @@ class VideoFile:
         top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
         return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
-    def _scaled(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-        geometry = (frame.width, frame.height, frame.format.name, width, height)
-        if self._graph is None or self._graph[0] != geometry:
-            graph = av.filter.Graph()
-            graph.threads = 1
-            source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                                      time_base=self.stream.time_base or Fraction(1, 1000))
-            scale = graph.add("scale", f"{width}:{height}:flags={SCALE_FLAGS}")
-            convert = graph.add("format", "rgb24")
-            sink = graph.add("buffersink")
-            source.link_to(scale)
-            scale.link_to(convert)
-            convert.link_to(sink)
-            graph.configure()
-            self._graph = (geometry, graph)
-        graph = self._graph[1]
-        graph.push(frame)
-        return graph.pull().to_ndarray()  # (height, width, 3)
+    @staticmethod
+    def _scaled(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+        """swscale: convert to RGB and resize in one step, on this thread: (height, width, 3) uint8."""
+        return frame.reformat(width=width, height=height, format="rgb24", interpolation=INTERPOLATION,
+                              threads=1).to_ndarray()
 
 
-__all__ = ["VideoError", "VideoFile", "Timeline", "check_file", "decoder_message", "SCALE_FLAGS"]
+__all__ = ["VideoError", "VideoFile", "Timeline", "check_file", "decoder_message", "INTERPOLATION"]
