@@ -197,3 +197,32 @@ def test_audio_only_and_not_a_video_are_one_line(made: Path) -> None:
         container.mux(stream.encode())
     with pytest.raises(VideoError, match="no video stream"):
         VideoFile(path)
+
+
+def test_embedded_moments_carry_stream_times_and_the_manifest_names_untimed_files(made: Path, tmp_path: Path) -> None:
+    """Through `embed_videos`: a VFR file's rows span its real duration; a raw H.264 stream (no timestamps) is
+    placed at index / fps and listed in the manifest as such."""
+    from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+    from dgl_deploy.retrieval.store import open_store
+    from tests.test_segments_embed import ColourEncoder
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write(folder / "vfr.mp4", ramp(len(VFR_TIMES), 64, 96), VFR_TIMES)
+    raw = folder / "raw.h264"
+    with av.open(str(raw), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height = 64, 48
+        for index, image in enumerate(ramp(30, 48, 64)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    listing = tmp_path / "list.txt"
+    listing.write_text("videos/vfr.mp4\nvideos/raw.h264\n")
+    out = tmp_path / "emb.npy"
+    embed_videos(listing, out, ColourEncoder(), EmbedSettings(segments=Segmentation(4.0, 2.0), workers=1))
+    store = open_store(out)
+    vfr = store.spans[[i == "videos/vfr.mp4" for i in store.ids]]
+    assert vfr[-1, 1] >= 0.95 * VFR_TIMES[-1]
+    assert store.manifest["times_from_frame_index"] == ["videos/raw.h264"]

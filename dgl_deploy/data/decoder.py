@@ -93,6 +93,12 @@ class VideoFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         check_file(self.path)
+        self._open()
+        self._pts = np.zeros(0, np.int64)  # (N,) the frames' timestamps, presentation order (time base units)
+        self._pts_index: dict[int, int] = {}  # timestamp -> frame index
+        self.timeline = self._timeline()
+
+    def _open(self) -> None:
         try:
             self.container = av.open(str(self.path), metadata_errors="ignore")
         except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
@@ -102,9 +108,6 @@ class VideoFile:
             raise VideoError(self.path, "no video stream (audio-only or not a video)")
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = 1
-        self._pts = np.zeros(0, np.int64)  # (N,) the frames' timestamps, presentation order (time base units)
-        self._pts_index: dict[int, int] = {}  # timestamp -> frame index
-        self.timeline = self._timeline()
 
     def __enter__(self) -> VideoFile:
         return self
@@ -206,9 +209,12 @@ class VideoFile:
 
     def _decode_from(self, key: int) -> Iterator[tuple[int, av.VideoFrame]]:
         """Decoded frames with their indices (presentation order), after a seek to key frame `key`."""
-        target = int(self._pts[key]) if self.timeline.from_stream else 0
-        self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
-        self.stream.codec_context.flush_buffers()
+        if self.timeline.from_stream:
+            self.container.seek(int(self._pts[key]), stream=self.stream, backward=True, any_frame=False)
+            self.stream.codec_context.flush_buffers()
+        else:  # no timestamps to seek by (raw streams cannot seek at all): start again from the top
+            self.container.close()
+            self._open()
         position, errors = key - 1, 0
         for packet in self.container.demux(self.stream):
             try:

@@ -428,35 +428,39 @@ class _Rows:
 def _run_chunks(job: EmbedJob, encoder: Encoder, settings: EmbedSettings, reporter: Reporter) -> None:
     chunks, pending = start_chunks(job, settings, reporter)
     positions = [i for k in pending for i in chunks[k]]
-    for k, rows, failures in _encoded_chunks(job.todo, positions, chunks, encoder, settings, job.result):
+    for k, rows, failures, untimed in _encoded_chunks(job.todo, positions, chunks, encoder, settings, job.result):
         spans = np.array(rows.spans, np.float64).reshape(-1, 2) if settings.segments else None
         reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), _stack(rows.items, encoder.embed_dim),
                                       [job.todo[p].id for p in rows.owners], failures, settings.fp16, spans,
-                                      precision=job.result.precision))
+                                      precision=job.result.precision, untimed=sorted(untimed)))
 
 
 def _encoded_chunks(todo: list[VideoSource], positions: list[int], chunks: list[range], encoder: Encoder,
-                    settings: EmbedSettings, result: EmbedResult) -> Iterator[tuple[int, _Rows, list[tuple[str, str]]]]:
-    """Decode `positions` of `todo` in the background; yield (chunk, its rows, its failures) per finished chunk.
+                    settings: EmbedSettings, result: EmbedResult
+                    ) -> Iterator[tuple[int, _Rows, list[tuple[str, str]], set[str]]]:
+    """Decode `positions` of `todo` in the background; yield (chunk, its rows, its failures, the ids of its videos
+    whose times are frame index / fps for want of timestamps) per finished chunk.
     An encoder call takes `batch_size` rows (windows, or whole videos) of one chunk: never straddles chunks."""
     from dgl_deploy.data.loader import VideoFailure
 
     chunk_of = {i: i // settings.chunk_size for i in positions}
     remaining = {k: len(chunks[k]) for k in set(chunk_of.values())}
     waiting = _Rows()  # frame stacks for the next encoder call
-    done: dict[int, tuple[_Rows, list[tuple[str, str]]]] = {}
+    done: dict[int, tuple[_Rows, list[tuple[str, str]], set[str]]] = {}
     waited = time.perf_counter()
     for piece in _decoded([todo[i].path for i in positions], encoder, settings):
         result.decode_wait_seconds += time.perf_counter() - waited
         position = positions[piece.index]
         k = chunk_of[position]
-        rows, failures = done.setdefault(k, (_Rows(), []))
+        rows, failures, untimed = done.setdefault(k, (_Rows(), [], set()))
         if isinstance(piece, VideoFailure):
             failures.append((todo[position].id, piece.reason))
             waiting.drop(position)
             rows.drop(position)
         else:
             stacks = piece.stacks
+            if not stacks.timed:
+                untimed.add(todo[position].id)
             spans = [None] * len(stacks.frames) if stacks.spans is None else [tuple(map(float, s)) for s in stacks.spans]
             for frames, span in zip(stacks.frames, spans, strict=True):
                 waiting.extend([frames], [position], [span])
@@ -504,10 +508,11 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
 
 
 def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tuple[str, str]], fp16: bool,
-                spans: np.ndarray | None = None, *, precision: str) -> tuple[int, int]:
+                spans: np.ndarray | None = None, *, precision: str, untimed: list[str] = ()) -> tuple[int, int]:
     """Write one finished chunk atomically: rows (R, E) of the videos `ids` (one per row) computed at `precision`
     and, when segmented, their (R, 2) `spans`. A video with a row that is not finite once stored (NaN/inf from the encoder, or beyond
-    the float16 range) becomes a failure, all its rows dropped. Returns (videos written, videos failed)."""
+    the float16 range) becomes a failure, all its rows dropped. `untimed`: the ids whose spans are frame index / fps
+    (the file has no timestamps). Returns (videos written, videos failed)."""
     with np.errstate(over="ignore"):
         stored = np.asarray(rows).astype(np.float16 if fp16 else np.float32)
     bad: dict[str, str] = {}
@@ -519,7 +524,8 @@ def write_chunk(path: Path, rows: np.ndarray, ids: list[str], failures: list[tup
     ids = [i for i, ok in zip(ids, keep, strict=True) if ok]
     arrays = {"rows": stored[keep], "ids": np.array(ids, dtype=str),
               "failed_ids": np.array([f[0] for f in failures], dtype=str),
-              "failed_reasons": np.array([f[1] for f in failures], dtype=str), "precision": np.array(precision)}
+              "failed_reasons": np.array([f[1] for f in failures], dtype=str), "precision": np.array(precision),
+              "untimed_ids": np.array(sorted(set(untimed) - set(bad)), dtype=str)}
     if spans is not None:
         arrays["spans"] = np.asarray(spans, np.float64).reshape(-1, 2)[keep]
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -545,12 +551,14 @@ def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
     count = -(-len(job.todo) // settings.chunk_size)
     new_ids: list[str] = []
     new_spans: list[np.ndarray] = []
+    untimed = set(job.existing.manifest.get("times_from_frame_index") or []) if job.existing else set()
     precisions = _kept_precisions(job)
     for chunk in _read_chunks(paths.parts, count):
         new_ids += map(str, chunk["ids"])
         if precisions is not None and len(chunk["ids"]):
             precisions.add(str(chunk["precision"]) if "precision" in chunk else result.precision)
         new_spans += [chunk["spans"]] if "spans" in chunk else []
+        untimed.update(map(str, chunk.get("untimed_ids", ())))
         result.failures += [(str(i), str(r)) for i, r in zip(chunk["failed_ids"], chunk["failed_reasons"], strict=True)]
     result.new_rows, result.embedded = len(new_ids), len(set(new_ids))
     kept = job.existing.ids if job.existing else []
@@ -563,7 +571,8 @@ def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
     new_rows = (chunk["rows"] for chunk in _read_chunks(paths.parts, count))
     atomic_write_text(paths.errors, "".join(f"{i}\t{r}\n" for i, r in result.failures))
     write_set(paths, itertools.chain(blocks, new_rows), ids, dim=job.embed_dim,
-              dtype=np.float16 if settings.fp16 else np.float32, fields=_manifest_fields(job, settings, precisions),
+              dtype=np.float16 if settings.fp16 else np.float32,
+              fields={**_manifest_fields(job, settings, precisions), "times_from_frame_index": sorted(untimed & set(ids))},
               spans=spans)
     shutil.rmtree(paths.parts, ignore_errors=True)
 
