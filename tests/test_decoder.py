@@ -226,3 +226,17 @@ def test_embedded_moments_carry_stream_times_and_the_manifest_names_untimed_file
     vfr = store.spans[[i == "videos/vfr.mp4" for i in store.ids]]
     assert vfr[-1, 1] >= 0.95 * VFR_TIMES[-1]
     assert store.manifest["times_from_frame_index"] == ["videos/raw.h264"]
+
+
+def test_poster_frame_is_not_a_fade(made: Path) -> None:
+    """Film footage fades in from black: the poster is the least uniform of the moment's sampled frames."""
+    from dgl_deploy.data.video import representative
+    from dgl_deploy.retrieval.serve_media import POSTER_CANDIDATES
+
+    frames = ramp(30, 64, 96)
+    frames[:12] = 0  # a fade from black
+    frames[12:, 20:40, 30:60] = 255  # then a white box
+    path = write(made / "fade.mp4", frames)
+    candidates = decode_frames(path, POSTER_CANDIDATES, 32)
+    assert candidates[0].max() < 20  # the first frame is blank...
+    assert candidates[representative(candidates)].max() > 200  # ...the poster is not

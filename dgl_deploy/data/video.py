@@ -31,6 +31,13 @@ def gather_frames(video: VideoFile, indices: np.ndarray, image_size: int) -> np.
     return np.stack([frames[int(i)] for i in indices])
 
 
+def representative(frames: np.ndarray) -> int:
+    """The index of the least uniform of (T, S, S, 3) frames (largest spread of luminance): a poster that is never a
+    black or white fade when the moment holds anything else. Ties: the earliest."""
+    luma = frames.reshape(len(frames), -1, 3).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return int(np.argmax(luma.std(axis=1)))  # (T,) spreads
+
+
 def decode_frames(
     path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None, sampling: Sampling = DEFAULT_SAMPLING
 ) -> np.ndarray:

@@ -13,13 +13,15 @@ recorded absolute id, `..` after a name) is 403. A set that does not record its 
 Files are served as the video type of their extension (`media_type`), any other name as application/octet-stream:
 never as a type a browser would render as a page.
 
-Posters: the frame at the moment's start (0 for a whole video), decoded by `decoders` decoder processes (a
-time limit per file, off the event loop; at most `max_pending` waiting, more get 503), centre-cropped to
-POSTER_SIZE and written as JPEG into the cache folder, keyed by (id, start, file size and mtime): a page view
-reads files, it never decodes twice. Only the starts of the index's moments have posters (a segmented set's
-segment starts, else 0), so the cache never holds more files than the index has rows.
+Posters: a representative frame of the moment (of the whole video for start 0 in a whole-video set): of
+POSTER_CANDIDATES frames sampled over it, the least uniform (`video.representative`: never a black fade when the
+moment holds anything else), decoded by `decoders` decoder processes (a time limit per file, off the event loop;
+at most `max_pending` waiting, more get 503), centre-cropped to POSTER_SIZE and written as JPEG into the cache
+folder, keyed by (id, start, file size and mtime): a page view reads files, it never decodes twice. Only the
+starts of the index's moments have posters (a segmented set's segment starts, else 0), so the cache never holds
+more files than the index has rows.
 
-Torch-free; decord is imported with the first decoder process, not with this module.
+Torch-free; PyAV is imported with the first decoder process, not with this module.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
 POSTER_SIZE = 256  # pixels (square, centre-cropped)
 POSTER_QUALITY = 85
+POSTER_CANDIDATES = 8  # frames sampled over the moment; the poster is the least uniform (`video.representative`)
 POSTER_DECODERS = 2  # decoder processes for posters (a pool apart from the upload decoders)
 MOMENT_MS = 1000  # moment starts are matched to the millisecond
 
@@ -94,7 +97,7 @@ class IndexedVideos:
         self.folders = [os.path.normpath(self.root / folder) for folder in added] if self.root is not None else []
         self._lock = threading.Lock()
         self._first_row: dict[str, int] | None = None  # built on first use (one pass over the ids)
-        self._starts: dict[str, frozenset[int]] = {}  # id -> moment starts (ms); empty for a whole-video set
+        self._starts: dict[str, dict[int, float]] = {}  # id -> moment start (ms) -> its end (s); empty: whole videos
         self._rows: dict[str, int] = {}  # id -> its number of rows (moments)
 
     def _catalogue(self) -> dict[str, int]:
@@ -107,11 +110,12 @@ class IndexedVideos:
                     rows[video_id] = rows.get(video_id, 0) + 1
                 spans = getattr(self.store, "spans", None)
                 if spans is not None:
-                    starts: dict[str, set[int]] = {}
-                    for video_id, start in zip(self.store.ids, np.rint(np.asarray(spans[:, 0]) * MOMENT_MS),
-                                               strict=True):
-                        starts.setdefault(video_id, set()).add(int(start))
-                    self._starts = {k: frozenset(v) for k, v in starts.items()}
+                    starts: dict[str, dict[int, float]] = {}
+                    spans = np.asarray(spans)
+                    for video_id, start, end in zip(self.store.ids, np.rint(spans[:, 0] * MOMENT_MS), spans[:, 1],
+                                                    strict=True):
+                        starts.setdefault(video_id, {})[int(start)] = float(end)
+                    self._starts = starts
                 self._rows, self._first_row = rows, first
             return self._first_row
 
@@ -140,6 +144,13 @@ class IndexedVideos:
         if ms and ms not in self._starts.get(video_id, ()):
             raise MediaError(404, f"{_shown(video_id)} has no moment starting at {start:g} s in the index")
         return ms
+
+    def moment(self, video_id: str, start_ms: int) -> tuple[float, float] | None:
+        """The (start, end) seconds of the moment of `video_id` starting at `start_ms` (a checked start); None for
+        a whole video."""
+        self._catalogue()
+        end = self._starts.get(video_id, {}).get(start_ms)
+        return None if end is None else (start_ms / MOMENT_MS, end)
 
     def resolve(self, video_id: str) -> Path:
         """The file of `video_id`, resolved and checked to lie in its own folder (module docstring)."""
@@ -226,7 +237,8 @@ class Posters:
         if job is None:
             if len(self._pending) >= self.max_pending:
                 raise MediaError(503, f"busy: {self.max_pending} posters being made, retry later")
-            job = asyncio.wrap_future(self._pool.submit(lambda decoder: self._make(decoder, path, start_ms, target)))
+            moment = self.videos.moment(video_id, start_ms)
+            job = asyncio.wrap_future(self._pool.submit(lambda decoder: self._make(decoder, path, moment, target)))
             self._pending[key] = job
             job.add_done_callback(lambda done: self._finished(key, done))
         try:
@@ -241,17 +253,17 @@ class Posters:
         if error is not None and hasattr(error, "reason"):  # a VideoError: this file cannot be decoded
             self._failed[key] = error.reason
 
-    def _make(self, decoder: DecodeProcess, path: Path, start_ms: int, target: Path) -> None:
+    def _make(self, decoder: DecodeProcess, path: Path, moment: tuple[float, float] | None, target: Path) -> None:
         from PIL import Image
 
-        start = start_ms / MOMENT_MS
-        segment = (start, start + 1.0 / MOMENT_MS) if start_ms else None  # one frame: the first of the segment
-        frames = decoder.decode(path, 1, POSTER_SIZE, segment, timeout=self.decode_timeout)  # (1, S, S, 3)
+        from dgl_deploy.data.video import representative
+
+        frames = decoder.decode(path, POSTER_CANDIDATES, POSTER_SIZE, moment, timeout=self.decode_timeout)  # (C, S, S, 3)
         with self._count:
             self.decoded += 1
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with atomic_path(target) as tmp:
-            Image.fromarray(frames[0]).save(tmp, "JPEG", quality=POSTER_QUALITY)
+            Image.fromarray(frames[representative(frames)]).save(tmp, "JPEG", quality=POSTER_QUALITY)
 
     def close(self) -> None:
         self._pool.close()
