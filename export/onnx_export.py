@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxslim
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from dgl_deploy import __version__, defaults
 from dgl_deploy.errors import DGLError
-from dgl_deploy.export.parity import check_parity, check_tokenizer
+from dgl_deploy.export.parity import check_parity, check_tokenizer, probe_batch
 from dgl_deploy.export.quantize import INT8_WEIGHTS, int8_tries, to_fp16, to_int8
 from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.model.model import DGLModel
@@ -40,6 +41,7 @@ from dgl_deploy.runtime.manifest import (
     REDUCED_MIN_COSINE,
     GraphEntry,
     Manifest,
+    ProbeEntry,
     TensorSpec,
     sha256_file,
     write_manifest,
@@ -206,7 +208,7 @@ def export_onnx(model: DGLModel, out: Path | str, *, checkpoint: str | None = No
             max_words=model.config.max_words, embed_dim=model.embed_dim, vocab_size=int(model.clip.vocab_size),
             opset=opset, inputs=inputs, outputs=outputs, tokenizer=tokenizer,
             tokenizer_sha256=sha256_file(tmp / tokenizer) if tokenizer else None, graphs=tuple(graphs),
-            versions=_versions())
+            versions=_versions(), probes=_write_probes(model, tmp))
         write_manifest(tmp, manifest)
         _move_into_place(tmp, out)
     log(f"wrote {out} (model {fingerprint})")
@@ -250,6 +252,17 @@ def _reduced_variant(model: DGLModel, role: str, fp32: Path, path: Path, precisi
         if parity["min_cosine"] >= REDUCED_MIN_COSINE:
             break
     return parity
+
+
+def _write_probes(model: DGLModel, folder: Path) -> tuple[ProbeEntry, ...]:
+    """Save each tower's probe batch and PyTorch fp32's embeddings of it (`parity.probe_batch`) as `.npy`."""
+    entries = []
+    for role in GRAPH_FILES:
+        files = (f"probe_{role}.npy", f"probe_{role}.fp32.npy")
+        for file, array in zip(files, probe_batch(model, role), strict=True):
+            np.save(folder / file, array, allow_pickle=False)
+        entries.append(ProbeEntry(role, files[0], sha256_file(folder / files[0]), files[1], sha256_file(folder / files[1])))
+    return tuple(entries)
 
 
 def _copy_tokenizer(model: DGLModel, folder: Path, log: Log) -> str | None:

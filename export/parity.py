@@ -15,11 +15,13 @@ from dgl_deploy.model.pixels import normalize
 from dgl_deploy.model.tokenizer import Tokenizer
 from dgl_deploy.runtime.backends.base import used_words
 from dgl_deploy.runtime.backends.onnxruntime import make_session
+from dgl_deploy.runtime.host_check import row_cosines
 from dgl_deploy.runtime.tokenizer import BPETokenizer
 
 MAX_ABS_ERROR = 1e-4  # fp32 graphs vs PyTorch fp32, per embedding component
 MIN_COSINE = 0.9999
 BATCHES = (1, 3, 8)
+PROBE_BATCH = {"text": 8, "video": 2}  # the probe batches shipped in an export (`probe_batch`)
 
 # Captions that exercise the cleaning and BPE corner cases (html, unicode, numbers, long text, specials).
 TOKENIZER_CORPUS = (
@@ -77,9 +79,16 @@ def torch_embed(model: DGLModel, role: str, array: np.ndarray) -> np.ndarray:
     return out.float().numpy()
 
 
+def probe_batch(model: DGLModel, role: str, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed probe batch of tower `role` an export ships (varied ids, or frames) and PyTorch fp32's embeddings
+    of it: each host checks its graphs' parity on it (`runtime.host_check`)."""
+    array = sample_input(Sizes.of(model), role, PROBE_BATCH[role], np.random.default_rng(seed))
+    return array, torch_embed(model, role, array)
+
+
 def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     """max |a - b| and the smallest row cosine of two (B, E) embedding batches."""
-    cos = (reference * actual).sum(-1) / (np.linalg.norm(reference, axis=-1) * np.linalg.norm(actual, axis=-1))
+    cos = row_cosines(reference, actual)
     return {"max_abs": float(np.abs(reference - actual).max()), "min_cosine": float(cos.min())}
 
 

@@ -1,6 +1,7 @@
 """Precisions and frame sampling in embedding sets: recorded in the manifest; --update, resume and queries at
 another precision allowed only where the export's parity held for both (else refused naming both); another
-frame sampling refused; whole files and --video queries decoded with the model's frame sampling."""
+frame sampling refused; whole files and --video queries decoded with the model's frame sampling. The hosts that
+computed a set's rows are recorded; an --update from a host whose numbers differ beyond tolerance is refused."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pytest
 from dgl_deploy import DGLError
 from dgl_deploy.data.synthetic import make_synthetic
 from dgl_deploy.data.video import read_frames
+from dgl_deploy.retrieval import precision as precision_module
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.precision import check_mixing, described_precision
 from dgl_deploy.retrieval.query import check_encoder, query_video
 from dgl_deploy.retrieval.store import StorePaths, open_store, write_set
+from dgl_deploy.runtime.host_check import HostCheck, PrecisionCheck, onnxruntime_version
 from dgl_deploy.runtime.manifest import GraphEntry, Manifest
 
 SETTINGS = EmbedSettings(batch_size=1, chunk_size=1, workers=1)
@@ -144,3 +147,35 @@ def test_older_sets_read_their_precision_from_the_backend(tmp_path) -> None:
         store = open_store(paths.emb)
         assert store.precisions == expected and store.frame_sampling == "uniform"
         check_encoder(store, Encoder("fp32"))  # int8 held parity; an unknown precision is not checked
+
+
+class CpuOnnxEncoder(Encoder):
+    """The fake encoder as onnxruntime on CPU, with `int8` the probe parity this host measured."""
+
+    backend, on_gpu = "onnxruntime", False
+
+    def __init__(self, precision: str, int8: float) -> None:
+        super().__init__(precision)
+        self.host_check = HostCheck("?", onnxruntime_version(), {"int8": PrecisionCheck(int8, 1.0),
+                                                                  "fp32": PrecisionCheck(1.0, 2.0)})
+
+
+def test_update_from_a_host_with_other_numbers(clips, tmp_path, monkeypatch) -> None:
+    videos, out = _first(clips, tmp_path / "v", 2), tmp_path / "emb.npy"
+    monkeypatch.setattr(precision_module, "cpu_isa", lambda: "avx512_vnni")
+    embed_videos(videos, out, CpuOnnxEncoder("int8", 0.9995), SETTINGS)
+    vnni = {"isa": "avx512_vnni", "precision": "int8", "onnxruntime": onnxruntime_version(), "min_cosine": 0.9995}
+    assert open_store(out).manifest["hosts"] == [vnni]
+    _first(clips, videos, 3)
+    monkeypatch.setattr(precision_module, "cpu_isa", lambda: "avx2")  # int8 forced where it saturates
+    with pytest.raises(DGLError, match=r"emb.npy holds rows computed at int8 on avx512_vnni, onnxruntime .* \(probe min "
+                                       r"cosine 0.99950\), this host computes int8 on avx2, .*\(probe min cosine 0.90400\):"
+                                       r" .*re-embed the set here with --overwrite"):
+        embed_videos(videos, out, CpuOnnxEncoder("int8", 0.904), SETTINGS, update=True)
+    embed_videos(videos, out, CpuOnnxEncoder("fp32", 0.904), SETTINGS, update=True)  # fp32 here: both match fp32
+    assert [h["isa"] for h in open_store(out).manifest["hosts"]] == ["avx512_vnni", "avx2"]
+    _first(clips, videos, 4)
+    with pytest.raises(DGLError, match="this host computes int8 on avx2"):
+        embed_videos(videos, out, CpuOnnxEncoder("int8", 0.904), SETTINGS, update=True)
+    embed_videos(videos, out, CpuOnnxEncoder("int8", 0.904), SETTINGS, overwrite=True)  # re-embedded here: allowed
+    assert [h["min_cosine"] for h in open_store(out).manifest["hosts"]] == [0.904]

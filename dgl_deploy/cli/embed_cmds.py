@@ -94,6 +94,7 @@ def embed(
     backend: Backend = opt.backend(),
     device: str = opt.device(),
     precision: Precision = opt.precision(),
+    strict: bool = opt.strict(),
     batch_size: int = opt.batch_size(16),
     workers: int = opt.workers(2),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, max=1_000_000, help="Videos per resumable chunk."),
@@ -133,7 +134,8 @@ def embed(
                              segments=_segmentation(window, stride, scenes, scene_threshold))
     if ray is None:
         # open_encoder says which backend it chose (one stderr line), except in quiet / JSON-log mode
-        encoder = open_encoder(model, backend=backend.value, device=device, precision=precision.value, **({"log": None} if quiet or json_log else {}))
+        encoder = open_encoder(model, backend=backend.value, device=device, precision=precision.value, strict=strict,
+                               **({"log": None} if quiet or json_log else {}))
     reporter = _reporter(quiet, json_log)
     try:
         if ray is None:
@@ -206,6 +208,7 @@ def query(
     backend: Backend = opt.backend(),
     device: str = opt.device(),
     precision: Precision = opt.precision(),
+    strict: bool = opt.strict(),
     per_video: int = typer.Option(
         0, "--per-video", min=0, max=100_000, help="Moments per video in a set made with --window, after temporal "
                                                    "NMS (1: the best moment of each video; 0: no limit)."),
@@ -217,7 +220,8 @@ def query(
     from dgl_deploy.retrieval.query import run_query
 
     results = run_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,
-                        backend=backend.value, device=device, precision=precision.value, per_video=per_video)
+                        backend=backend.value, device=device, precision=precision.value, per_video=per_video,
+                        strict=strict)
     if as_json:
         typer.echo(json.dumps(results, indent=1))
         return

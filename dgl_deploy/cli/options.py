@@ -52,8 +52,14 @@ def device(prefix: str = "", default: str | None = "auto") -> Any:
 
 
 def precision(prefix: str = "") -> Any:
-    return typer.Option(Precision.auto, "--precision", help=f"{prefix}Export graph precision (auto: int8 on CPU, "
-                        "fp16 on CUDA where the export has it and its parity held, else fp32; the choice is printed).")
+    return typer.Option(Precision.auto, "--precision", help=f"{prefix}Export graph precision (auto: on CPU the faster "
+                        "of int8 and fp32 whose parity holds on this host, checked once per host; fp16 on CUDA where "
+                        "the export's parity held; else fp32; the choice and why are printed).")
+
+
+def strict(prefix: str = "") -> Any:
+    return typer.Option(False, "--strict", help=f"{prefix}Refuse a --precision whose parity with fp32 misses on this "
+                        "host (default: a warning).")
 
 
 def workers(default: int | None, prefix: str = "") -> Any:

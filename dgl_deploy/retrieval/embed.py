@@ -44,7 +44,9 @@ windows sample each window uniformly). The manifest records the sampling (`frame
 `precision` and `encoder_backend`, and the precisions of all its rows (`row_precisions`). A job that adds rows
 (`--update`, or resuming an unfinished job's chunks) with another frame sampling is refused; with another precision
 it is allowed only where `precision.check_mixing` allows it (each reduced precision involved held the export's
-parity), else refused naming both precisions.
+parity), else refused naming both precisions. The manifest also records the hosts that computed its rows (`hosts`:
+ISA, onnxruntime version, the precision's parity on that host); adding rows computed where the numbers differ beyond
+tolerance is refused (`precision.check_hosts`).
 """
 
 from __future__ import annotations
@@ -70,7 +72,15 @@ from dgl_deploy.data.sampling import DEFAULT_SAMPLING
 from dgl_deploy.data.windows import Segmentation, describe_record
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
-from dgl_deploy.retrieval.precision import check_mixing, encoder_precision, parity_manifest
+from dgl_deploy.retrieval.precision import (
+    check_hosts,
+    check_mixing,
+    encoder_precision,
+    host_record,
+    merge_hosts,
+    parity_manifest,
+    recorded_hosts,
+)
 from dgl_deploy.retrieval.store import (
     EmbeddingStore,
     StorePaths,
@@ -134,6 +144,7 @@ class EmbedResult:
     new_rows: int = 0  # rows written by this job (= embedded, unless segmented)
     precision: str = ""  # what the encoder computes at (`precision.encoder_precision`)
     encoder_backend: str = ""  # Encoder.backend: torch, onnxruntime, tensorrt
+    host: dict[str, Any] = field(default_factory=dict)  # the host computing the rows (`precision.host_record`)
 
     @property
     def rows(self) -> int:
@@ -247,7 +258,8 @@ def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: Emb
         _check_mixing(paths, existing, encoder, descriptor)
     result = EmbedResult(paths.emb, len(videos), 0, count - len(pruned), backend=backend,
                          model=os.path.abspath(model) if model else None, missing=len(missing) - len(pruned),
-                         pruned=len(pruned), precision=encoder_precision(encoder), encoder_backend=encoder.backend)
+                         pruned=len(pruned), precision=encoder_precision(encoder), encoder_backend=encoder.backend,
+                         host=host_record(encoder))
     job = EmbedJob(paths, todo, existing, _runs(count, pruned), root, encoder.embed_dim, descriptor, result,
                    _source_folders(existing, source, root))
     _clear_finished_parts(paths, existing)
@@ -295,6 +307,9 @@ def _check_mixing(paths: StorePaths, existing: EmbeddingStore | None, encoder: E
     export = parity_manifest(encoder, existing.recorded_path("model") if existing else None)
     check_mixing(what, have, encoder_precision(encoder), export,
                  fix=f"embed at {' or '.join(sorted(have))} (--precision), or --overwrite to redo the set")
+    if existing:
+        check_hosts(str(paths.emb), recorded_hosts(existing.manifest), host_record(encoder),
+                    fix="re-embed the set here with --overwrite, or update it from a host whose parity holds")
 
 
 def _parts_precisions(parts: Path) -> set[str]:
@@ -593,6 +608,8 @@ def _manifest_fields(job: EmbedJob, settings: EmbedSettings, precisions: set[str
         "encoder_backend": result.encoder_backend,
         "precision": result.precision,
         "row_precisions": sorted(precisions) if precisions is not None else [],
+        "hosts": merge_hosts(recorded_hosts(job.existing.manifest) if job.existing and job.keep else [],
+                             result.host if result.new_rows else None),
         "frame_sampling": job.descriptor["frame_sampling"],
         "frames": job.descriptor["frames"],
         "image_size": job.descriptor["image_size"],

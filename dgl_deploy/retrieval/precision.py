@@ -13,16 +13,25 @@ message naming both precisions.
 The parity is read from the encoder's export (ONNX Runtime, TensorRT), else from the export that made the set
 (the model its manifest records, when that is an export folder). A set records the precisions of its rows
 (`row_precisions`); sets written before that are read from their recorded encoder description, and a set
-that says neither is not checked. Torch-free.
+that says neither is not checked.
+
+Hosts: onnxruntime's CPU numbers depend on the host's instruction set and onnxruntime version, so a set also
+records the hosts that computed its rows (`hosts`: `host_record`, with the parity the precision had on that host's
+probe run, `runtime.host_check`). Rows of two onnxruntime CPU hosts mix when both computed the same precision with
+the same ISA and onnxruntime version (the same numbers), or when each stood for fp32 where it ran (fp32, or probe
+min cosine >= 0.999 there); otherwise an `--update` is refused until the rows are re-embedded. Torch-free.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.host_check import cpu_isa, onnxruntime_version
 from dgl_deploy.runtime.manifest import MANIFEST_FILE, REDUCED_MIN_COSINE, Manifest, load_manifest
 
 _DESCRIBED = re.compile(r"\b(fp32|fp16|bf16|int8)\)$")  # the precision that ends every Encoder.describe()
@@ -79,4 +88,53 @@ def check_mixing(what: str, have: set[str], precision: str, export: Manifest | N
                        f"both match fp32, and {problem}; {fix}")
 
 
-__all__ = ["encoder_precision", "described_precision", "parity_manifest", "check_mixing"]
+def host_record(encoder: Encoder) -> dict[str, Any]:
+    """What a set records about the host that computes its rows: CPU ISA and precision, and for onnxruntime on CPU
+    the onnxruntime version and, where it was checked, the precision's probe parity on this host."""
+    precision = encoder_precision(encoder)
+    record: dict[str, Any] = {"isa": cpu_isa(), "precision": precision}
+    if encoder.backend == "onnxruntime" and not getattr(encoder, "on_gpu", False):
+        record["onnxruntime"] = onnxruntime_version()
+        check = getattr(encoder, "host_check", None)
+        if check is not None and precision in check.results:
+            record["min_cosine"] = check.results[precision].min_cosine
+    return record
+
+
+def recorded_hosts(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The host records of a set's manifest (`hosts`; none for sets written before, or a damaged field)."""
+    hosts = manifest.get("hosts")
+    return [h for h in hosts if isinstance(h, dict)] if isinstance(hosts, list) else []
+
+
+def merge_hosts(recorded: Sequence[Mapping[str, Any]], current: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """`recorded` plus `current` (None: no rows computed here) unless it is there already."""
+    return [dict(h) for h in recorded] + ([] if current is None or current in recorded else [dict(current)])
+
+
+def _host(record: Mapping[str, Any]) -> str:
+    cosine = record.get("min_cosine")
+    parity = f"probe min cosine {cosine:.5f}" if isinstance(cosine, (int, float)) else "parity not checked there"
+    return f"{record.get('precision')} on {record.get('isa')}, onnxruntime {record.get('onnxruntime')} ({parity})"
+
+
+def _stands_for_fp32(record: Mapping[str, Any]) -> bool:
+    cosine = record.get("min_cosine")
+    return record.get("precision") == "fp32" or (isinstance(cosine, (int, float)) and cosine >= REDUCED_MIN_COSINE)
+
+
+def check_hosts(what: str, recorded: Sequence[Mapping[str, Any]], current: Mapping[str, Any], fix: str) -> None:
+    """Refuse to add rows computed on this host (`current`) to rows of a host whose numbers differ beyond tolerance
+    (see the module docstring); hosts that did not run onnxruntime on CPU are left to `check_mixing`."""
+    if "onnxruntime" not in current:
+        return
+    for other in recorded:
+        if "onnxruntime" not in other or all(other.get(k) == current.get(k) for k in ("isa", "onnxruntime", "precision")):
+            continue
+        if not (_stands_for_fp32(other) and _stands_for_fp32(current)):
+            raise DGLError(f"{what} holds rows computed at {_host(other)}, this host computes {_host(current)}: rows "
+                           f"of two hosts mix only when each matches fp32 (min cosine >= {REDUCED_MIN_COSINE}); {fix}")
+
+
+__all__ = ["encoder_precision", "described_precision", "parity_manifest", "check_mixing", "host_record",
+           "recorded_hosts", "merge_hosts", "check_hosts"]

@@ -176,11 +176,12 @@ def _hit_dict(hit: Hit) -> dict:
 
 def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
               queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
-              precision: str = "auto", device: str = "auto", per_video: int = 0) -> list[dict]:
+              precision: str = "auto", device: str = "auto", per_video: int = 0, strict: bool = False) -> list[dict]:
     """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search,
     return JSON-ready results (moments after NMS in a segmented set; `per_video` N: the best N of each video,
     0: no limit). Says on stderr which encoder (and
-    precision) it uses and, when the rows were computed at another precision, theirs."""
+    precision) it uses and, when the rows were computed at another precision, theirs; `strict`: refuse a forced
+    precision whose parity misses on this host (`open_encoder`)."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
     searchable = open_index(index)
@@ -188,7 +189,7 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
     if bool(queries) == bool(video):
         raise DGLError("give query texts (arguments or --file) or --video, not both / neither")
     encoder = open_encoder(resolve_model(searchable.store, model), backend=backend, device=device,
-                           precision=precision)
+                           precision=precision, strict=strict)
     check_encoder(searchable.store, encoder)
     rows, queries_at = searchable.store.precisions, encoder_precision(encoder)
     if rows - {queries_at}:

@@ -75,6 +75,18 @@ class EngineEntry:
 
 
 @dataclass(frozen=True)
+class ProbeEntry:
+    """A fixed input batch of one tower shipped with the export (`.npy`), and PyTorch fp32's embeddings of it: the
+    host that runs the graphs checks their parity on it (`runtime.host_check`)."""
+
+    role: str
+    file: str  # (B, W) int64 ids or (B, T, H, W, 3) uint8 frames
+    sha256: str
+    reference_file: str  # (B, E) float32 embeddings of the source model (PyTorch fp32)
+    reference_sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a runtime needs to know about an export folder, and how it was checked."""
 
@@ -95,6 +107,7 @@ class Manifest:
     graphs: tuple[GraphEntry, ...]
     engines: tuple[EngineEntry, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)  # dgl-deploy, torch, onnx, onnxruntime at export
+    probes: tuple[ProbeEntry, ...] = ()  # one per tower (exports made before: none)
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -131,6 +144,10 @@ class Manifest:
 
     def precisions(self, role: str) -> list[str]:
         return [g.precision for g in self.graphs if g.role == role]
+
+    def probe(self, role: str) -> ProbeEntry | None:
+        """The probe batch of tower `role` (None: an export made before probes were shipped)."""
+        return next((p for p in self.probes if p.role == role), None)
 
     def with_engines(self, engines: tuple[EngineEntry, ...]) -> Manifest:
         return dataclasses.replace(self, engines=engines)
@@ -192,7 +209,8 @@ def check_manifest(manifest: Manifest) -> None:
             raise DGLError(f"{kind} {recorded} disagree with frames={m.frames}, image_size={size}, "
                            f"max_words={m.max_words}, embed_dim={m.embed_dim}")
     files = [(g.file, g.sha256) for g in m.graphs] + [(e.file, e.sha256) for e in m.engines] + \
-        [(e.onnx_file, e.onnx_sha256) for e in m.engines]
+        [(e.onnx_file, e.onnx_sha256) for e in m.engines] + [(p.file, p.sha256) for p in m.probes] + \
+        [(p.reference_file, p.reference_sha256) for p in m.probes]
     if m.tokenizer is not None or m.tokenizer_sha256 is not None:
         files.append((m.tokenizer, m.tokenizer_sha256))
     for file, digest in files:
@@ -202,6 +220,8 @@ def check_manifest(manifest: Manifest) -> None:
     for entry in (*m.graphs, *m.engines):
         if entry.role not in ROLES or entry.precision not in PRECISIONS:
             raise DGLError(f"{entry.file}: unknown role/precision {entry.role!r}/{entry.precision!r}")
+    if sorted(p.role for p in m.probes) not in ([], sorted(ROLES)):
+        raise DGLError(f"probes {[p.role for p in m.probes]} are not one per tower ({', '.join(ROLES)})")
     for entry in m.engines:
         if not 1 <= entry.profile[0] <= entry.profile[1] <= entry.profile[2] <= 65536:
             raise DGLError(f"{entry.file}: batch profile {entry.profile} is not 1 <= min <= opt <= max <= 65536")
@@ -372,6 +392,6 @@ def check_same_model(a_fingerprint: str, b_fingerprint: str, what: str, fix: str
                        f"another model are not comparable ({fix})")
 
 
-__all__ = ["Manifest", "GraphEntry", "EngineEntry", "TensorSpec", "load_manifest", "write_manifest", "check_manifest",
+__all__ = ["Manifest", "GraphEntry", "EngineEntry", "ProbeEntry", "TensorSpec", "load_manifest", "write_manifest", "check_manifest",
            "export_file", "verified_file", "check_graph_metadata", "check_graph_signature", "graph_signature",
            "check_same_model", "sha256_file", "FINGERPRINT_KEY"]

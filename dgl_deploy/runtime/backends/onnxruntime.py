@@ -21,7 +21,9 @@ import onnxruntime as ort
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.runtime.backends.base import check_frames, used_words
+from dgl_deploy.runtime.host_check import HostCheck, check_host, choose
 from dgl_deploy.runtime.manifest import (
+    REDUCED_MIN_COSINE,
     ROLES,
     Manifest,
     check_graph_metadata,
@@ -106,12 +108,16 @@ class OnnxEncoder:
 
     backend = "onnxruntime"
 
-    def __init__(self, folder: Path | str, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(self, folder: Path | str, device: str = "auto", precision: str = "auto", check: bool = True,
+                 strict: bool = False) -> None:
         self.folder = Path(folder)
         self.manifest: Manifest = load_manifest(self.folder)
         self.providers = providers_for(device)
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
-        self.precision = self._pick_precision(precision)
+        self.host_check: HostCheck | None = None  # the export's precisions measured on this host (CPU, `check`)
+        self.precision_note = ""  # why auto picked the precision it did (one line, `select.open_encoder` logs it)
+        self.precision_warning: str | None = None  # a forced precision whose parity misses on this host
+        self.precision = self._pick_precision(precision, check, strict)
         for role in ROLES:
             check_graph_signature(self.folder, self.manifest, self.manifest.graph(role, self.precision))
         m = self.manifest
@@ -123,15 +129,45 @@ class OnnxEncoder:
         self._tokenizer: Any = None
         self._video_lanes: ThreadPoolExecutor | None = None  # CPU: one lane per core, each a video at a time
 
-    def _pick_precision(self, precision: str) -> str:
-        """auto: fp16 on a GPU provider, int8 on CPU, where the export has both towers at that precision and
-        their parity held (manifest.REDUCED_MIN_COSINE), else fp32; an explicit one must be in the export."""
+    def _pick_precision(self, precision: str, check: bool, strict: bool) -> str:
+        """auto on CPU: the fastest of int8 and fp32 whose parity holds on this host (`host_check`: the export's
+        probe batch run here, cached), or, for exports without a probe, int8 where the export's recorded parity
+        held; on a GPU provider fp16 where the export's parity held; else fp32. An explicit precision must be in
+        the export; a reduced one whose parity misses on this host warns (`precision_warning`), or with `strict`
+        is refused."""
+        m, reduced = self.manifest, "fp16" if self.on_gpu else "int8"
         if precision == "auto":
-            reduced = "fp16" if self.on_gpu else "int8"
-            precision = reduced if self.manifest.parity_held(reduced) else "fp32"
+            candidates = [p for p in (reduced, "fp32") if p in set(m.precisions("text")) & set(m.precisions("video"))]
+            if check and not self.on_gpu and len(candidates) > 1:
+                self.host_check = check_host(self.folder, m, candidates)
+            if self.host_check is not None:
+                precision, self.precision_note = choose(self.host_check, candidates)
+            else:
+                precision = reduced if m.parity_held(reduced) else "fp32"
+                if reduced in candidates:
+                    self.precision_note = (f"auto picked {precision} from the export's recorded {reduced} parity (min "
+                                           f"cosine {m.worst_cosine(reduced):.5f}, needs {REDUCED_MIN_COSINE})" +
+                                           ("" if self.on_gpu else "; re-export to check it on this host"))
         for role in ROLES:
-            self.manifest.graph(role, precision)  # raises naming what the export has
+            m.graph(role, precision)  # raises naming what the export has
+        if check and not self.on_gpu and precision != "fp32" and self.host_check is None:
+            self.host_check = check_host(self.folder, m, [precision])
+            if self.host_check is not None and not self.host_check.held(precision):
+                result = self.host_check.results[precision]
+                problem = (f"{precision} misses parity on this host ({self.host_check.numerics}: probe min cosine "
+                           f"{result.min_cosine:.5f} < {REDUCED_MIN_COSINE} vs fp32)")
+                if strict:
+                    raise DGLError(f"--precision {precision} refused (--strict): {problem}; use --precision auto")
+                self.precision_warning = (f"warning: {problem}: its embeddings do not stand for fp32 ones here "
+                                          "(--precision auto would pick fp32; --strict refuses)")
         return precision
+
+    def close(self) -> None:
+        """Stop the CPU video lanes and drop the sessions (opened again on next use)."""
+        if self._video_lanes is not None:
+            self._video_lanes.shutdown()
+            self._video_lanes = None
+        self._sessions.clear()
 
     def session(self, role: str, threads: int | None = None) -> ort.InferenceSession:
         """The verified session of tower `role` ("text" or "video") with `threads` intra-op threads (default one

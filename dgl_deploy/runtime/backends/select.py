@@ -24,18 +24,24 @@ def _stderr(line: str) -> None:
 
 
 def open_encoder(model: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                 log: Log | None = _stderr) -> Encoder:
+                 log: Log | None = _stderr, strict: bool = False) -> Encoder:
     """Open `model` (checkpoint file or export folder) on `backend` ("auto" picks the fastest available).
-    `precision` (exports only): auto, fp32, fp16, int8 (onnxruntime) — the export must contain it."""
+    `precision` (exports only): auto, fp32, fp16, int8 (onnxruntime) — the export must contain it; on CPU, auto
+    picks by the export's parity and speed measured on this host, and a forced precision whose parity misses here
+    is a warning (always shown, stderr when `log` is None), or refused with `strict`."""
     if backend not in BACKENDS:
         raise DGLError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     path = Path(model)
     if not path.exists():
         raise DGLError(f"{path}: no such model file or export folder")
     encoder = _open_checkpoint(path, backend, device) if path.is_file() else \
-        _open_export(path, backend, device, precision)
+        _open_export(path, backend, device, precision, strict)
+    note = getattr(encoder, "precision_note", "")
     if log is not None:
-        log(f"{path}: using {encoder.describe()}")
+        log(f"{path}: using {encoder.describe()}" + (f": {note}" if note else ""))
+    warning = getattr(encoder, "precision_warning", None)
+    if warning:
+        (log or _stderr)(f"{path}: {warning}")
     return encoder
 
 
@@ -48,7 +54,7 @@ def _open_checkpoint(path: Path, backend: str, device: str) -> Encoder:
     return open_torch_encoder(str(path), device=_torch_device(device))
 
 
-def _open_export(path: Path, backend: str, device: str, precision: str) -> Encoder:
+def _open_export(path: Path, backend: str, device: str, precision: str, strict: bool) -> Encoder:
     from dgl_deploy.runtime.manifest import load_manifest
 
     manifest = load_manifest(path)
@@ -67,7 +73,7 @@ def _open_export(path: Path, backend: str, device: str, precision: str) -> Encod
             raise DGLError(f"tensorrt backend requested but {reason}")
     from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
 
-    return OnnxEncoder(path, device=device, precision=precision)
+    return OnnxEncoder(path, device=device, precision=precision, strict=strict)
 
 
 def _torch_device(device: str) -> str:
