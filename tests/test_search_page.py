@@ -274,3 +274,29 @@ def test_token(browser, video_set, tiny_export) -> None:
             sync_api.expect(page.page.locator("#token-form")).to_be_hidden()
         finally:
             page.close()
+
+
+def test_a_file_the_browser_cannot_play_plays_its_preview(browser, tmp_path, tiny_export) -> None:
+    """Chromium has no AVI demuxer: the page falls back to the server's H.264 preview of the moment (time 0 = the
+    moment's start); a file that cannot be previewed either is offered as a download, in one message."""
+    from tests.test_decoder import ramp, write
+
+    (tmp_path / "videos").mkdir()
+    write(tmp_path / "videos" / "clip.avi", ramp(40, 72, 128), codec="mpeg4")
+    write(tmp_path / "videos" / "gone.avi", ramp(20, 72, 128), codec="mpeg4")
+    embed_videos(tmp_path / "videos", tmp_path / "emb.npy", open_encoder(tiny_export[1], log=None),
+                 EmbedSettings(workers=1))
+    (tmp_path / "videos" / "gone.avi").write_bytes(b"RIFF" + b"\0" * 4000)  # damaged after embedding
+    with serving(tmp_path, tiny_export[1], spans=np.array([[2.0, 4.0], [0.0, 2.0]])) as url:
+        page = Page(browser, url)
+        try:
+            page.page.evaluate("() => window.dglPage.playAt({id: 'clip.avi', start: 2.0, end: 4.0, row: 0})")
+            state = page.playing()
+            assert "/preview?" in state["src"] and state["error"] is None
+            assert state["playedFrom"] == pytest.approx(0, abs=0.05)  # the preview starts at the moment
+            page.page.evaluate("() => window.dglPage.playAt({id: 'gone.avi', start: 0.0, end: 2.0, row: 1})")
+            message = page.page.locator("#message")
+            sync_api.expect(message).to_contain_text("gone.avi cannot be played in this browser")
+            sync_api.expect(message.locator("a")).to_have_attribute("href", "/video?id=gone.avi")
+        finally:
+            page.close()

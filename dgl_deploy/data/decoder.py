@@ -166,16 +166,17 @@ class VideoFile:
         return Timeline(times, keys, len(pts) / fps, fps, False)
 
     # ---- frames -----------------------------------------------------------------------------------------------
-    def frames(self, wanted: np.ndarray, image_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(index, (S, S, 3) uint8) for each of `wanted` (ascending, unique frame indices), in order. A wanted
+    def frames(self, wanted: np.ndarray, image_size: int, crop: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, (S, S, 3) uint8) for each of `wanted` (ascending, unique frame indices), in order (`crop`
+        False: the whole upright frame, shorter side S, (H, W, 3)). A wanted
         frame the decoder never outputs (damaged, or dropped by the codec) gets the next frame it does output;
         past the last decodable frame, the last one. Raises VideoError when nothing decodes."""
         try:
-            yield from self._frames(np.asarray(wanted, np.int64), image_size)
+            yield from self._frames(np.asarray(wanted, np.int64), image_size, crop)
         except av.FFmpegError as exc:
             raise VideoError(self.path, f"corrupt or truncated video ({decoder_message(exc)})") from None
 
-    def _frames(self, wanted: np.ndarray, image_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    def _frames(self, wanted: np.ndarray, image_size: int, crop: bool) -> Iterator[tuple[int, np.ndarray]]:
         done, position, last = 0, -1, None  # wanted frames delivered, last decoded index, its converted frame
         while done < len(wanted):
             key = self._key_of(wanted[done]) if self.timeline.from_stream else 0
@@ -183,7 +184,7 @@ class VideoFile:
                 position = index
                 if wanted[done] > index:
                     continue
-                last = self._convert(frame, image_size)
+                last = self._convert(frame, image_size, crop)
                 while done < len(wanted) and wanted[done] <= index:
                     yield int(wanted[done]), last
                     done += 1
@@ -228,8 +229,9 @@ class VideoFile:
                 position = self._pts_index.get(frame.pts, position + 1) if frame.pts is not None else position + 1
                 yield position, frame
 
-    def _convert(self, frame: av.VideoFrame, size: int) -> np.ndarray:
-        """One decoded frame upright, shorter side resized to `size`, centre-cropped: (S, S, 3) uint8."""
+    def _convert(self, frame: av.VideoFrame, size: int, crop: bool = True) -> np.ndarray:
+        """One decoded frame upright, shorter side resized to `size`, centre-cropped: (S, S, 3) uint8 (`crop`
+        False: not cropped)."""
         turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns a player applies
         sar = self.stream.sample_aspect_ratio or Fraction(1)
         width, height = frame.width * float(sar), frame.height  # as shown, before rotation
@@ -241,6 +243,8 @@ class VideoFile:
         rgb = self._scaled(frame, *scale)  # (h, w, 3)
         if turns:
             rgb = np.rot90(rgb, turns)
+        if not crop:
+            return np.ascontiguousarray(rgb)
         top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
         return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 

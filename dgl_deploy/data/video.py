@@ -12,11 +12,14 @@ becomes a `VideoError` for that file, never a dead or stuck caller.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dgl_deploy.data.decoder import VideoError, VideoFile, check_file
+from dgl_deploy.data.preview import write_preview
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling, sample_indices
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.data.worker import Connection, WorkerProcess, worker_loop
@@ -54,9 +57,13 @@ def decode_frames(
         return gather_frames(video, indices, image_size)
 
 
+_JOBS: dict[str, Callable[..., Any]] = {"frames": decode_frames, "preview": write_preview}
+
+
 def _serve(conn: Connection) -> None:
-    """Worker: (path, num_frames, image_size, segment, sampling) -> ('ok', frames) or ('error', reason)."""
-    worker_loop(conn, lambda request: conn.send(("ok", decode_frames(*request))))
+    """Worker: (job, args) -> ('ok', result) or ('error', reason); jobs: "frames" (`decode_frames` args ->
+    frames), "preview" (`preview.write_preview` args -> None)."""
+    worker_loop(conn, lambda request: conn.send(("ok", _JOBS[request[0]](*request[1]))))
 
 
 class DecodeProcess(WorkerProcess):
@@ -78,12 +85,19 @@ class DecodeProcess(WorkerProcess):
         sampling: Sampling = DEFAULT_SAMPLING,
     ) -> np.ndarray:
         """Like `decode_frames`, in the subprocess, failing with VideoError after `timeout` seconds."""
-        path = Path(path)
         check_sampling(sampling)
+        return self._run(Path(path), "frames", (num_frames, image_size, segment, sampling), timeout)
+
+    def preview(self, path: str | Path, segment: Segment | None, target: str | Path,
+                timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """`preview.write_preview` in the subprocess, failing with VideoError after `timeout` seconds."""
+        self._run(Path(path), "preview", (segment, str(target)), timeout)
+
+    def _run(self, path: Path, job: str, args: tuple, timeout: float) -> Any:
         check_file(path)
         conn = self.connection()
         try:
-            conn.send((str(path), num_frames, image_size, segment, sampling))
+            conn.send((job, (str(path), *args)))
             if not conn.poll(timeout):
                 self.stop()
                 raise VideoError(path, f"decoding timed out after {timeout:g} s")

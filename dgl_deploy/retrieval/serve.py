@@ -12,7 +12,9 @@ to start instead of answering every search with an error.
   GET  /search/similar?id=ID&row=R&k=10  an indexed video (or moment: its row) -> other videos, from the stored
                                       row vector (nothing decoded); the query row itself is left out
   GET  /video?id=ID                   the indexed video's file, with HTTP ranges (206) for seeking
-  GET  /poster?id=ID&start=S          JPEG poster frame at the moment's start (made once, cached on disk)
+  GET  /poster?id=ID&start=S          JPEG poster: a representative frame of the moment (made once, cached)
+  GET  /preview?id=ID&start=S         H.264 MP4 of the moment from its start, for files a browser cannot play
+                                      (AVI, WMV, HEVC...; made once with PyAV, cached beside the posters)
   GET  /docs, /openapi.json           the API's OpenAPI description
 
 Results carry `start`/`end` seconds for a segmented set's moments. Media are served only from the folder each
@@ -71,6 +73,7 @@ from dgl_deploy.retrieval.serve_media import (
     IndexedVideos,
     MediaError,
     Posters,
+    Previews,
     default_poster_cache,
     media_type,
 )
@@ -203,15 +206,18 @@ class SearchService:
     poster_cache: Path | None = None  # None: default_poster_cache(the embeddings)
     videos: IndexedVideos = field(init=False)
     posters: Posters = field(init=False)
+    previews: Previews = field(init=False)
 
     def __post_init__(self) -> None:
         store = self.index.store
         check_encoder(store, self.encoder)
         verify_encoder(self.encoder)
         self.videos = IndexedVideos(store)
-        self.posters = Posters(self.videos, self.poster_cache or default_poster_cache(store.paths.emb),
-                               DecoderPool(POSTER_DECODERS), decode_timeout=self.settings.decode_timeout,
+        cache, pool = self.poster_cache or default_poster_cache(store.paths.emb), DecoderPool(POSTER_DECODERS)
+        self.posters = Posters(self.videos, cache, pool, decode_timeout=self.settings.decode_timeout,
                                max_pending=self.settings.max_pending)
+        self.previews = Previews(self.videos, cache, pool, decode_timeout=self.settings.decode_timeout,
+                                 max_pending=self.settings.max_pending)
         self._encoder_queue = EncoderQueue()
         self._decoders = DecoderPool(self.settings.decoders)
 
@@ -654,6 +660,15 @@ def build_app(service: SearchService, token: str | None = None, allowed_hosts: S
         """JPEG frame of video `id` at `start` (0, or a moment start of a segmented set)."""
         path = await service.posters.get(id, start)
         return MediaFile(path, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+
+    @app.head("/preview", include_in_schema=False)
+    @app.get("/preview")
+    async def preview(id: str = Query(..., min_length=1, max_length=4096),
+                      start: float = Query(0.0, ge=0, le=1e9, description="the moment's start, seconds")) -> Any:
+        """A short H.264 MP4 of the moment of `id` at `start` (time 0 = the moment's start), for files a browser
+        cannot play (made once, cached beside the posters; `data.preview` bounds its length and size)."""
+        path = await service.previews.get(id, start)
+        return MediaFile(path, media_type="video/mp4", headers={"cache-control": "private, max-age=3600"})
 
     return app
 

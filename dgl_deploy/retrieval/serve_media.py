@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from dgl_deploy.data.discover import VIDEO_EXTENSIONS
+from dgl_deploy.data.preview import PREVIEW_FPS, PREVIEW_SECONDS, PREVIEW_SIDE
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path
 from dgl_deploy.retrieval.store import EmbeddingStore
@@ -207,6 +208,8 @@ def _check_writable(folder: Path) -> None:
 class Posters:
     """Poster frames, made on first request by a small pool of decoder processes and cached as JPEG files."""
 
+    NOUN, SUFFIX, VARIANT = "poster", ".jpg", f"{POSTER_SIZE}"  # what is made; its file type; what changes it
+
     def __init__(self, videos: IndexedVideos, folder: Path | str, decoders: DecoderPool, *, decode_timeout: float,
                  max_pending: int) -> None:
         self.videos = videos
@@ -220,23 +223,23 @@ class Posters:
         self._failed: dict[str, str] = {}  # key -> why (not retried until the file changes)
 
     async def get(self, video_id: str, start: float) -> Path:
-        """The cached poster of (video, start), made first if needed. Raises MediaError."""
+        """The cached file of (video, start), made first if needed. Raises MediaError."""
         from dgl_deploy.data.video import VideoError
 
         path = await asyncio.to_thread(self.videos.resolve, video_id)
         start_ms = self.videos.check_moment(video_id, start)
         stat = path.stat()
-        key = hashlib.sha256(f"{video_id}\0{start_ms}\0{stat.st_size}\0{stat.st_mtime_ns}\0{POSTER_SIZE}".encode()
+        key = hashlib.sha256(f"{video_id}\0{start_ms}\0{stat.st_size}\0{stat.st_mtime_ns}\0{self.VARIANT}".encode()
                              ).hexdigest()[:32]
-        target = self.folder / key[:2] / f"{key}.jpg"
+        target = self.folder / key[:2] / f"{key}{self.SUFFIX}"
         if target.is_file():
             return target
         if key in self._failed:
-            raise MediaError(404, f"no poster for {_shown(video_id)}: {self._failed[key]}")
+            raise MediaError(404, f"no {self.NOUN} for {_shown(video_id)}: {self._failed[key]}")
         job = self._pending.get(key)
         if job is None:
             if len(self._pending) >= self.max_pending:
-                raise MediaError(503, f"busy: {self.max_pending} posters being made, retry later")
+                raise MediaError(503, f"busy: {self.max_pending} {self.NOUN}s being made, retry later")
             moment = self.videos.moment(video_id, start_ms)
             job = asyncio.wrap_future(self._pool.submit(lambda decoder: self._make(decoder, path, moment, target)))
             self._pending[key] = job
@@ -244,7 +247,7 @@ class Posters:
         try:
             await asyncio.shield(job)  # a client that goes away does not cancel the decode others may wait for
         except VideoError as exc:  # its message names the file's path: the client gets the id only
-            raise MediaError(404, f"no poster for {_shown(video_id)}: {exc.reason}") from None
+            raise MediaError(404, f"no {self.NOUN} for {_shown(video_id)}: {exc.reason}") from None
         return target
 
     def _finished(self, key: str, job: asyncio.Future[None]) -> None:
@@ -269,4 +272,18 @@ class Posters:
         self._pool.close()
 
 
-__all__ = ["MediaError", "IndexedVideos", "Posters", "default_poster_cache", "media_type", "POSTER_SIZE"]
+class Previews(Posters):
+    """Short H.264 previews of moments (`data.preview`) for files a browser cannot play, made on first request
+    like posters (the same decoder pool, time limit and pending cap) and cached beside them as MP4 files."""
+
+    NOUN, SUFFIX, VARIANT = "preview", ".mp4", f"{PREVIEW_SIDE}/{PREVIEW_SECONDS:g}/{PREVIEW_FPS}"
+
+    def _make(self, decoder: DecodeProcess, path: Path, moment: tuple[float, float] | None, target: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target.parent.mkdir(exist_ok=True, mode=0o700)
+        decoder.preview(path, moment, target, timeout=self.decode_timeout)
+        with self._count:
+            self.decoded += 1
+
+
+__all__ = ["MediaError", "IndexedVideos", "Posters", "Previews", "default_poster_cache", "media_type", "POSTER_SIZE"]

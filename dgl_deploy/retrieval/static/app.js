@@ -15,6 +15,7 @@
   let hits = []; // the results shown
   let selected = -1; // index of the selected card
   let playing = 0; // generation of the play request (a newer one cancels an older one's callbacks)
+  let current = null; // the hit in the player
   let retry = null; // what to do once a token is given
 
   // A token in the address (?token=... or #token=...) is kept for this tab and removed from the address bar.
@@ -33,8 +34,9 @@
     }
   }
 
-  function showMessage(text) {
+  function showMessage(text, link = null) {
     message.textContent = text;
+    if (link) message.append(" ", link);
     message.hidden = !text;
   }
 
@@ -310,13 +312,18 @@
     playAt(hits[index]);
   }
 
-  // Play `hit` in the page from its moment's start (0 for a whole video).
-  function playAt(hit) {
+  // Play `hit` in the page from its moment's start (0 for a whole video): the file itself, or (`preview`) the
+  // server's H.264 preview of the moment, whose time 0 is the moment's start, for files the browser cannot play.
+  function playAt(hit, preview = false) {
     const generation = ++playing;
     const start = hasMoment(hit) ? hit.start : 0;
+    const params = hasMoment(hit) ? { id: hit.id, start: hit.start } : { id: hit.id };
+    const src = preview ? mediaUrl("/preview", params) : mediaUrl("/video", { id: hit.id });
+    current = hit;
     player.hidden = false;
     video.dataset.ready = "0";
     video.dataset.start = String(start);
+    video.dataset.preview = preview ? "1" : "0";
     nowPlaying.textContent = hasMoment(hit) ? `${hit.id} · ${clock(hit.start)}–${clock(hit.end)}` : hit.id;
     const seek = () => {
       if (generation !== playing) return;
@@ -325,32 +332,42 @@
         video.dataset.ready = "1";
         video.play().catch(() => {}); // a browser may refuse autoplay: the controls are there
       }, { once: true });
-      video.currentTime = start;
+      video.currentTime = preview ? 0 : start;
     };
-    if (video.dataset.id === hit.id && video.readyState >= 1 && !video.error) {
+    if (video.dataset.src === src && video.readyState >= 1 && !video.error) {
       seek();
     } else {
       video.dataset.id = hit.id;
+      video.dataset.src = src;
       video.addEventListener("loadedmetadata", seek, { once: true });
-      video.src = mediaUrl("/video", { id: hit.id });
+      video.src = src;
     }
     player.scrollIntoView({ block: "nearest" });
   }
 
   video.addEventListener("error", async () => {
     const id = video.dataset.id;
-    if (!id) return;
-    let reason = "the browser cannot play this file (its format or codec)";
+    if (!id || !current) return;
+    const hit = current;
     try {
       await api(`/video?${new URLSearchParams({ id })}`, { headers: { Range: "bytes=0-0" } });
     } catch (err) {
       if (err.code === 401) {
-        askToken(err.message, () => playAt(hits.find((h) => h.id === id) || { id }));
+        askToken(err.message, () => playAt(hit));
         return;
       }
-      reason = err.message;
+      showMessage(`Cannot play ${id}: ${err.message}`);
+      return;
     }
-    showMessage(`Cannot play ${id}: ${reason}`);
+    if (video.dataset.preview !== "1") { // the file is there, the browser cannot play it: play its preview
+      playAt(hit, true);
+      return;
+    }
+    const download = element("a", "download");
+    download.href = mediaUrl("/video", { id });
+    download.download = baseName(id);
+    download.textContent = "Download the file";
+    showMessage(`${id} cannot be played in this browser (its format or codec), nor its preview.`, download);
   });
 
   function closePlayer() {
