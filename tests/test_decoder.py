@@ -240,3 +240,15 @@ def test_poster_frame_is_not_a_fade(made: Path) -> None:
     candidates = decode_frames(path, POSTER_CANDIDATES, 32)
     assert candidates[0].max() < 20  # the first frame is blank...
     assert candidates[representative(candidates)].max() > 200  # ...the poster is not
+
+
+def test_timestamps_that_claim_days_give_rows_bounded_by_frames(made: Path) -> None:
+    """20 frames whose timestamps spread over 55 hours: rows stay within 2 per frame, in bounded time; a claim
+    beyond MAX_WINDOWS windows is refused in one line."""
+    times = [i * 10_000.0 for i in range(20)]  # 190,000 s
+    path = write(made / "days.mkv", ramp(20, 32, 48), times)
+    groups = list(decode_windows(path, Segmentation(window=1.0, stride=1.0), 4, 16))
+    spans = np.concatenate([g.spans for g in groups])
+    assert len(spans) <= 2 * 20 and spans[-1, 1] >= times[-1]
+    with pytest.raises(VideoError, match="timestamps span .* for 20 frames: .* use a longer --stride"):
+        list(decode_windows(path, Segmentation(window=0.05, stride=0.05), 4, 16))

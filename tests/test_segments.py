@@ -24,6 +24,10 @@ def clip(tmp_path_factory) -> Path:
                        [Shot("red", "circle", 3.0), Shot("blue", "square", 3.0)], fps=10)
 
 
+def _pairs(spans) -> list[tuple[float, float]]:  # noqa: ANN001
+    return [tuple(span) for span in spans.tolist()]
+
+
 @pytest.mark.parametrize(("duration", "expected"), [
     (7.0, [(0.0, 7.0)]),  # shorter than the window: one row for the whole file
     (10.0, [(0.0, 10.0)]),  # exactly one window
@@ -32,12 +36,12 @@ def clip(tmp_path_factory) -> Path:
     (10.0000001, [(0.0, 10.0)]),  # float noise is not a second window
 ])
 def test_fixed_windows(duration, expected) -> None:
-    assert fixed_windows(duration, 10.0, 5.0) == expected
+    assert _pairs(fixed_windows(duration, 10.0, 5.0)) == expected
 
 
 def test_fixed_windows_without_overlap_and_offset() -> None:
-    assert fixed_windows(25.0, 10.0, 10.0) == [(0.0, 10.0), (10.0, 20.0), (15.0, 25.0)]
-    assert fixed_windows(12.0, 10.0, 10.0, offset=3.0) == [(3.0, 15.0)]  # a last start 2 s < 10 s / 4 on: merged
+    assert _pairs(fixed_windows(25.0, 10.0, 10.0)) == [(0.0, 10.0), (10.0, 20.0), (15.0, 25.0)]
+    assert _pairs(fixed_windows(12.0, 10.0, 10.0, offset=3.0)) == [(3.0, 15.0)]  # a last start 2 s < 10 s / 4 on: merged
 
 
 @pytest.mark.parametrize(("duration", "window", "stride", "expected"), [
@@ -46,16 +50,16 @@ def test_fixed_windows_without_overlap_and_offset() -> None:
     (21.25, 10.0, 5.0, [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (11.25, 21.25)]),  # exactly a quarter: kept
 ])
 def test_no_near_duplicate_last_window(duration, window, stride, expected) -> None:
-    assert fixed_windows(duration, window, stride) == expected
+    assert _pairs(fixed_windows(duration, window, stride)) == expected
 
 
 def test_short_shots_merge_into_a_neighbour() -> None:
     assert merge_short_shots([(0, 1), (1, 5), (5, 5.5), (5.5, 9)], 2.5) == [(0, 5.5), (5.5, 9)]  # first into next
     assert merge_short_shots([(0, 1)], 2.5) == [(0, 1)]  # a lone short shot stays
     # long shots are split into windows, short ones merged (10 s window: shots under 2.5 s merge)
-    assert shot_windows(30.0, [4.0, 5.0, 12.0, 25.0], 10.0, 5.0) == [
+    assert _pairs(shot_windows(30.0, [4.0, 5.0, 12.0, 25.0], 10.0, 5.0)) == [
         (0.0, 5.0), (5.0, 12.0), (12.0, 22.0), (15.0, 25.0), (25.0, 30.0)]
-    assert windows_of(30.0, Segmentation(10.0, 10.0, scenes=True), [12.0]) == [
+    assert _pairs(windows_of(30.0, Segmentation(10.0, 10.0, scenes=True), [12.0])) == [
         (0.0, 12.0), (12.0, 22.0), (20.0, 30.0)]
 
 
@@ -75,9 +79,9 @@ def test_each_frame_decoded_once_across_overlapping_windows(clip, monkeypatch) -
             decoded.append(index)
             yield index, frame
 
-    def counting_convert(self, frame, size):  # noqa: ANN001, ANN202
+    def counting_convert(self, frame, size, crop=True):  # noqa: ANN001, ANN202
         converted.append(frame.pts)
-        return convert(self, frame, size)
+        return convert(self, frame, size, crop)
 
     monkeypatch.setattr(VideoFile, "_decode_from", counting_decode)
     monkeypatch.setattr(VideoFile, "_convert", counting_convert)

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from dgl_deploy.data.decoder import Timeline, VideoError, VideoFile, check_file, decoder_message
-from dgl_deploy.data.sampling import uniform_indices
-from dgl_deploy.data.segments import Segment
+from dgl_deploy.data.sampling import TIME_EPS, uniform_indices
 from dgl_deploy.data.windows import Segmentation, windows_of
 from dgl_deploy.data.worker import Connection, WorkerProcess, worker_loop
+from dgl_deploy.errors import DGLError
 
 MAX_GROUP_FRAMES = 128  # frames (windows x T) sent at a time
 
@@ -60,19 +60,20 @@ def _nothing() -> None:
 
 
 def plan_windows(timeline: Timeline, segmentation: Segmentation, num_frames: int,
-                 cuts: list[float] | None = None) -> tuple[list[Segment], list[np.ndarray]]:
-    """The windows of a file and each one's T frame indices (module docstring), windows that repeat the frames
-    of the one before merged into it."""
-    spans: list[Segment] = []
-    indices: list[np.ndarray] = []
-    for span in windows_of(timeline.duration, segmentation, cuts):
-        picked = uniform_indices(timeline.times, num_frames, span)  # (T,) int64
-        if indices and np.array_equal(picked, indices[-1]):
-            spans[-1] = (spans[-1][0], span[1])
-            continue
-        spans.append(span)
-        indices.append(picked)
-    return spans, indices
+                 cuts: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of a file, (W, 2) start, end seconds, and each one's frame indices, (W, T) int64 (module
+    docstring). A window showing the same stretch of frames as the one before (same first and last frame, so the
+    same samples) is merged into it: W <= 2 N for N frames, whatever the timestamps claim."""
+    times = timeline.times
+    spans = windows_of(timeline.duration, segmentation, cuts)  # (W, 2)
+    first = np.clip(np.searchsorted(times, spans[:, 0] + TIME_EPS, "right") - 1, 0, len(times) - 1)  # (W,)
+    last = np.maximum(np.clip(np.searchsorted(times, spans[:, 1] - TIME_EPS, "left") - 1, 0, len(times) - 1), first)
+    new = np.ones(len(spans), bool)
+    new[1:] = (first[1:] != first[:-1]) | (last[1:] != last[:-1])
+    starts = np.flatnonzero(new)
+    merged = np.stack([spans[starts, 0], spans[np.append(starts[1:] - 1, len(spans) - 1), 1]], axis=1)  # (W', 2)
+    indices = np.stack([uniform_indices(times, num_frames, (start, end)) for start, end in merged])  # (W', T)
+    return merged, indices
 
 
 def decode_windows(path: Path | str, segmentation: Segmentation, num_frames: int, image_size: int,
@@ -84,13 +85,16 @@ def decode_windows(path: Path | str, segmentation: Segmentation, num_frames: int
     with VideoFile(path) as video:
         timeline = video.timeline
         cuts = _cuts(path, timeline, segmentation, progress) if segmentation.scenes else None
-        spans, indices = plan_windows(timeline, segmentation, num_frames, cuts)
-        still_needed = np.minimum.accumulate([int(i.min()) for i in indices][::-1])[::-1]  # lowest frame of w..
+        try:
+            spans, indices = plan_windows(timeline, segmentation, num_frames, cuts)
+        except DGLError as exc:  # more windows than any file should need: its timestamps claim too much
+            raise VideoError(path, f"its timestamps span {timeline.duration:g} s for {len(timeline)} frames: {exc}") from None
+        still_needed = np.minimum.accumulate(indices.min(axis=1)[::-1])[::-1]  # (W,) lowest frame of windows w..
         size = max(1, max_frames // num_frames)  # windows per group
         frames: dict[int, np.ndarray] = {}  # frame index -> (S, S, 3), decoded and still needed
         ready: list[int] = []  # complete windows not sent yet
         following = 0  # the first window not complete yet
-        for index, frame in video.frames(np.unique(np.concatenate(indices)), image_size):
+        for index, frame in video.frames(np.unique(indices), image_size):
             frames[index] = frame
             while following < len(spans) and indices[following].max() <= index:
                 ready.append(following)
@@ -102,11 +106,11 @@ def decode_windows(path: Path | str, segmentation: Segmentation, num_frames: int
                     ready = []
 
 
-def _group(windows: list[int], spans: list[Segment], indices: list[np.ndarray], frames: dict[int, np.ndarray],
+def _group(windows: list[int], spans: np.ndarray, indices: np.ndarray, frames: dict[int, np.ndarray],
            timed: bool) -> WindowStacks:
     """The stacks of `windows` (consecutive) assembled from the decoded frames."""
     stacks = np.stack([np.stack([frames[int(i)] for i in indices[w]]) for w in windows])  # (G, T, S, S, 3)
-    return WindowStacks(np.array([spans[w] for w in windows], np.float64), stacks, windows[0], len(spans), timed)
+    return WindowStacks(spans[windows[0]:windows[-1] + 1].copy(), stacks, windows[0], len(spans), timed)
 
 
 def _cuts(path: Path, timeline: Timeline, segmentation: Segmentation, progress: Callable[[], None]) -> list[float]:

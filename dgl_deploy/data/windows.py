@@ -18,11 +18,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.errors import DGLError
 
 MIN_SHOT_FRACTION = 0.25  # shots shorter than this fraction of the window are merged into a neighbour
 MERGE_FRACTION = 0.25  # a last window starting within this fraction of the stride of the one before joins it
+MAX_WINDOWS = 2_000_000  # windows of one file (23 days at a 1 s stride): a longer claim is refused in one line
 DEFAULT_SCENE_THRESHOLD = 27.0  # ContentDetector's own default
 _EPS = 1e-6  # seconds: below this, two times are the same
 
@@ -73,23 +76,28 @@ def describe_record(record: dict[str, Any] | None) -> str:
     return f"windows ({options}--window {record['window']:g} --stride {record['stride']:g})"
 
 
-def fixed_windows(duration: float, window: float, stride: float, offset: float = 0.0) -> list[Segment]:
-    """The windows (start, end) of [offset, offset + duration], rule in the module docstring."""
+def fixed_windows(duration: float, window: float, stride: float, offset: float = 0.0) -> np.ndarray:
+    """The windows of [offset, offset + duration], rule in the module docstring: (W, 2) float64 start, end."""
     if duration <= window + _EPS:
-        return [_span(offset, offset + duration)]
+        return _spans(np.array([offset]), np.array([offset + duration]))
     count = math.ceil((duration - window) / stride - _EPS)  # starts k * stride with start + window < duration
-    spans = [_span(offset + k * stride, offset + k * stride + window) for k in range(count)]
+    if count >= MAX_WINDOWS:
+        raise DGLError(f"{duration:g} s at --window {window:g} --stride {stride:g} is over {MAX_WINDOWS:,} windows: "
+                       "use a longer --stride")
+    starts = np.arange(count) * stride
     last = duration - window
-    if spans and last - (count - 1) * stride < stride * MERGE_FRACTION:
-        return spans[:-1] + [_span(offset + (count - 1) * stride, offset + duration)]
-    return spans + [_span(offset + last, offset + duration)]
+    if last - starts[-1] < stride * MERGE_FRACTION:  # the last window joins the one before
+        ends = np.append(starts[:-1] + window, duration)
+    else:
+        starts, ends = np.append(starts, last), np.append(starts + window, duration)
+    return _spans(offset + starts, offset + ends)
 
 
-def shot_windows(duration: float, cuts: list[float], window: float, stride: float) -> list[Segment]:
-    """The windows of a video of `duration` seconds with shot boundaries at `cuts` (seconds)."""
+def shot_windows(duration: float, cuts: list[float], window: float, stride: float) -> np.ndarray:
+    """The windows of a video of `duration` seconds with shot boundaries at `cuts` (seconds): (W, 2)."""
     edges = [0.0, *sorted(c for c in cuts if _EPS < c < duration - _EPS), duration]
     shots = merge_short_shots(list(zip(edges, edges[1:], strict=False)), window * MIN_SHOT_FRACTION)
-    return [span for start, end in shots for span in fixed_windows(end - start, window, stride, offset=start)]
+    return np.concatenate([fixed_windows(end - start, window, stride, offset=start) for start, end in shots])
 
 
 def merge_short_shots(shots: list[Segment], min_length: float) -> list[Segment]:
@@ -104,16 +112,17 @@ def merge_short_shots(shots: list[Segment], min_length: float) -> list[Segment]:
     return merged
 
 
-def windows_of(duration: float, segmentation: Segmentation, cuts: list[float] | None = None) -> list[Segment]:
-    """The windows of one video: shots (`cuts` given, with `segmentation.scenes`) or fixed windows."""
+def windows_of(duration: float, segmentation: Segmentation, cuts: list[float] | None = None) -> np.ndarray:
+    """The windows of one video, (W, 2) float64 start, end: shots (`cuts` given, with `segmentation.scenes`) or
+    fixed windows."""
     if segmentation.scenes:
         return shot_windows(duration, cuts or [], segmentation.window, segmentation.stride)
     return fixed_windows(duration, segmentation.window, segmentation.stride)
 
 
-def _span(start: float, end: float) -> Segment:
-    return round(float(start), 6), round(float(end), 6)
+def _spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    return np.round(np.stack([starts, ends], axis=1).astype(np.float64), 6)  # (W, 2)
 
 
 __all__ = ["Segmentation", "describe_record", "fixed_windows", "shot_windows", "merge_short_shots", "windows_of",
-           "MIN_SHOT_FRACTION", "MERGE_FRACTION", "DEFAULT_SCENE_THRESHOLD"]
+           "MIN_SHOT_FRACTION", "MERGE_FRACTION", "MAX_WINDOWS", "DEFAULT_SCENE_THRESHOLD"]
