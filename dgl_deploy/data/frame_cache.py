@@ -19,7 +19,7 @@ from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.files import atomic_path
 
-_FORMAT = 1  # bump when the decoded pixels change (sampling formula, resize), to miss old entries
+_FORMAT = 2  # bump when the decoded pixels change (sampling formula, resize), to miss old entries (2: PyAV + swscale)
 
 
 class FrameCache:

@@ -1,5 +1,5 @@
 """Which frames of a clip the model sees: the two frame-sampling rules, as index arithmetic (no decoder here,
-so annotation, config and CLI code can name the modes without importing decord).
+so annotation, config and CLI code can name the modes without importing the decoder).
 
 `uniform` (dgl-deploy's own, the default): uniform in *time*, on the frames' presentation times t_0 … t_{N-1}
 (`decoder.Timeline`, seconds from the first frame). Whole clip: first, last = 0, N - 1. With a segment
@@ -25,8 +25,8 @@ video mask of min(n, T) frames, but the DGL model never reads it (encode_image t
 masked mean pooling is commented out), so repeated frames are exactly what the reference model sees.
 
 Reference details not reproduced, on purpose: (1) N is the container's frame count there, and a
-container without one (WebM, Matroska) gives N = 0 and a clip of one repeated frame; we use the
-decodable frame count (the same number for MP4/AVI). (2) Reference training jitters each index within
+container without one (WebM, Matroska) gives N = 0 and a clip of one repeated frame; we use the number
+of frames the stream's packets hold (`decoder.Timeline`; the same number for MP4/AVI). (2) Reference training jitters each index within
 its part (TSN random shift); `reference` here always takes the centres, in training too (deterministic,
 cacheable). (3) The reference never resizes: its videos are prepared by CLIP4Clip's compress_video.py
 (ffmpeg, 3 fps, shorter side 224) and only centre-cropped; on such files our resize is the identity and

@@ -79,7 +79,7 @@ from dgl_deploy.retrieval.serve_media import (
 )
 from dgl_deploy.runtime.backends.base import Encoder
 
-if TYPE_CHECKING:  # decord is imported when a service starts, not with the CLI
+if TYPE_CHECKING:  # PyAV is imported when a service starts, not with the CLI
     from dgl_deploy.data.video import DecodeProcess
 
 INSTALL_HINT = "the HTTP service needs FastAPI and uvicorn: pip install 'dgl-deploy[serve]'"
