@@ -39,8 +39,13 @@ def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[s
 
 
 def auto_precision_line(manifest: Manifest, precision: str, device: str) -> str:
-    """What `--precision auto` will do on `device` with this export's `precision` graphs, and why."""
+    """What `--precision auto` will do on `device` with this export's `precision` graphs, and why (on CPU it checks
+    again on each host, `runtime.host_check`)."""
     worst = manifest.worst_cosine(precision)
+    if device == "CPU":
+        verdict = ">=" if manifest.parity_held(precision) else "<"
+        return (f"{precision} min cosine {worst:.6f} {verdict} {REDUCED_MIN_COSINE} on this host; auto checks the probe "
+                f"batch again on each CPU host on first use and runs {precision} where it holds there and is faster")
     if manifest.parity_held(precision):
         return f"{precision} parity held (min cosine {worst:.6f} >= {REDUCED_MIN_COSINE}): auto uses {precision} on {device}"
     return (f"{precision} parity missed (min cosine {worst:.6f} < {REDUCED_MIN_COSINE}): auto keeps fp32 on {device}; "

@@ -130,6 +130,9 @@ def _set(path: str, value):
     ("tokenizer", "sub/bpe.txt.gz", "'sub/bpe.txt.gz' is not a plain file name"),
     ("tokenizer_sha256", None, "bpe_simple_vocab_16e6.txt.gz: recorded sha256 None"),
     ("graphs.0.surprise", 1, "manifest.graphs\\[0\\]: unknown key 'surprise'"),
+    ("probes.0.file", "../probe_text.npy", "'../probe_text.npy' is not a plain file name"),
+    ("probes.1.reference_sha256", "abc", "recorded sha256 'abc' is not 64 hex digits"),
+    ("probes.1.role", "text", r"probes \['text', 'text'\] are not one per tower"),
 ])
 def test_untrusted_manifest_fields_refused(tmp_path: Path, path: str, value, match: str, copied_export) -> None:
     folder = copied_export
