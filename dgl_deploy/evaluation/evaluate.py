@@ -31,11 +31,11 @@ from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling
 from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
 from dgl_deploy.evaluation.metrics import evaluate
+from dgl_deploy.evaluation.moments import evaluate_moments
 from dgl_deploy.evaluation.rerank import RerankMethod
-from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.backends.base import Encoder, encode_texts
 from dgl_deploy.runtime.backends.select import open_encoder
 
-TEXT_BATCH = 256  # captions per encode_text call
 EXPORT_FILE_SUFFIXES = (".onnx", ".plan")  # files inside an export folder: not runnable on their own
 
 
@@ -80,12 +80,6 @@ def _embed_items(
     return video, decoded, failures
 
 
-def embed_captions(encoder: Encoder, captions: list[str]) -> np.ndarray:
-    """(Nc, E) caption embeddings, in batches of TEXT_BATCH."""
-    chunks = [encoder.encode_text(captions[i: i + TEXT_BATCH]) for i in range(0, len(captions), TEXT_BATCH)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, encoder.embed_dim), np.float32)
-
-
 def embed_dataset(
     encoder: Encoder,
     dataset: RetrievalDataset,
@@ -98,7 +92,7 @@ def embed_dataset(
     video, decoded, failures = _embed_items(encoder, dataset, batch_size, workers, cache, check_sampling(sampling))
     captions = [caption for item in decoded for caption in dataset.items[item].captions]
     c2v = np.repeat(np.arange(len(decoded)), [len(dataset.items[item].captions) for item in decoded]).astype(np.int64)
-    return Embeddings(embed_captions(encoder, captions), video, c2v, decoded, failures)
+    return Embeddings(encode_texts(encoder, captions), video, c2v, decoded, failures)
 
 
 def similarity(embeddings: Embeddings) -> np.ndarray:
@@ -165,8 +159,6 @@ def evaluate_encoder(
 ) -> ModelEvaluation:
     """Metrics of any Encoder (a DGL backend, or a baseline such as mean-pooled CLIP) on a loaded split; with a
     `segmentation`, the moment metrics too (videos left out of either are reported once)."""
-    from dgl_deploy.evaluation.moments import evaluate_moments
-
     embeddings = embed_dataset(encoder, dataset, batch_size, workers, sampling=sampling)
     sims = similarity(embeddings)
     metrics = evaluate(sims, embeddings.caption_to_video, rerank, query_bank, **rerank_options)

@@ -27,10 +27,9 @@ from dgl_deploy.data.loader import VideoFailure, iter_window_groups
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
-from dgl_deploy.evaluation.evaluate import embed_captions
 from dgl_deploy.retrieval.query import MERGE_MARGIN, MomentSet
 from dgl_deploy.retrieval.search import Hit
-from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.backends.base import Encoder, encode_texts
 
 MOMENT_RECALL_AT = (1, 5)
 IOU_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -146,7 +145,7 @@ def evaluate_moments(encoder: Encoder, dataset: RetrievalDataset, segmentation: 
     kept = set(rows.ids)
     truths = [(caption, moment) for caption, moment in truths if moment.video in kept]
     captions, moments = [caption for caption, _ in truths], [moment for _, moment in truths]
-    predictions = rank_moments(embed_captions(encoder, captions) @ rows.vectors.T, rows.ids, rows.spans)  # (C, N)
+    predictions = rank_moments(encode_texts(encoder, captions) @ rows.vectors.T, rows.ids, rows.spans)  # (C, N)
     return MomentEvaluation(moment_metrics(predictions, moments), captions, moments, predictions, rows)
 
 

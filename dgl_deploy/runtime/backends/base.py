@@ -9,6 +9,8 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 
+TEXT_BATCH = 256  # captions per encode_text call when many are encoded (memory flat in their number)
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -33,6 +35,12 @@ class Encoder(Protocol):
     def describe(self) -> str:
         """One line: backend, device/provider, precision."""
         ...
+
+
+def encode_texts(encoder: Encoder, texts: Sequence[str], batch: int = TEXT_BATCH) -> np.ndarray:
+    """(N, E) embeddings of any number of texts, `batch` per encoder call."""
+    chunks = [encoder.encode_text(list(texts[i: i + batch])) for i in range(0, len(texts), batch)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, encoder.embed_dim), np.float32)
 
 
 def check_frames(frames: np.ndarray, num_frames: int, image_size: int) -> None:
