@@ -1,6 +1,6 @@
 """The runtime install works without torch: every inference command runs on an export folder in subprocesses
-where `import torch` (and torchvision, open_clip, the onnx tooling, safetensors, PyAV) fails, exactly as in a
-`pip install "dgl-deploy[cpu]"` environment; commands that need torch fail with one line naming the extra."""
+where `import torch` (and torchvision, open_clip, the onnx tooling, safetensors) fails, exactly as in a
+`pip install "dgl-deploy[cpu]"` environment (PyAV, the decoder, is part of the base install); commands that need torch fail with one line naming the extra."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dgl_deploy.data.synthetic import make_synthetic
 from dgl_deploy.export import export_onnx
 from dgl_deploy.model.model import create_model
 
-BLOCKED = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnxslim", "safetensors", "av")
+BLOCKED = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnxslim", "safetensors")
 DGL = [sys.executable, "-m", "dgl_deploy"]
 
 
