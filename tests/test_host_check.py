@@ -74,10 +74,13 @@ def test_the_cache_is_per_isa_and_redone_when_damaged(export, monkeypatch, tmp_p
     encoder = OnnxEncoder(export, device="cpu")
     assert encoder.precision == "fp32" and "int8 min cosine 0.90400 < 0.999" in encoder.precision_note
     assert len(list((export / CACHE_FOLDER).iterdir())) == 2
-    for path in (export / CACHE_FOLDER).iterdir():
-        path.write_text('{"format": "dgl-deploy-host-check/1", "results": {"int8": "?"}}')  # damaged: redone
-    asked = _fake_measure(monkeypatch, {"int8": PrecisionCheck(0.9995, 1.0), "fp32": PrecisionCheck(1.0, 2.0)})
-    assert OnnxEncoder(export, device="cpu").precision == "int8" and asked == ["int8", "fp32"]
+    good = {"int8": {"min_cosine": 0.9995, "seconds": 1.0}, "fp32": {"min_cosine": 1.0, "seconds": 2.0}}
+    for damaged in ({"int8": "?"}, {**good, "int8": {"min_cosine": float("nan"), "seconds": 1.0}},
+                    {**good, "fp32": {"min_cosine": 1.0, "seconds": 0}}):
+        for path in (export / CACHE_FOLDER).iterdir():
+            path.write_text(json.dumps({"format": "dgl-deploy-host-check/1", "results": damaged}))
+        asked = _fake_measure(monkeypatch, {"int8": PrecisionCheck(0.9995, 1.0), "fp32": PrecisionCheck(1.0, 2.0)})
+        assert OnnxEncoder(export, device="cpu").precision == "int8" and asked == ["int8", "fp32"]  # measured again
 
 
 def test_a_read_only_export_caches_in_the_users_folder(export, monkeypatch, tmp_path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
 from dgl_deploy.runtime.manifest import REDUCED_MIN_COSINE, ROLES, Manifest, verified_file
 
@@ -108,9 +110,9 @@ def check_host(folder: Path, manifest: Manifest, precisions: Sequence[str]) -> H
 
 
 def choose(check: HostCheck, candidates: Sequence[str]) -> tuple[str, str]:
-    """(precision, one-line reason): the fastest of `candidates` whose parity held on this host (fp32 unless a
-    reduced one is faster by SPEED_MARGIN)."""
-    held = [p for p in candidates if check.held(p)] or ["fp32"]
+    """(precision, one-line reason): the fastest of `candidates` (reduced ones first, fp32 last) whose parity held
+    on this host (fp32 unless a reduced one is faster by SPEED_MARGIN; the last candidate when none held)."""
+    held = [p for p in candidates if check.held(p)] or [candidates[-1]]
     pace = {p: check.results[p].seconds * (1.0 if p == "fp32" else 1.0 + SPEED_MARGIN) for p in held}
     picked = min(held, key=pace.__getitem__)
     parts = []
@@ -134,8 +136,15 @@ def _probe(folder: Path, manifest: Manifest, role: str) -> tuple[np.ndarray, np.
     """(input batch, PyTorch fp32 embeddings) of tower `role`, checked against the manifest's checksums."""
     entry = manifest.probe(role)
     assert entry is not None  # check_manifest: one probe per tower or none
-    return tuple(np.load(verified_file(folder, file, sha), allow_pickle=False)  # type: ignore[return-value]
-                 for file, sha in ((entry.file, entry.sha256), (entry.reference_file, entry.reference_sha256)))
+    try:
+        batch, reference = (np.load(verified_file(folder, file, sha), allow_pickle=False)
+                            for file, sha in ((entry.file, entry.sha256), (entry.reference_file, entry.reference_sha256)))
+    except ValueError as exc:
+        raise DGLError(f"{folder / entry.file}: unreadable probe batch ({exc}); re-export the model") from None
+    if reference.dtype != np.float32 or reference.shape != (len(batch), manifest.embed_dim):
+        raise DGLError(f"{folder / entry.reference_file}: {reference.dtype} {reference.shape} is not float32 "
+                       f"({len(batch)}, {manifest.embed_dim}) embeddings of the probe batch; re-export the model")
+    return batch, reference
 
 
 def _measure(folder: Path, precision: str, probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> PrecisionCheck:
@@ -153,7 +162,7 @@ def _measure(folder: Path, precision: str, probes: dict[str, tuple[np.ndarray, n
             cosines += [float(row_cosines(probes[role][1], out[role]).min()) for role in ROLES]
     finally:
         encoder.close()
-    return PrecisionCheck(round(min(cosines), 6), round(min(times[1:]), 5))
+    return PrecisionCheck(round(min(cosines), 6), round(max(min(times[1:]), 1e-6), 6))
 
 
 def _user_cache() -> Path:
@@ -166,9 +175,12 @@ def _read_cache(path: Path) -> dict[str, PrecisionCheck] | None:
         data = json.loads(path.read_text())
         if data["format"] != CACHE_FORMAT:
             return None
-        return {str(p): PrecisionCheck(float(r["min_cosine"]), float(r["seconds"])) for p, r in data["results"].items()}
+        results = {str(p): PrecisionCheck(float(r["min_cosine"]), float(r["seconds"]))
+                   for p, r in data["results"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    sane = all(-1.0 <= r.min_cosine <= 1.0 + 1e-6 and 0.0 < r.seconds < math.inf for r in results.values())
+    return results if sane else None
 
 
 def _write_cache(places: Sequence[Path], results: dict[str, PrecisionCheck]) -> None:
