@@ -1,6 +1,6 @@
 """The import contract of the package layout, checked on the source (no imports run):
 
-- data/, runtime/, retrieval/, evaluation/, cli/ and the top-level modules never import torch, torchvision,
+- data/, runtime/, retrieval/, evaluation/, cli/ and the top-level modules (the API too) never import torch, torchvision,
   open_clip, safetensors, the onnx tooling or dgl_deploy.model at module level (the torch backend and the
   mean-pool baseline under runtime/backends/ are the two torch modules outside model/, training/, export/);
 - only cli/ imports dgl_deploy.training and dgl_deploy.export (at any level);
@@ -21,7 +21,7 @@ TORCH_SIDE = ("torch", "torchvision", "open_clip", "safetensors", "onnx", "onnxs
               "dgl_deploy.model", "dgl_deploy.training", "dgl_deploy.export")
 TORCH_FREE = ("dgl_deploy.data", "dgl_deploy.runtime", "dgl_deploy.retrieval", "dgl_deploy.evaluation",
               "dgl_deploy.cli", "dgl_deploy.errors", "dgl_deploy.files", "dgl_deploy.defaults", "dgl_deploy.limits",
-              "dgl_deploy.__main__")  # packages and modules; the package's own __init__ too
+              "dgl_deploy.__main__", "dgl_deploy.api")  # packages and modules; the package's own __init__ too
 TORCH_BACKENDS = ("dgl_deploy.runtime.backends.torch_backend", "dgl_deploy.runtime.backends.meanpool")
 
 

@@ -1,7 +1,7 @@
 """The search page of `dgl serve` in a real browser (headless Chromium driven by Playwright): a text search shows
 posters, a click plays the video from the moment's start (seeking through HTTP ranges), keyboard use, "more
-like this", a clip upload, the messages for an empty query and an API error, moments of a segmented set, and a
-server with a token.
+like this", a clip upload, the messages for an empty query and an API error, moments of a segmented set, a
+server with a token, and the search in the page's address (/?q=..., back and forward).
 
 The model is a tiny random-init dgl-tiny exported to ONNX; the videos are synthetic. Skipped where Playwright
 (`pip install playwright`) or a Chromium (`apt-get install chromium`; no browser download is needed) is missing,
@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
@@ -202,6 +203,46 @@ def test_more_like_this(page: Page) -> None:
     page.posters_loaded()
 
 
+def _address(page: Page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.page.url).query)
+
+
+def test_the_search_lives_in_the_address(browser, base) -> None:
+    """Loading /?q=... shows that search's results; each new search is a history entry (its query in the address),
+    and back / forward show the searches again, query box included; "more like this" has an address too."""
+    title, box = "#results-title", "#q"
+    page = Page(browser, f"{base}/?{urlencode({'q': 'a red circle'})}")
+    try:
+        sync_api.expect(page.page.locator(title)).to_have_text("6 results for “a red circle”")
+        sync_api.expect(page.page.locator(".card")).to_have_count(6)
+        sync_api.expect(page.page.locator(box)).to_have_value("a red circle")
+        first = _ids(page)
+        page.search("a blue square")
+        sync_api.expect(page.page.locator(title)).to_have_text("6 results for “a blue square”")
+        assert _address(page) == {"q": ["a blue square"]}
+        second = _ids(page)
+        page.page.go_back()
+        sync_api.expect(page.page.locator(title)).to_have_text("6 results for “a red circle”")
+        sync_api.expect(page.page.locator(box)).to_have_value("a red circle")
+        assert _address(page) == {"q": ["a red circle"]} and _ids(page) == first
+        page.page.go_forward()
+        sync_api.expect(page.page.locator(title)).to_have_text("6 results for “a blue square”")
+        sync_api.expect(page.page.locator(box)).to_have_value("a blue square")
+        assert _ids(page) == second
+        target = page.page.evaluate("() => window.dglPage.state().hits[1]")
+        page.page.locator(".card").nth(1).locator(".more").click()
+        sync_api.expect(page.page.locator(title)).to_have_text(f"5 results for videos like {target['id']}")
+        assert _address(page) == {"similar": [target["id"]], "row": [str(target["row"])]}
+        similar = _ids(page)
+        page.page.reload()  # a bookmarked / shared "more like this"
+        sync_api.expect(page.page.locator(title)).to_have_text(f"5 results for videos like {target['id']}")
+        assert _ids(page) == similar
+        page.page.go_back()
+        sync_api.expect(page.page.locator(title)).to_have_text("6 results for “a blue square”")
+    finally:
+        page.close()
+
+
 def test_upload_a_clip(page: Page, video_set) -> None:
     clip = sorted((video_set / "videos").glob("*.mp4"))[3]
     page.page.set_input_files("#upload", str(clip))
@@ -252,7 +293,7 @@ def test_moments_of_a_segmented_set(browser, video_set, tiny_export) -> None:
 
 def test_token(browser, video_set, tiny_export) -> None:
     """A server with a token: the page asks for it, refuses a wrong one, then searches, shows posters and plays
-    (media URLs carry the token); the token is kept across a reload of the tab."""
+    (media URLs carry the token); the token is kept across a reload of the tab (which runs the search again)."""
     with serving(video_set, tiny_export[1], token=TOKEN) as url:
         page = Page(browser, url)
         try:
@@ -269,9 +310,12 @@ def test_token(browser, video_set, tiny_export) -> None:
             page.posters_loaded()
             page.page.locator(".card").first.click()
             assert page.playing()["error"] is None
-            page.page.reload()
-            sync_api.expect(page.page.locator("#status")).to_contain_text("6 indexed rows")
+            page.page.reload()  # the search is in the address: it runs again, with the kept token
+            sync_api.expect(page.page.locator("#results-title")).to_have_text("6 results for “a red circle”")
             sync_api.expect(page.page.locator("#token-form")).to_be_hidden()
+            page.page.goto(f"{url}/?{urlencode({'q': 'a blue square', 'token': TOKEN})}")  # a link with both
+            sync_api.expect(page.page.locator("#results-title")).to_have_text("6 results for “a blue square”")
+            assert _address(page) == {"q": ["a blue square"]}  # the token left the address, the search stayed
         finally:
             page.close()
 

@@ -12,11 +12,10 @@ import typer
 from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
 from dgl_deploy.cli.options import Backend, Precision
-from dgl_deploy.data.windows import DEFAULT_SCENE_THRESHOLD, Segmentation
-from dgl_deploy.errors import DGLError
+from dgl_deploy.data.windows import DEFAULT_SCENE_THRESHOLD
+from dgl_deploy.retrieval.embed import SCENES_WINDOW
 
 EXIT_SOME_FAILED = 3  # `dgl embed` finished, but some files could not be embedded (see the errors file)
-SCENES_WINDOW = 10.0  # seconds: --window when --scenes is given without one
 
 
 class _BarReporter:
@@ -122,16 +121,15 @@ def embed(
     ray_encoders: int = typer.Option(1, "--ray-encoders", min=1, max=1024, help="With --ray: encoder actors (each loads the model once)."),
 ) -> None:
     """Embed a folder of videos; resumable, skips and lists bad files (exit code 3 if any failed)."""
-    from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
+    from dgl_deploy.retrieval.embed import EmbedSettings, check_resume, embed_videos, segmentation
     from dgl_deploy.retrieval.store import StorePaths
     from dgl_deploy.runtime.backends.select import open_encoder
 
+    # the steps of dgl_deploy.embed_videos (dgl_deploy.api), with the CLI's progress display and --ray
     paths = StorePaths.of(out)
-    if not resume and paths.parts.exists() and not overwrite:
-        typer.echo(f"error: {paths.parts} holds an unfinished job: rerun with --resume or --overwrite", err=True)
-        raise typer.Exit(1)
+    check_resume(out, resume, overwrite)
     settings = EmbedSettings(batch_size=batch_size, workers=workers, chunk_size=chunk_size, fp16=fp16, timeout=timeout,
-                             segments=_segmentation(window, stride, scenes, scene_threshold))
+                             segments=segmentation(window, stride, scenes, scene_threshold))
     if ray is None:
         # open_encoder says which backend it chose (one stderr line), except in quiet / JSON-log mode
         encoder = open_encoder(model, backend=backend.value, device=device, precision=precision.value, strict=strict,
@@ -157,16 +155,6 @@ def embed(
     _summary(result, paths, json_log)
     if result.failures:
         raise typer.Exit(EXIT_SOME_FAILED)
-
-
-def _segmentation(window: float | None, stride: float | None, scenes: bool, threshold: float) -> Segmentation | None:
-    """The --window/--stride/--scenes options as a Segmentation (None: one row per video)."""
-    if window is None and not scenes:
-        if stride is not None:
-            raise DGLError("--stride needs --window (the length of each window, in seconds)")
-        return None
-    window = SCENES_WINDOW if window is None else window
-    return Segmentation(window, window if stride is None else stride, scenes, threshold)
 
 
 def _summary(result, paths, json_log: bool) -> None:  # noqa: ANN001

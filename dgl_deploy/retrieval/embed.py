@@ -69,7 +69,7 @@ import numpy as np
 
 from dgl_deploy.data.discover import VideoSource, find_videos, rebase, source_root
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING
-from dgl_deploy.data.windows import Segmentation, describe_record
+from dgl_deploy.data.windows import DEFAULT_SCENE_THRESHOLD, Segmentation, describe_record
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
 from dgl_deploy.retrieval.precision import (
@@ -122,6 +122,29 @@ class EmbedSettings:
     def record(self) -> dict[str, Any]:
         """The settings as the manifest records them (segments as `Segmentation.record`)."""
         return {**asdict(self), "segments": self.segments.record() if self.segments else None}
+
+
+SCENES_WINDOW = 10.0  # seconds: the window when scenes are asked for without one
+
+
+def segmentation(window: float | None = None, stride: float | None = None, scenes: bool = False,
+                 scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> Segmentation | None:
+    """The rows asked for by `dgl embed --window/--stride/--scenes` (and `dgl_deploy.embed_videos`): one per window
+    of `window` seconds every `stride` (default: the window), cut at shots with `scenes` (window default
+    SCENES_WINDOW); None: one row per video."""
+    if window is None and not scenes:
+        if stride is not None:
+            raise DGLError("--stride needs --window (the length of each window, in seconds)")
+        return None
+    window = SCENES_WINDOW if window is None else window
+    return Segmentation(window, window if stride is None else stride, scenes, scene_threshold)
+
+
+def check_resume(out: Path | str, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a job without `resume` where an unfinished one left its chunks (unless `overwrite`)."""
+    parts = StorePaths.of(out).parts
+    if not resume and parts.exists() and not overwrite:
+        raise DGLError(f"{parts} holds an unfinished job: rerun with --resume or --overwrite")
 
 
 @dataclass
@@ -230,6 +253,29 @@ def embed_videos(
     return run_job(source, out, encoder, settings, lambda job, rep: _run_chunks(job, encoder, settings, rep),
                    update=update, overwrite=overwrite, prune=prune, model=model, backend=encoder.describe(),
                    reporter=reporter)
+
+
+def encode_files(encoder: Encoder, paths: list[Path], *, batch_size: int = 16, workers: int = 2,
+                 timeout: float = 60.0) -> np.ndarray:
+    """(N, E) float32 rows of whole video files, decoded as `dgl embed` decodes them (the model's frame sampling,
+    crash-isolated decoders under a time limit per file); DGLError naming the first file that cannot be decoded.
+    (`embed_videos` does not call this: it writes chunks as it goes; both decode through `iter_video_batches`.)"""
+    from dgl_deploy.data.loader import iter_video_batches
+
+    EmbedSettings(batch_size=batch_size, workers=workers, timeout=timeout)  # the job's checks of these values
+    rows = [np.zeros((0, encoder.embed_dim), np.float32)]
+    batches = iter_video_batches(list(paths), encoder.frames, encoder.image_size, batch_size, workers,
+                                 timeout=timeout, sampling=encoder.frame_sampling)
+    try:
+        for batch in batches:
+            if batch.failures:
+                failure = batch.failures[0]
+                raise DGLError(f"{failure.path}: {failure.reason}")
+            if len(batch.frames):
+                rows.append(np.asarray(encoder.encode_videos(batch.frames), dtype=np.float32))
+    finally:
+        batches.close()  # stops the decoders at once
+    return np.concatenate(rows)
 
 
 def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: EmbedSettings, *, update: bool,

@@ -35,6 +35,7 @@ from dgl_deploy.retrieval.precision import check_mixing, encoder_precision, pari
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.store import EmbeddingStore, open_store
 from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.backends.select import Log
 from dgl_deploy.runtime.manifest import check_same_model
 
 
@@ -62,6 +63,20 @@ def check_encoder(store: EmbeddingStore, encoder: Encoder) -> None:
         check_mixing(str(store.paths.emb), store.precisions, precision,
                      parity_manifest(encoder, store.recorded_path("model")),
                      fix=f"query with --precision {' or '.join(sorted(store.precisions))}")
+
+
+def open_query_encoder(store: EmbeddingStore, model: Path | str | None = None, *, backend: str = "auto",
+                       device: str = "auto", precision: str = "auto", strict: bool = False,
+                       log: Log | None = None) -> Encoder:
+    """The encoder queries of `store` are encoded with: `model` (default: the one that made the set,
+    `resolve_model`), opened by `open_encoder` (`log`: where it says which backend it chose) and checked against
+    the set (`check_encoder`)."""
+    from dgl_deploy.runtime.backends.select import open_encoder  # looked up per call (tests replace it)
+
+    encoder = open_encoder(resolve_model(store, model), backend=backend, device=device, precision=precision,
+                           strict=strict, log=log)
+    check_encoder(store, encoder)
+    return encoder
 
 
 def _as_index(index: EmbeddingStore | SearchIndex) -> SearchIndex:
@@ -165,6 +180,23 @@ def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Pa
     return search_moments(index, encoder.encode_videos(frames[None]), k, per_video)[0]
 
 
+def query_vector(index: EmbeddingStore | SearchIndex, vector: np.ndarray | Sequence[float], k: int = 10,
+                 per_video: int = 0) -> list[Hit]:
+    """Top-k videos (or moments, after NMS) for one query vector (E,) of the set's dimension, as given (an
+    encoder's rows are L2-normalised: scores are then cosines)."""
+    index = _as_index(index)
+    try:
+        query = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DGLError(f"a query vector must be numbers, got {type(vector).__name__}") from None
+    dim = index.store.vectors.shape[1]
+    if query.shape != (dim,):
+        raise DGLError(f"a query vector must have shape ({dim},) for this set, got {query.shape}")
+    if not np.isfinite(query).all():
+        raise DGLError("the query vector holds NaN/inf: cannot search with it")
+    return search_moments(index, query[None], k, per_video)[0]
+
+
 def hits_to_dicts(queries: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list[dict]:
     """JSON-ready results: rank, score, row, id, and start/end (seconds) for the moments of a segmented set."""
     return [{"query": q, "results": [_hit_dict(h) for h in hs]} for q, hs in zip(queries, hits, strict=False)]
@@ -182,15 +214,12 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
     0: no limit). Says on stderr which encoder (and
     precision) it uses and, when the rows were computed at another precision, theirs; `strict`: refuse a forced
     precision whose parity misses on this host (`open_encoder`)."""
-    from dgl_deploy.runtime.backends.select import open_encoder
-
     searchable = open_index(index)
     queries = list(texts) + (_read_queries(Path(queries_file)) if queries_file else [])
     if bool(queries) == bool(video):
         raise DGLError("give query texts (arguments or --file) or --video, not both / neither")
-    encoder = open_encoder(resolve_model(searchable.store, model), backend=backend, device=device,
-                           precision=precision, strict=strict)
-    check_encoder(searchable.store, encoder)
+    encoder = open_query_encoder(searchable.store, model, backend=backend, device=device, precision=precision,
+                                 strict=strict, log=_stderr)
     rows, queries_at = searchable.store.precisions, encoder_precision(encoder)
     if rows - {queries_at}:
         print(f"{searchable.store.paths.emb}: rows at {'/'.join(sorted(rows))}, queries at {queries_at} (both held the "
@@ -198,6 +227,10 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
     if video:
         return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k, per_video)])
     return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k, per_video))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _read_queries(path: Path) -> list[str]:
@@ -215,5 +248,5 @@ def _read_queries(path: Path) -> list[str]:
     return queries
 
 
-__all__ = ["open_store", "resolve_model", "MERGE_MARGIN", "MomentSet", "search_moments", "query_texts", "query_video",
-           "hits_to_dicts", "run_query"]
+__all__ = ["open_store", "resolve_model", "open_query_encoder", "MERGE_MARGIN", "MomentSet", "search_moments",
+           "query_texts", "query_video", "query_vector", "hits_to_dicts", "run_query"]

@@ -1,5 +1,7 @@
 // The search page of `dgl serve`: plain JavaScript over the JSON API (GET /search, POST /search/video,
 // GET /search/similar) and the media routes (GET /video with ranges, GET /poster). No dependencies.
+// The search shown lives in the page's address (/?q=text, or /?similar=id&row=r for "more like this"): a search
+// can be bookmarked or shared, loading such an address runs it, and back/forward move between searches.
 "use strict";
 
 (() => {
@@ -17,14 +19,19 @@
   let playing = 0; // generation of the play request (a newer one cancels an older one's callbacks)
   let current = null; // the hit in the player
   let retry = null; // what to do once a token is given
+  let searching = 0; // generation of the search request (only the newest one's results are shown)
+  const clips = []; // files searched with this tab (an address cannot hold them): history entries name their index
 
-  // A token in the address (?token=... or #token=...) is kept for this tab and removed from the address bar.
-  const fromAddress = new URLSearchParams(location.search).get("token")
-    || new URLSearchParams(location.hash.slice(1)).get("token");
+  // A token in the address (?token=... or #token=...) is kept for this tab and removed from the address bar
+  // (the rest of the address, a search, stays).
+  const addressParams = new URLSearchParams(location.search);
+  const fromAddress = addressParams.get("token") || new URLSearchParams(location.hash.slice(1)).get("token");
   if (fromAddress) {
     token = fromAddress;
     sessionStorage.setItem("dgl-token", token);
-    history.replaceState(null, "", location.pathname);
+    addressParams.delete("token");
+    const rest = addressParams.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
   }
 
   class ApiError extends Error {
@@ -103,56 +110,132 @@
     input.focus();
   });
 
-  async function health() {
+  // the server's state in the status line; then `next` (the search in the address, on page load)
+  async function health(next = null) {
     try {
       const info = await api("/health");
       status.textContent = `${info.rows} indexed ${info.rows === 1 ? "row" : "rows"} · ${info.index} search · ${info.backend}`;
     } catch (err) {
-      failed(err, health);
+      failed(err, () => health(next));
+      return;
     }
+    if (next) next();
   }
 
   // ---- searching ----
 
   async function run(label, request, again) {
+    const generation = ++searching;
     showMessage("");
     status.textContent = `Searching ${label}…`;
     document.body.classList.add("busy");
     list.setAttribute("aria-busy", "true");
     try {
       const result = await request();
-      render(result, label);
+      if (generation === searching) render(result, label);
     } catch (err) {
-      failed(err, again);
+      if (generation === searching) failed(err, again);
     } finally {
-      document.body.classList.remove("busy");
-      list.removeAttribute("aria-busy");
+      if (generation === searching) {
+        document.body.classList.remove("busy");
+        list.removeAttribute("aria-busy");
+      }
     }
   }
 
-  function search() {
+  // ---- the address: which search is shown ----
+
+  // the search an address names: {q}, {similar: {id, row, start}}, or null (none)
+  function searchOf(address) {
+    const params = new URLSearchParams(address);
+    const q = (params.get("q") || "").trim();
+    if (q) return { q };
+    const id = params.get("similar");
+    if (!id) return null;
+    const hit = { id };
+    const row = Number(params.get("row")), start = Number(params.get("start"));
+    if (params.get("row") && Number.isInteger(row) && row >= 0) hit.row = row;
+    if (params.get("start") && Number.isFinite(start)) hit.start = start;
+    return { similar: hit };
+  }
+
+  function addressOf(shown) {
+    if (shown.q !== undefined) return `?${new URLSearchParams({ q: shown.q })}`;
+    const hit = shown.similar, params = { similar: hit.id };
+    if (Number.isInteger(hit.row)) params.row = hit.row;
+    if (Number.isFinite(hit.start)) params.start = hit.start;
+    return `?${new URLSearchParams(params)}`;
+  }
+
+  // a new search gets a new history entry (none when it is the one in the address already)
+  function remember(shown, push) {
+    if (!push) return;
+    const address = location.pathname + addressOf(shown);
+    if (address !== location.pathname + location.search) history.pushState(null, "", address);
+  }
+
+  function search(push = true) {
     const q = input.value.trim();
     if (!q) {
       showMessage("The query is empty: type what you are looking for, then press Enter.");
       input.focus();
       return Promise.resolve();
     }
-    return run(`“${q}”`, () => api(`/search?${new URLSearchParams({ q, k: K })}`), search);
+    remember({ q }, push);
+    return run(`“${q}”`, () => api(`/search?${new URLSearchParams({ q, k: K })}`), () => search(false));
   }
 
-  function similar(hit) {
+  function similar(hit, push = true) {
     const params = { id: hit.id, k: K };
     if (Number.isInteger(hit.row)) params.row = hit.row;
-    const label = `videos like ${baseName(hit.id)}${hasMoment(hit) ? ` at ${clock(hit.start)}` : ""}`;
-    return run(label, () => api(`/search/similar?${new URLSearchParams(params)}`), () => similar(hit));
+    const label = `videos like ${baseName(hit.id)}${Number.isFinite(hit.start) ? ` at ${clock(hit.start)}` : ""}`;
+    remember({ similar: hit }, push);
+    return run(label, () => api(`/search/similar?${new URLSearchParams(params)}`), () => similar(hit, false));
   }
 
-  function searchClip(file) {
+  function searchClip(file, push = true) {
+    if (push) { // the file cannot go into the address: the entry is the bare page, the file kept for this tab
+      clips.push(file);
+      history.pushState({ clip: clips.length - 1 }, "", location.pathname);
+    }
     const body = new FormData();
     body.append("file", file, file.name);
     return run(`videos like the clip “${file.name}”`, () => api(`/search/video?k=${K}`, { method: "POST", body }),
-      () => searchClip(file));
+      () => searchClip(file, false));
   }
+
+  function clearResults() {
+    searching += 1; // a search still running is no longer shown
+    hits = [];
+    selected = -1;
+    list.replaceChildren();
+    title.hidden = true;
+    showMessage("");
+    document.body.classList.remove("busy");
+    list.removeAttribute("aria-busy");
+  }
+
+  // show the search the address names (page load, back, forward), without a new history entry
+  function showAddress() {
+    const shown = searchOf(location.search);
+    const clip = history.state && Number.isInteger(history.state.clip) ? clips[history.state.clip] : undefined;
+    if (shown && shown.q !== undefined) {
+      input.value = shown.q;
+      search(false);
+    } else if (shown) {
+      input.value = "";
+      similar(shown.similar, false);
+    } else if (clip) {
+      input.value = "";
+      searchClip(clip, false);
+    } else {
+      input.value = "";
+      clearResults();
+      health();
+    }
+  }
+
+  window.addEventListener("popstate", showAddress);
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -385,5 +468,5 @@
   // for tests and the console: play or show results without going through a search
   window.dglPage = { playAt, render, search, similar, clock, state: () => ({ hits, selected, token: Boolean(token) }) };
 
-  health();
+  health(searchOf(location.search) ? showAddress : null); // an address with a search (a bookmark, a link) runs it
 })();
