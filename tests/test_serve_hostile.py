@@ -53,8 +53,8 @@ def _copy_set(serve_files: Path, to: Path) -> Path:
 
 
 def _refused(http: TestClient, video_id: str) -> None:
-    """`video_id` is 403 on both media routes, in the JSON error shape."""
-    for route in ("/video", "/poster"):
+    """`video_id` is 403 on every media route, in the JSON error shape."""
+    for route in ("/video", "/poster", "/preview"):
         reply = http.get(route, params={"id": video_id})
         assert reply.status_code == 403 and OUTSIDE in reply.json()["error"], (route, video_id, reply.text)
 
