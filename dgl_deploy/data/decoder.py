@@ -96,7 +96,11 @@ class VideoFile:
         self._open()
         self._pts = np.zeros(0, np.int64)  # (N,) the frames' timestamps, presentation order (time base units)
         self._pts_index: dict[int, int] = {}  # timestamp -> frame index
-        self.timeline = self._timeline()
+        try:
+            self.timeline = self._timeline()
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self) -> None:
         try:
