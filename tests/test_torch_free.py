@@ -1,6 +1,7 @@
 """The runtime install works without torch: every inference command runs on an export folder in subprocesses
 where `import torch` (and torchvision, open_clip, the onnx tooling, safetensors) fails, exactly as in a
-`pip install "dgl-deploy[cpu]"` environment (PyAV, the decoder, is part of the base install); commands that need torch fail with one line naming the extra."""
+`pip install "dgl-deploy[cpu]"` environment (PyAV, the decoder, is part of the base install); commands that need
+torch fail with one line naming the extra."""
 
 from __future__ import annotations
 
