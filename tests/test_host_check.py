@@ -28,9 +28,9 @@ def _fake_measure(monkeypatch, results: dict[str, PrecisionCheck]) -> list[str]:
     """Make the probe run return `results`; returns the precisions it was asked to measure."""
     asked: list[str] = []
 
-    def measure(folder, precision, probes):  # noqa: ANN001, ANN202
-        asked.append(precision)
-        return results[precision]
+    def measure(encoder, probes):  # noqa: ANN001, ANN202
+        asked.append(encoder.precision)
+        return results[encoder.precision]
 
     monkeypatch.setattr(host_check, "_measure", measure)
     return asked

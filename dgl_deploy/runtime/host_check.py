@@ -22,14 +22,16 @@ import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
+from dgl_deploy.limits import read_json
 from dgl_deploy.runtime.manifest import REDUCED_MIN_COSINE, ROLES, Manifest, verified_file
 
 CACHE_FORMAT = "dgl-deploy-host-check/1"
@@ -42,6 +44,16 @@ ISA_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512bw", "avx2", "avx", "
 
 
 @functools.cache
+class ProbeEncoder(Protocol):
+    """What the check runs: a CPU encoder of one precision (`OnnxEncoder`), closed afterwards."""
+
+    def encode_ids(self, ids: np.ndarray) -> np.ndarray: ...
+
+    def encode_videos(self, frames: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
 def cpu_isa() -> str:
     """This CPU's best int8-relevant instruction set (`ISA_FLAGS`, from /proc/cpuinfo), else the machine name."""
     flags: set[str] = set()
@@ -93,9 +105,11 @@ class HostCheck:
         return self.results[precision].min_cosine >= REDUCED_MIN_COSINE
 
 
-def check_host(folder: Path, manifest: Manifest, precisions: Sequence[str]) -> HostCheck | None:
-    """Parity and speed of each of `precisions` on this host, measured once and cached (see the module docstring);
-    None for an export without probe batches (made before they were shipped)."""
+def check_host(folder: Path, manifest: Manifest, precisions: Sequence[str],
+               open_cpu: Callable[[str], ProbeEncoder]) -> HostCheck | None:
+    """Parity and speed of each of `precisions` on this host, measured once and cached (see the module docstring)
+    with the encoders `open_cpu(precision)` opens (the backend's own CPU encoder); None for an export without probe
+    batches (made before they were shipped)."""
     if not manifest.probes:
         return None
     name = f"{export_key(manifest)}-{cpu_isa()}-onnxruntime-{onnxruntime_version()}.json"
@@ -104,7 +118,7 @@ def check_host(folder: Path, manifest: Manifest, precisions: Sequence[str]) -> H
     missing = [p for p in precisions if p not in results]
     if missing:
         probes = {role: _probe(folder, manifest, role) for role in ROLES}
-        results |= {precision: _measure(folder, precision, probes) for precision in missing}
+        results |= {precision: _measure(open_cpu(precision), probes) for precision in missing}
         _write_cache(places, results)
     return HostCheck(cpu_isa(), onnxruntime_version(), results)
 
@@ -147,11 +161,8 @@ def _probe(folder: Path, manifest: Manifest, role: str) -> tuple[np.ndarray, np.
     return batch, reference
 
 
-def _measure(folder: Path, precision: str, probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> PrecisionCheck:
-    """Run the probe through the `precision` graphs on CPU as `OnnxEncoder` runs them: parity and best time."""
-    from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder
-
-    encoder = OnnxEncoder(folder, device="cpu", precision=precision, check=False)
+def _measure(encoder: ProbeEncoder, probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> PrecisionCheck:
+    """Run the probe through one precision's encoder as embedding runs it: parity and best time."""
     runs = {"text": encoder.encode_ids, "video": encoder.encode_videos}
     try:
         cosines, times = [], []
@@ -172,12 +183,12 @@ def _user_cache() -> Path:
 def _read_cache(path: Path) -> dict[str, PrecisionCheck] | None:
     """The results in a cache file, or None when it is missing or not one (then the check runs again)."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "host check cache")
         if data["format"] != CACHE_FORMAT:
             return None
         results = {str(p): PrecisionCheck(float(r["min_cosine"]), float(r["seconds"]))
                    for p, r in data["results"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, DGLError):
         return None
     sane = all(-1.0 <= r.min_cosine <= 1.0 + 1e-6 and 0.0 < r.seconds < math.inf for r in results.values())
     return results if sane else None

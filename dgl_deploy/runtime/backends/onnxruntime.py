@@ -139,7 +139,7 @@ class OnnxEncoder:
         if precision == "auto":
             candidates = [p for p in (reduced, "fp32") if p in set(m.precisions("text")) & set(m.precisions("video"))]
             if check and not self.on_gpu and len(candidates) > 1:
-                self.host_check = check_host(self.folder, m, candidates)
+                self.host_check = check_host(self.folder, m, candidates, self._cpu_encoder)
             if self.host_check is not None:
                 precision, self.precision_note = choose(self.host_check, candidates)
             else:
@@ -151,7 +151,7 @@ class OnnxEncoder:
         for role in ROLES:
             m.graph(role, precision)  # raises naming what the export has
         if check and not self.on_gpu and precision != "fp32" and self.host_check is None:
-            self.host_check = check_host(self.folder, m, [precision])
+            self.host_check = check_host(self.folder, m, [precision], self._cpu_encoder)
             if self.host_check is not None and not self.host_check.held(precision):
                 result = self.host_check.results[precision]
                 problem = (f"{precision} misses parity on this host ({self.host_check.numerics}: probe min cosine "
@@ -161,6 +161,10 @@ class OnnxEncoder:
                 self.precision_warning = (f"warning: {problem}: its embeddings do not stand for fp32 ones here "
                                           "(--precision auto would pick fp32; --strict refuses)")
         return precision
+
+    def _cpu_encoder(self, precision: str) -> OnnxEncoder:
+        """A CPU encoder of `precision` over the same export, as the host check runs it (no check of its own)."""
+        return OnnxEncoder(self.folder, device="cpu", precision=precision, check=False)
 
     def close(self) -> None:
         """Stop the CPU video lanes and drop the sessions (opened again on next use)."""
