@@ -15,7 +15,8 @@ from dgl_deploy.errors import DGLError
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temp path next to `path`; on success it replaces `path` atomically, on error it is removed."""
+    """Yield a temp path next to `path`; on success it replaces `path` atomically, on error it is removed (an
+    OSError that names no file, such as a full disk while writing, names `path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,6 +27,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a write to the temp file (a full disk): name the output, as the error line does
+            exc.filename = str(path)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from dgl_deploy import defaults
 from dgl_deploy.data.datasets import KINDS
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling
 from dgl_deploy.errors import DGLError
+from dgl_deploy.limits import check_number, check_tree, parse_json
 
 Amp = Literal["bf16", "fp16", "none"]
 
@@ -65,6 +67,8 @@ class TrainConfig:
     stop_after: int | None = None  # interrupt after this many optimizer steps (state saved; for tests/demos)
 
     def __post_init__(self) -> None:
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            _check_setting(name, hint, getattr(self, name))
         if self.pretrained in ("none", ""):
             object.__setattr__(self, "pretrained", None)
         if self.dataset not in KINDS:
@@ -98,7 +102,7 @@ class TrainConfig:
             raise DGLError(f"{where}: unknown training setting(s) {', '.join(sorted(unknown))}")
         try:
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, DGLError) as exc:
             raise DGLError(f"{where}: {exc}") from None
 
     def result_fields(self) -> dict[str, Any]:
@@ -106,17 +110,44 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
+def _check_setting(name: str, hint: Any, value: Any) -> None:
+    """DGLError naming the setting unless `value` fits its type `hint` (numbers finite and within SETTING_RANGE)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if value is None and type(None) in options:
+        return
+    kinds = {typing.get_origin(o) is Literal and str or o for o in options} - {type(None)}
+    setting = f"training setting {name}"
+    if bool in kinds:
+        if not isinstance(value, bool):
+            raise DGLError(f"{setting} must be true or false, got {value!r:.80}")
+    elif int in kinds or float in kinds:
+        check_number(setting, value, *SETTING_RANGE[int in kinds], kind=int if int in kinds else float)
+    elif not isinstance(value, str):
+        raise DGLError(f"{setting} must be a string, got {value!r:.80}")
+
+
+SETTING_RANGE = {True: (0, 2**31 - 1), False: (-1e9, 1e9)}  # integer settings / the others (then checked each)
+
+
 def read_config_file(path: Path | str) -> dict[str, Any]:
-    """Settings from a `.json` or `.toml` file (a flat table of field names)."""
+    """Settings from a `.json` or `.toml` file (a flat table of field names), bounded as every JSON input
+    (`limits.parse_json`)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise DGLError(f"{path}: cannot read training config ({exc.strerror or exc})") from None
-    try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise DGLError(f"{path}: invalid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} ({exc})") from None
+    if path.suffix.lower() != ".toml":
+        data = parse_json(raw, f"{path}: training config")
+    else:
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise DGLError(f"{path}: invalid TOML (nested too deeply)") from None
+        except (ValueError, tomllib.TOMLDecodeError) as exc:  # UnicodeDecodeError is a ValueError
+            raise DGLError(f"{path}: invalid TOML ({exc})") from None
+        check_tree(data, f"{path}: training config")
     if not isinstance(data, dict):
         raise DGLError(f"{path}: expected a table of training settings, got {type(data).__name__}")
     return data

@@ -98,6 +98,14 @@ def save_state(path: Path, progress: Progress, *, prompts: dict[str, torch.Tenso
         torch.save(state, tmp)
 
 
+def _first_sentence(exc: Exception) -> str:
+    """The first sentence of an exception's message (PyTorch's run to paragraphs), whole, or its type when that
+    sentence is long."""
+    lines = str(exc).strip().splitlines()
+    sentence = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return sentence if 0 < len(sentence) <= 200 else type(exc).__name__
+
+
 def load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """Read state.pt (weights_only) and check it belongs to a run with this `identity`."""
     if not path.is_file():
@@ -105,8 +113,9 @@ def load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, foreign pickle, wrong format
-        raise DGLError(f"{path}: unreadable training state ({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DGLError(f"{path}: unreadable training state ({_first_sentence(exc)}): damaged, or not a state.pt "
+                       "written by `dgl train`; start a new run directory") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("identity"), dict):
         raise DGLError(f"{path}: not a dgl-deploy training state")
     changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
     if changed:

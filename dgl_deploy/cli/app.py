@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -41,10 +43,13 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
     DGLError into `error: <message>` and exit code 1."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        flags = _flags(fn)
+
         @functools.wraps(fn)
         def wrapped(*a: Any, **kw: Any) -> Any:
             warnings.showwarning = _one_line_warning
             try:
+                check_finite_options(kw, flags)
                 return fn(*a, **kw)
             except DGLError as exc:
                 typer.echo(f"error: {exc}", err=True)
@@ -59,6 +64,23 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
         return (group or app).command(*args, **kwargs)(wrapped)
 
     return register
+
+
+def check_finite_options(values: dict[str, Any], flags: dict[str, str]) -> None:
+    """DGLError naming the option unless every number given is finite: click's bounds let `nan` through (every
+    comparison with it is false) and take `inf`/`1e400`. `flags`: parameter name -> its option (`_flags`)."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DGLError(f"{flags.get(name, name)} must be a finite number, got {value}")
+
+
+def _flags(fn: Callable[..., Any]) -> dict[str, str]:
+    """Parameter name -> the long option that sets it (`lr` -> `--lr`, `k` -> `--top-k`)."""
+    flags = {}
+    for name, parameter in inspect.signature(fn).parameters.items():
+        declared = [d for d in getattr(parameter.default, "param_decls", None) or () if d.startswith("--")]
+        flags[name] = max(declared, key=len) if declared else name
+    return flags
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

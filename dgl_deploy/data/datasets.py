@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import posixpath
 import warnings
@@ -67,6 +66,7 @@ from typing import Any, NoReturn
 
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.errors import DGLError
+from dgl_deploy.limits import parse_json
 
 VALIDATION_SPLITS: dict[str, str | None] = {
     "msrvtt": None,  # 9k/7k have no val split: training holds out a slice of train
@@ -85,6 +85,7 @@ DIDEMO_SEGMENT: Segment = (0.0, 31.0)  # the reference's whole-video "trick" (an
 _DIDEMO_DROPPED = frozenset({"37996615073@N01_3336195519_579ea4136c.3gp", "44124421772@N01_2867159874_e39e716b7e.mpg",
                              "59627558@N00_4659075184_253744838b.3gp"})
 _MISSING_SHOWN = 5
+ANNOTATIONS_MAX_BYTES = 2**31  # a JSON annotation file larger than this is refused (the largest public ones are ~100 MB)
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(_read_text(path))
-    except ValueError as exc:
-        raise DGLError(f"{path}: invalid JSON ({exc})") from None
+    return parse_json(_read_text(path), str(path), ANNOTATIONS_MAX_BYTES)
 
 
 def _json_type(value: Any) -> str:
@@ -208,10 +206,7 @@ def _read_jsonl(path: Path) -> list[_Row]:
     rows = []
     for number, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
         if line.strip():
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                raise DGLError(f"{path} line {number}: invalid JSON ({exc})") from None
+            value = parse_json(line, f"{path} line {number}")
             rows.append(_row(f"{path} line {number}", value))
     return rows
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import pickle
 import warnings
@@ -20,6 +19,7 @@ from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTrans
 from torch import nn
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.limits import parse_json
 from dgl_deploy.model.config import TOWER_SHAPE_KEYS, BackboneSpec, check_arch
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -71,10 +71,7 @@ def _saved_arch(path: Path, state: dict[str, torch.Tensor]) -> dict[str, Any] | 
         text = (handle.metadata() or {}).get("arch")
     if not text:
         return None
-    try:
-        arch = check_arch(json.loads(text), f"{path}: arch")
-    except ValueError as exc:
-        raise DGLError(f"{path}: arch metadata is not JSON ({exc})") from None
+    arch = check_arch(parse_json(text, f"{path}: arch metadata is not JSON"), f"{path}: arch")
     claimed, actual = _shape_keys(arch), _shape_keys(infer_arch(state))
     if claimed != actual:
         raise DGLError(f"{path}: arch metadata does not fit the file's tensors ({arch_diff(actual, claimed)})")

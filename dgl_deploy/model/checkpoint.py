@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path
+from dgl_deploy.limits import parse_json
 from dgl_deploy.model.backbone import arch_diff, check_shapes, create_clip, load_checked
 from dgl_deploy.model.config import BackboneSpec, DGLConfig
 from dgl_deploy.model.model import DGLModel
@@ -68,7 +69,7 @@ def read_config(path: Path | str) -> tuple[DGLConfig, BackboneSpec]:
         raise DGLError(f"{path}: not a dgl-deploy checkpoint (format {meta.get('format')!r}, expected {FORMAT!r}); "
                        "import reference checkpoints with `dgl import-checkpoint`")
     try:
-        return DGLConfig.from_dict(json.loads(meta["config"])), BackboneSpec.from_json(meta["backbone"])
+        return DGLConfig.from_dict(parse_json(meta["config"], "config")), BackboneSpec.from_json(meta["backbone"])
     except (KeyError, ValueError, DGLError) as exc:
         raise DGLError(f"{path}: bad checkpoint metadata ({exc})") from None
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from dgl_deploy import defaults
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, check_sampling
 from dgl_deploy.errors import DGLError
-from dgl_deploy.limits import SIZE_LIMITS, check_keys, check_number
+from dgl_deploy.limits import SIZE_LIMITS, check_keys, check_number, parse_json
 
 LatentSpace = Literal["transformer", "linear"]
 
@@ -122,8 +122,6 @@ class BackboneSpec:
 
     @classmethod
     def from_json(cls, text: str) -> BackboneSpec:
-        try:
-            data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise DGLError(f"backbone identity is not JSON ({exc})") from None
-        return cls.from_dict(data)
+        if not isinstance(text, str):
+            raise DGLError(f"backbone identity must be JSON text, got {type(text).__name__}")
+        return cls.from_dict(parse_json(text, "backbone identity is not JSON"))

@@ -25,7 +25,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, check_sampling
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
-from dgl_deploy.limits import SIZE_LIMITS, check_number
+from dgl_deploy.limits import SIZE_LIMITS, check_number, read_json
 
 FORMAT = "dgl-deploy-export/1"
 MANIFEST_FILE = "manifest.json"
@@ -255,10 +255,7 @@ def load_manifest(folder: Path | str) -> Manifest:
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise DGLError(f"{folder}: not an export folder (no {MANIFEST_FILE}); create one with `dgl export`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DGLError(f"{path}: unreadable manifest ({exc})") from None
+    data = read_json(path, "unreadable manifest")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DGLError(f"{path}: not a dgl-deploy export manifest (format "
                        f"{data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
