@@ -8,6 +8,9 @@
                  fp32/int8 x rows float32/float16 at the first size; at the other sizes the auto precision only
   process        the whole `dgl query "..." --json` process (start-up, model and set opening, one query),
                  --precision fp32 vs int8, float32 rows
+  checksums      row checksums of the float32 sets (rows + float16 scan copy) at each size: `open_store` with the
+                 open-time sampled check and without it, the check alone, the full `dgl verify`, and the sha256
+                 of all row bytes that a write adds (`--checksums-only`: this part alone, without a model)
 
 Model: a random-init (seeded) ViT-B/32 DGL exported to ONNX fp32 + int8, cached in --workdir.
 """
@@ -15,9 +18,11 @@ Model: a random-init (seeded) ViT-B/32 DGL exported to ONNX fp32 + int8, cached 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, exported_model, interleaved, load_average, percentiles  # noqa: E402
 
-from dgl_deploy.retrieval import search  # noqa: E402
+from dgl_deploy.retrieval import search, store  # noqa: E402
 from dgl_deploy.retrieval.query import query_texts  # noqa: E402
-from dgl_deploy.retrieval.store import StorePaths, open_store, path_fields, write_set  # noqa: E402
+from dgl_deploy.retrieval.store import StorePaths, open_store, path_fields, verify_store, write_set  # noqa: E402
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder  # noqa: E402
 
 DTYPES = ("float32", "float16")
@@ -40,7 +45,7 @@ def fake_store(root: Path, rows: int, dim: int, dtype: str, fingerprint: str, mo
     """N random unit vectors (seeded: the same rows for both dtypes) written as `dgl embed` does, attributed to
     `model`; reused if there."""
     paths = StorePaths.of(root / f"emb-{rows}-{dtype}.npy")
-    if paths.manifest.exists():
+    if paths.manifest.exists() and open_store(paths.emb).manifest.get("rows_checksum"):  # else: from before checksums
         return paths.emb
     rng = np.random.default_rng(0)
 
@@ -99,6 +104,45 @@ def in_process(stores: dict[str, Any], encoders: dict[str, OnnxEncoder], repeats
     return {name: percentiles(times) for name, times in interleaved(calls, repeats).items()}
 
 
+def checksums(sets: dict[int, Any], repeats: int) -> dict[str, Any]:
+    """Per size: opening the float32 set (rows + scan copy) with and without the sampled checksum check, the check
+    alone (rows and scan copy), the full check (`verify_store`) and the sha256 of all row bytes (a write's cost)."""
+    results = {}
+    for rows, stores in sets.items():
+        emb, opened = stores["float32"].paths.emb, stores["float32"]
+        calls = {"open_checked": lambda e=emb: open_store(e), "open_unchecked": lambda e=emb: _without_checks(
+            lambda: open_store(e)), "sampled_check": lambda s=opened: _sampled_check(s)}
+        timing = {name: percentiles(times) for name, times in interleaved(calls, repeats).items()}
+        sizes = [opened.vectors.nbytes, opened.scan_copy.rows.nbytes if opened.scan_copy else 0]
+        start = time.perf_counter()
+        verify_store(emb)
+        verify = time.perf_counter() - start
+        start = time.perf_counter()
+        for array in (opened.vectors, *([opened.scan_copy.rows] if opened.scan_copy else [])):
+            hashlib.sha256(store._row_bytes(array)).hexdigest()
+        results[str(rows)] = {**timing, "bytes_rows_and_scan_copy": sum(sizes),
+                              "sampled_bytes": sum(min(size, store.CHECK_SAMPLES * store.CHECK_BLOCK) for size in sizes),
+                              "verify_s": round(verify, 3), "write_sha256_s": round(time.perf_counter() - start, 3)}
+    return results
+
+
+def _sampled_check(opened: Any) -> None:
+    """The open-time check of a set's rows and scan copy, alone."""
+    store._check_sample(opened.paths.emb, opened.vectors, opened.manifest["rows_checksum"], "rows")
+    if opened.scan_copy is not None:
+        store._check_sample(opened.paths.emb, opened.scan_copy.rows, opened.manifest["scan_copy"]["checksum"], "scan")
+
+
+def _without_checks(call: Callable[[], Any]) -> Any:
+    """`call()` with the open-time checksum check switched off (what opening cost before checksums)."""
+    check = store._check_sample
+    store._check_sample = lambda *_: None
+    try:
+        return call()
+    finally:
+        store._check_sample = check
+
+
 def process(emb: Path, export: Path, repeats: int) -> dict[str, dict[str, float]]:
     def run(precision: str) -> None:
         subprocess.run([sys.executable, "-m", "dgl_deploy", "query", "a dog surfing", "--index", str(emb), "--model",
@@ -116,10 +160,17 @@ def main() -> None:
     parser.add_argument("--process-repeats", type=int, default=10)
     parser.add_argument("--model", default="ViT-B-32", help="open_clip / dgl-deploy model config (random init).")
     parser.add_argument("--workdir", type=Path, help="Keep the export and embeddings here for reuse.")
+    parser.add_argument("--checksums-only", action="store_true", help="Only the row checksums' cost (no model).")
     args = parser.parse_args()
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
+        if args.checksums_only:
+            sets = {rows: {"float32": open_store(fake_store(root, rows, 512, "float32", "bench", root))}
+                    for rows in args.rows}
+            emit("query_checksums", {"dim": 512, "timing": "interleaved, order rotated per repetition; page cache warm",
+                                     "load_average_1m_at_start": load_before, "checksums": checksums(sets, args.repeats)})
+            return
         export = exported_model(root, args.model)
         encoders = {p: OnnxEncoder(export, device="cpu", precision=p) for p in ("fp32", "int8")}
         fingerprint, dim = encoders["fp32"].fingerprint, encoders["fp32"].embed_dim
@@ -135,6 +186,7 @@ def main() -> None:
             **{f"query_{rows}": in_process(stores, {auto: encoders[auto]}, args.repeats)
                for rows, stores in sets.items() if rows != args.rows[0]},
             f"process_{args.rows[0]}": process(first["float32"].paths.emb, export, args.process_repeats),
+            "checksums": checksums(sets, args.repeats),
         }
     emit("query_latency", {
         "model": f"{args.model} DGL (random init), ONNX Runtime CPU", "dim": dim, "k": 10,

@@ -16,7 +16,7 @@ from dgl_deploy import defaults
 from dgl_deploy.data.datasets import KINDS
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling
 from dgl_deploy.errors import DGLError
-from dgl_deploy.limits import check_number, check_tree, parse_json
+from dgl_deploy.limits import JSON_MAX_DEPTH, check_number, check_tree, parse_json
 
 Amp = Literal["bf16", "fp16", "none"]
 
@@ -144,7 +144,7 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except RecursionError:
-            raise DGLError(f"{path}: invalid TOML (nested too deeply)") from None
+            raise DGLError(f"{path}: invalid TOML (nested more than {JSON_MAX_DEPTH} levels deep)") from None
         except (ValueError, tomllib.TOMLDecodeError) as exc:  # UnicodeDecodeError is a ValueError
             raise DGLError(f"{path}: invalid TOML ({exc})") from None
         check_tree(data, f"{path}: training config")

@@ -11,6 +11,7 @@ from dgl_deploy.cli import (
     model_cmds,  # noqa: F401  (registers its commands)
     serve_cmds,  # noqa: F401
     train_cmds,  # noqa: F401
+    verify_cmds,  # noqa: F401
 )
 from dgl_deploy.cli.app import app, main  # noqa: F401
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -205,18 +206,28 @@ def query(
     """Search embeddings with text (or a video); the query model must be the one that made them. Hits of a set
     made with --window are moments: video, start and end (seconds); adjacent or overlapping matching windows
     of a video are merged into one moment and the weaker windows around it left out (temporal NMS)."""
-    from dgl_deploy.retrieval.query import run_query
+    from dgl_deploy.retrieval.query import stream_query
 
-    results = run_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,
-                        backend=backend.value, device=device, precision=precision.value, per_video=per_video,
-                        strict=strict)
+    results = stream_query(index, texts or [], model=model, k=k, queries_file=queries_file, video=video,
+                           backend=backend.value, device=device, precision=precision.value, per_video=per_video,
+                           strict=strict)
     if as_json:
-        typer.echo(json.dumps(results, indent=1))
+        _print_json(results)
         return
     _print_hits(results)
 
 
-def _print_hits(results: list[dict]) -> None:
+def _print_json(results: Iterator[dict]) -> None:
+    """The results as one JSON list, as `json.dumps(list, indent=1)` writes it, one query at a time."""
+    opening = "["
+    for result in results:
+        item = json.dumps(result, indent=1).replace("\n", "\n ")  # one level deeper, as inside the list
+        sys.stdout.write(f"{opening}\n {item}")
+        opening = ","
+    sys.stdout.write("[]\n" if opening == "[" else "\n]\n")
+
+
+def _print_hits(results: Iterable[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 

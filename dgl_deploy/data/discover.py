@@ -64,7 +64,9 @@ def _walk(root: Path) -> list[VideoSource]:
 
 
 def _from_list(listing: Path) -> list[VideoSource]:
-    lines = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()]
+    """The listed files; lines in any encoding, as file names are bytes (decoded as Python decodes file names: a
+    non-UTF-8 line names the file whose name has those bytes, and fails as `unstorable` ids do)."""
+    lines = [os.fsdecode(line.strip()) for line in listing.read_bytes().splitlines()]
     return _resolve(listing, [line for line in lines if line and not line.startswith("#")])
 
 
@@ -79,6 +81,28 @@ def _from_annotations(annotations: Path) -> list[VideoSource]:
 def _resolve(listing: Path, entries: list[str]) -> list[VideoSource]:
     unique = list(dict.fromkeys(entries))  # keep the listed order, drop repeats
     return [VideoSource(e, Path(e) if Path(e).is_absolute() else listing.parent / e) for e in unique]
+
+
+def readable(name: str) -> str:
+    """`name` as printable UTF-8 text: the bytes of a non-UTF-8 file name (kept by Python as lone surrogates)
+    as \\xNN escapes."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (from a JSON \\ud800)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unstorable(videos: list[VideoSource]) -> tuple[list[VideoSource], list[tuple[str, str]]]:
+    """(the videos whose id can be stored, (readable id, reason) of those whose name is not UTF-8): ids are
+    written as UTF-8 text, so those are listed as failed rather than embedded under another name."""
+    kept, failed = [], []
+    for video in videos:
+        try:
+            video.id.encode("utf-8")
+            kept.append(video)
+        except UnicodeEncodeError:
+            failed.append((readable(video.id), "the file name is not UTF-8 text: rename the file to embed it"))
+    return kept, failed
 
 
 def source_root(source: Path | str) -> Path:

@@ -67,11 +67,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dgl_deploy.data.discover import VideoSource, find_videos, rebase, source_root
+from dgl_deploy.data.discover import VideoSource, find_videos, rebase, source_root, unstorable
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING
 from dgl_deploy.data.windows import DEFAULT_SCENE_THRESHOLD, Segmentation, describe_record
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
+from dgl_deploy.limits import read_json
 from dgl_deploy.retrieval.precision import (
     check_hosts,
     check_mixing,
@@ -290,7 +291,7 @@ def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: Emb
         require_scenedetect()
     existing = _existing(paths, encoder, settings, update, overwrite)
     root = (existing.recorded_path("source_root") if existing else None) or source_root(source)
-    videos = rebase(find_videos(source), source_root(source), root)
+    videos, unnamed = unstorable(rebase(find_videos(source), source_root(source), root))
     known = set(existing.ids) if existing else set()
     todo = [v for v in videos if v.id not in known]
     if existing and todo and not update:
@@ -302,7 +303,7 @@ def _plan(paths: StorePaths, source: Path | str, encoder: Encoder, settings: Emb
     descriptor = _descriptor(encoder, settings, todo, count, source)
     if todo:
         _check_mixing(paths, existing, encoder, descriptor)
-    result = EmbedResult(paths.emb, len(videos), 0, count - len(pruned), backend=backend,
+    result = EmbedResult(paths.emb, len(videos) + len(unnamed), 0, count - len(pruned), unnamed, backend=backend,
                          model=os.path.abspath(model) if model else None, missing=len(missing) - len(pruned),
                          pruned=len(pruned), precision=encoder_precision(encoder), encoder_backend=encoder.backend,
                          host=host_record(encoder))
@@ -405,8 +406,8 @@ def _digest(descriptor: dict) -> str:
 
 def _read_job(job_file: Path) -> dict | None:
     try:
-        return json.loads(job_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        return read_json(job_file, "job")
+    except (FileNotFoundError, DGLError):
         return None
 
 

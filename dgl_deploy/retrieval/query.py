@@ -23,9 +23,10 @@ ONNX session plus a memory map of the embeddings."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from dgl_deploy.retrieval.ann_index import ExactIndex, SearchIndex, open_index
 from dgl_deploy.retrieval.precision import check_mixing, encoder_precision, parity_manifest
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.store import EmbeddingStore, open_store
-from dgl_deploy.runtime.backends.base import Encoder
+from dgl_deploy.runtime.backends.base import TEXT_BATCH, Encoder
 from dgl_deploy.runtime.backends.select import Log
 from dgl_deploy.runtime.manifest import check_same_model
 
@@ -159,6 +160,13 @@ def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Se
                 k: int = 10, per_video: int = 0) -> list[list[Hit]]:
     """Top-k videos (moments of a segmented set, after NMS; at most `per_video` per video, 0: no limit) for
     each text."""
+    return list(iter_query_texts(index, encoder, texts, k, per_video))
+
+
+def iter_query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Sequence[str],
+                     k: int = 10, per_video: int = 0) -> Iterator[list[Hit]]:
+    """`query_texts`, one text's hits at a time: `TEXT_BATCH` texts per encoder call and search, so memory stays
+    flat in the number of texts. The encoder and the texts are checked at the call, before the first result."""
     index = _as_index(index)
     check_encoder(index.store, encoder)
     if not texts:
@@ -166,7 +174,8 @@ def query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, texts: Se
     blank = [n for n, text in enumerate(texts, 1) if not text.strip()]
     if blank:
         raise DGLError(f"query text is empty (query {blank[0]} of {len(texts)})")
-    return search_moments(index, encoder.encode_text(list(texts)), k, per_video)
+    return (hits for start in range(0, len(texts), TEXT_BATCH)
+            for hits in search_moments(index, encoder.encode_text(list(texts[start:start + TEXT_BATCH])), k, per_video))
 
 
 def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Path | str, k: int = 10,
@@ -206,12 +215,19 @@ def _hit_dict(hit: Hit) -> dict:
     return {key: value for key, value in asdict(hit).items() if value is not None or key not in ("start", "end")}
 
 
-def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
-              queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
-              precision: str = "auto", device: str = "auto", per_video: int = 0, strict: bool = False) -> list[dict]:
-    """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search,
-    return JSON-ready results (moments after NMS in a segmented set; `per_video` N: the best N of each video,
-    0: no limit). Says on stderr which encoder (and
+def run_query(index: Path | str, texts: Sequence[str], **options: Any) -> list[dict]:
+    """`stream_query`'s results as a list."""
+    return list(stream_query(index, texts, **options))
+
+
+def stream_query(index: Path | str, texts: Sequence[str], *, model: Path | str | None = None, k: int = 10,
+                 queries_file: Path | str | None = None, video: Path | str | None = None, backend: str = "auto",
+                 precision: str = "auto", device: str = "auto", per_video: int = 0,
+                 strict: bool = False) -> Iterator[dict]:
+    """What `dgl query` does: open the set (an .npy, or an index folder) and the matching encoder, search, and
+    yield JSON-ready results one query at a time, memory flat in the number of queries (opening and checking happen
+    at the call, before the first result; moments after NMS in a segmented set; `per_video` N: the best N of each
+    video, 0: no limit). Says on stderr which encoder (and
     precision) it uses and, when the rows were computed at another precision, theirs; `strict`: refuse a forced
     precision whose parity misses on this host (`open_encoder`)."""
     searchable = open_index(index)
@@ -225,8 +241,9 @@ def run_query(index: Path | str, texts: Sequence[str], *, model: Path | str | No
         print(f"{searchable.store.paths.emb}: rows at {'/'.join(sorted(rows))}, queries at {queries_at} (both held the "
               "export's parity)", file=sys.stderr)
     if video:
-        return hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k, per_video)])
-    return hits_to_dicts(queries, query_texts(searchable, encoder, queries, k, per_video))
+        return iter(hits_to_dicts([f"video:{video}"], [query_video(searchable, encoder, video, k, per_video)]))
+    hits = iter_query_texts(searchable, encoder, queries, k, per_video)
+    return (hits_to_dicts([query], [found])[0] for query, found in zip(queries, hits, strict=True))
 
 
 def _stderr(line: str) -> None:
@@ -249,4 +266,5 @@ def _read_queries(path: Path) -> list[str]:
 
 
 __all__ = ["open_store", "resolve_model", "open_query_encoder", "MERGE_MARGIN", "MomentSet", "search_moments",
-           "query_texts", "query_video", "query_vector", "hits_to_dicts", "run_query"]
+           "query_texts", "iter_query_texts", "query_video", "query_vector", "hits_to_dicts", "run_query",
+           "stream_query"]

@@ -27,6 +27,14 @@ Every open checks the manifest (a JSON object of this format with the required k
 or float16, E as recorded, one per id), the ids (their checksum as recorded) and the segments of a segmented
 set ((N, 2) float64, their checksum as recorded): a damaged or edited set is one error line, never a traceback
 or silently wrong results.
+
+Row integrity: the manifest records the sha256 of the row bytes (`rows_checksum`; the scan copy's in
+`scan_copy.checksum`) and of a sample of them: the byte count and CHECK_SAMPLES blocks of CHECK_BLOCK bytes
+evenly spread (`sampled_blocks`, first and last included). Every open recomputes the sample and checks that its
+values are finite: a set of up to CHECK_SAMPLES blocks (4 MiB of rows) is checked whole, so swapped, edited or
+damaged rows are always refused; in a larger one a change inside the sampled blocks is, and a change elsewhere
+is found by the full check, `verify_store` (`dgl verify`: every byte against the sha256, every value finite).
+Sets written before checksums (no `rows_checksum`) open without the check.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import numpy as np
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_symlink, atomic_write_text, exclusive_lock
+from dgl_deploy.limits import read_json
 from dgl_deploy.retrieval.precision import described_precision
 
 FORMAT = "dgl-deploy-embeddings/1"
@@ -55,11 +64,14 @@ ROW_DTYPES = ("float32", "float16")
 COPY_ROWS = 65536  # rows copied per step when writing a generation (bounded memory for any set size)
 FLOAT16_MAX = 65504.0
 SCAN_COPY_MIN_ROWS = 100_000  # float32 sets of this many rows get a float16 scan copy (below, a scan is < 10 ms)
+CHECK_BLOCK = 65536  # bytes per block of the row checksums' sample (a multiple of every row dtype's size)
+CHECK_SAMPLES = 64  # blocks of rows (and of the scan copy) every open checks: all of them up to 4 MiB of rows
+VERIFY_BYTES = 2**24  # bytes read per step by a full check (`verify_store`)
 _REQUIRED = {"model_fingerprint": str, "count": int, "ids_sha256": str}
 _OPTIONAL = {"generation": str, "embed_dim": int, "model": str, "model_relative": str, "source_root": str,
              "source_root_relative": str, "job": str, "settings": dict, "spans_sha256": str, "backend": str,
              "encoder_backend": str, "precision": str, "row_precisions": list, "frame_sampling": str, "scan_copy": dict,
-             "source_folders": list}
+             "source_folders": list, "rows_checksum": dict}
 _GENERATION = r"gen-[0-9a-f]{12}"
 
 
@@ -201,12 +213,10 @@ def open_store(emb: Path | str) -> EmbeddingStore:
 def read_manifest(paths: StorePaths) -> dict[str, Any]:
     """The set's manifest, checked to be one (format, required keys and their types)."""
     try:
-        data = json.loads(paths.manifest.read_text(encoding="utf-8"))
+        data = read_json(paths.manifest, "unreadable manifest")
     except FileNotFoundError:
         hint = " (an unfinished `dgl embed` job? rerun it to finish)" if paths.parts.exists() else ""
         raise DGLError(f"{paths.manifest}: missing{hint}") from None
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DGLError(f"{paths.manifest}: unreadable manifest ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = f"format {data.get('format')!r}" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
         raise DGLError(f"{paths.manifest}: not a dgl-deploy embeddings manifest ({found}, expected format {FORMAT!r})")
@@ -231,6 +241,10 @@ def _manifest_problem(data: dict[str, Any]) -> str | None:
         return "'source_folders' must be a list of folder paths"
     if data.get("generation") and not re.fullmatch(_GENERATION, data["generation"]):
         return f"bad generation {data['generation']!r}"
+    for key, recorded in (("rows_checksum", data.get("rows_checksum")),
+                          ("scan_copy.checksum", (data.get("scan_copy") or {}).get("checksum"))):
+        if recorded is not None and not _is_checksum(recorded):
+            return f"{key!r} is not a checksum record"
     segments = (data.get("settings") or {}).get("segments")
     if segments is not None and not isinstance(segments, dict) or bool(segments) != bool(data.get("spans_sha256")):
         return "segments and their checksum must be recorded together"
@@ -242,6 +256,8 @@ def _load(paths: StorePaths, manifest: dict[str, Any]) -> EmbeddingStore:
     vectors = _load_npy(rows_file, "embeddings")
     ids = read_ids(ids_file)
     _check_rows(rows_file, vectors, ids, manifest)
+    if manifest.get("rows_checksum"):
+        _check_sample(rows_file, vectors, manifest["rows_checksum"], "rows")
     if ids_digest(ids) != manifest["ids_sha256"]:
         raise DGLError(f"{ids_file}: the ids do not match the checksum in {paths.manifest.name} (edited or "
                        "reordered?): the set is damaged, re-embed it")
@@ -256,6 +272,8 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise
+    except EOFError:  # an empty file (else Typer's bare "Aborted!")
+        raise DGLError(f"{path}: cannot read {what} (the file is empty): the set is damaged, re-embed it") from None
     except (ValueError, OSError) as exc:
         raise DGLError(f"{path}: cannot read {what} ({exc})") from None
 
@@ -282,6 +300,8 @@ def _load_scan_copy(paths: StorePaths, vectors: np.ndarray, manifest: dict[str, 
             not isinstance(norm, (int, float)) or not 0 <= norm < np.inf:
         raise DGLError(f"{path}: the scan copy ({rows.dtype} {rows.shape}, max row norm {norm!r}) does not match "
                        f"the rows ({vectors.dtype} {vectors.shape}): the set is damaged, re-embed it")
+    if recorded.get("checksum"):
+        _check_sample(path, rows, recorded["checksum"], "scan copy")
     return ScanCopy(rows, float(norm))
 
 
@@ -292,9 +312,104 @@ def _check_rows(rows_file: Path, vectors: np.ndarray, ids: list[str], manifest: 
     if manifest.get("embed_dim") not in (None, vectors.shape[1]):
         raise DGLError(f"{rows_file}: rows have {vectors.shape[1]} dimensions, the manifest says "
                        f"{manifest['embed_dim']}: the set is damaged, re-embed it")
+    if not vectors.flags.c_contiguous:
+        raise DGLError(f"{rows_file}: rows are stored in Fortran order, not as `dgl embed` writes them: the set is "
+                       "damaged, re-embed it")
     if not len(ids) == vectors.shape[0] == manifest["count"]:
         raise DGLError(f"{rows_file}: {vectors.shape[0]} rows, {len(ids)} ids and manifest count "
                        f"{manifest['count']} disagree: the set is damaged, re-embed it")
+
+
+def _row_bytes(rows: np.ndarray) -> np.ndarray:
+    """The bytes of C-order (memory-mapped) rows as a flat uint8 view: nothing is read until sliced."""
+    return rows.reshape(-1).view(np.uint8)
+
+
+def sampled_blocks(size: int, block: int = CHECK_BLOCK, samples: int = CHECK_SAMPLES) -> list[int]:
+    """Which `block`-byte blocks of `size` bytes of rows the open-time check reads: all of them when there are at
+    most `samples`, else `samples` evenly spaced ones, the first and the last included."""
+    count = -(-size // block)
+    if count <= samples:
+        return list(range(count))
+    return sorted({i * (count - 1) // (samples - 1) for i in range(samples)})
+
+
+def _sample_digest(rows: np.ndarray, block: int, samples: int) -> str:
+    """sha256 of the rows' byte count and their sampled blocks (`sampled_blocks`)."""
+    flat = _row_bytes(rows)
+    digest = hashlib.sha256(len(flat).to_bytes(8, "little"))
+    for index in sampled_blocks(len(flat), block, samples):
+        digest.update(flat[index * block:(index + 1) * block])
+    return digest.hexdigest()
+
+
+def _checksum_record(rows_file: Path, full: str) -> dict[str, Any]:
+    """What the manifest records of a rows file just written (`full`: the sha256 of its row bytes)."""
+    rows = np.load(rows_file, mmap_mode="r", allow_pickle=False)
+    return {"sha256": full, "sample_sha256": _sample_digest(rows, CHECK_BLOCK, CHECK_SAMPLES), "block": CHECK_BLOCK,
+            "samples": CHECK_SAMPLES}
+
+
+def _is_checksum(recorded: Any) -> bool:
+    """Whether a manifest's checksum record (`_checksum_record`) is well-formed."""
+    if not isinstance(recorded, dict):
+        return False
+    block, samples = recorded.get("block"), recorded.get("samples")
+    return all(isinstance(recorded.get(key), str) and re.fullmatch("[0-9a-f]{64}", recorded[key])
+               for key in ("sha256", "sample_sha256")) and \
+        all(isinstance(n, int) and not isinstance(n, bool) and low <= n <= high
+            for n, low, high in ((block, 8, 2**24), (samples, 2, 2**16))) and block % 8 == 0
+
+
+def _check_sample(path: Path, rows: np.ndarray, recorded: dict[str, Any], what: str) -> None:
+    """The open-time check: the sampled blocks of `rows` match the recorded checksum and hold finite values."""
+    block, samples = recorded["block"], recorded["samples"]
+    flat = _row_bytes(rows)
+    for index in sampled_blocks(len(flat), block, samples):
+        _check_finite(path, rows, flat[index * block:(index + 1) * block], index * block, what)
+    if _sample_digest(rows, block, samples) != recorded["sample_sha256"]:
+        raise _checksum_error(path, what)
+
+
+def _check_finite(path: Path, rows: np.ndarray, piece: np.ndarray, offset: int, what: str) -> None:
+    """DGLError naming the row unless the bytes `piece` (at byte `offset` of `rows`) hold finite values only."""
+    bad = np.flatnonzero(~np.isfinite(piece.view(rows.dtype)))
+    if bad.size:
+        row = (offset // rows.dtype.itemsize + int(bad[0])) // max(rows.shape[1], 1)
+        of = "" if what == "rows" else f" of the {what}"
+        raise DGLError(f"{path}: row {row}{of} is NaN/inf: the set is damaged, re-embed it")
+
+
+def _checksum_error(path: Path, what: str) -> DGLError:
+    return DGLError(f"{path}: the {what} do not match their checksum in the manifest (edited, reordered or damaged "
+                    "rows): the set is damaged, re-embed it")
+
+
+def verify_store(emb: Path | str) -> str:
+    """A full check of a set (`dgl verify`): every row byte (and scan copy byte) against the recorded sha256 and
+    finite, beyond what each open checks (`open_store`: a sample); returns one line saying what was checked."""
+    store = open_store(emb)
+    rows_file = store.paths.data_files(store.manifest)[0]
+    checked = [(rows_file, store.vectors, store.manifest.get("rows_checksum"), "rows")]
+    if store.scan_copy is not None:
+        scan_file = store.paths.scan_file(store.manifest["generation"])
+        checked.append((scan_file, store.scan_copy.rows, store.manifest["scan_copy"].get("checksum"), "scan copy"))
+    summed = 0
+    for path, rows, recorded, what in checked:
+        flat = _row_bytes(rows)
+        digest = hashlib.sha256()
+        for start in range(0, len(flat), VERIFY_BYTES):
+            piece = flat[start:start + VERIFY_BYTES]
+            _check_finite(path, rows, piece, start, what)
+            digest.update(piece)
+        if recorded and digest.hexdigest() != recorded["sha256"]:
+            raise _checksum_error(path, what)
+        summed += bool(recorded)
+    size = sum(len(_row_bytes(rows)) for _, rows, _, _ in checked)
+    sums = "every byte matches its checksum" if summed == len(checked) else \
+        "no checksum recorded (a set written before they were; re-embed with --overwrite to add one)"
+    return f"{store.paths.emb}: ok: {len(store.ids)} rows ({size / 1e6:.1f} MB{' with the scan copy' if len(checked) > 1 else ''}) " \
+        f"all finite, {sums}; ids{' and segments' if store.spans is not None else ''} match theirs"
 
 
 def read_ids(path: Path) -> list[str]:
@@ -323,9 +438,10 @@ def write_set(paths: StorePaths, blocks: Iterable[np.ndarray], ids: list[str], *
     spans_size = 0 if spans is None else 128 + len(ids) * 16
     scan_copy = dtype == np.float32 and len(ids) >= SCAN_COPY_MIN_ROWS
     _check_space(paths, 128 + len(ids) * dim * (dtype.itemsize + 2 * scan_copy) + len(ids_text.encode()) + spans_size)
-    _write_rows(paths, paths.rows_file(generation), blocks, ids, dim, dtype)
+    rows_sha256 = _write_rows(paths, paths.rows_file(generation), blocks, ids, dim, dtype)
     atomic_write_text(paths.ids_file(generation), ids_text)
-    checksums: dict[str, Any] = {"ids_sha256": ids_digest(ids)}
+    checksums: dict[str, Any] = {"ids_sha256": ids_digest(ids),
+                                 "rows_checksum": _checksum_record(paths.rows_file(generation), rows_sha256)}
     if scan_copy and (copy := _write_scan_copy(paths.rows_file(generation), paths.scan_file(generation))):
         checksums["scan_copy"] = copy
     if spans is not None:
@@ -354,9 +470,11 @@ class _OutOfRange(Exception):
 
 def _write_scan_copy(rows_file: Path, path: Path) -> dict[str, float] | None:
     """Write the float16 copy of a float32 rows file (written and checked finite just before); returns what the
-    manifest records of it (`scan_copy`), or None (nothing written) if a row's norm exceeds float16's range."""
+    manifest records of it (`scan_copy`: the largest row norm, its checksum), or None (nothing written) if a row's
+    norm exceeds float16's range."""
     rows = np.load(rows_file, mmap_mode="r")
     norm = 0.0
+    digest = hashlib.sha256()
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             _write_npy_header(handle, np.dtype(np.float16), rows.shape)
@@ -365,10 +483,12 @@ def _write_scan_copy(rows_file: Path, path: Path) -> dict[str, float] | None:
                 norm = max(norm, float(np.sqrt(np.square(piece, dtype=np.float64).sum(1)).max()))
                 if norm > FLOAT16_MAX:
                     raise _OutOfRange
-                handle.write(piece.astype(np.float16).tobytes())  # (R, E) float16
+                copy = piece.astype(np.float16).tobytes()  # (R, E) float16
+                digest.update(copy)
+                handle.write(copy)
     except _OutOfRange:
         return None
-    return {"max_row_norm": norm}
+    return {"max_row_norm": norm, "checksum": _checksum_record(path, digest.hexdigest())}
 
 
 def _check_space(paths: StorePaths, need: int) -> None:
@@ -386,9 +506,11 @@ def _mb(size: int) -> str:
 
 
 def _write_rows(paths: StorePaths, path: Path, blocks: Iterable[np.ndarray], ids: list[str], dim: int,
-                dtype: np.dtype) -> None:
-    """Stream the blocks into an .npy (header first), refusing rows that are not finite."""
+                dtype: np.dtype) -> str:
+    """Stream the blocks into an .npy (header first), refusing rows that are not finite; returns the sha256 of
+    the row bytes."""
     written = 0
+    digest = hashlib.sha256()
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         _write_npy_header(handle, dtype, (len(ids), dim))
         for piece in _pieces(blocks, dtype):
@@ -399,10 +521,13 @@ def _write_rows(paths: StorePaths, path: Path, blocks: Iterable[np.ndarray], ids
                 row = written + int(bad[0])
                 raise DGLError(f"{paths.emb}: row {row} ({ids[row]}) is NaN/inf: the set is damaged, re-embed it "
                                "with --overwrite")
-            handle.write(piece.tobytes())
+            data = piece.tobytes()
+            digest.update(data)
+            handle.write(data)
             written += len(piece)
         if written != len(ids):
             raise ValueError(f"{written} rows for {len(ids)} ids")
+    return digest.hexdigest()
 
 
 def _write_npy_header(handle: Any, dtype: np.dtype, shape: tuple[int, ...]) -> None:
