@@ -45,6 +45,7 @@ INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "index.json"
 KINDS = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 AUTO_FLAT_MAX_ROWS = 100_000
+from dgl_deploy.limits import read_json
 AUTO_IVF_FLAT_MAX_ROWS = 2_000_000
 TRAIN_POINTS_PER_LIST = 50  # k-means wants >= 39 points per centroid
 PQ_TRAIN_POINTS = 10_000  # 8-bit PQ codebooks want >= 39 * 256 points
@@ -308,10 +309,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise DGLError(f"{folder}: not an index folder (no {MANIFEST_FILE}; build one with `dgl index build`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DGLError(f"{path}: unreadable index manifest ({exc})") from None
+    manifest = read_json(path, "unreadable index manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = f"format {manifest.get('format')!r}" if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
         raise DGLError(f"{path}: not a dgl-deploy index manifest ({found}, expected format {FORMAT!r})")
