@@ -23,7 +23,12 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+# the slow tests also run Ray (a local cluster and a two-node one on loopback)
+$(VENV)/.ray: pyproject.toml $(VENV)/.test
+	$(BIN)/pip install -q -e ".[test,ray]"
+	touch $@
+
+test-slow: $(VENV)/.ray
 	$(BIN)/python -m pytest -q -m slow
 
 demo: $(VENV)/.demo

@@ -20,7 +20,7 @@ from dgl_deploy.retrieval.ann_index import (
     resolve_settings,
 )
 from dgl_deploy.retrieval.search import top_k
-from dgl_deploy.retrieval.store import StorePaths, write_set
+from dgl_deploy.retrieval.store import StorePaths, open_store, write_set
 
 faiss = pytest.importorskip("faiss")
 runner = CliRunner()
@@ -103,8 +103,9 @@ def test_refuses_other_embeddings_or_model(random_set, tmp_path) -> None:
     write_store(tmp_path / "other_ids.npy", vectors, "fp-a", [f"w{i}" for i in range(ROWS)])
     with pytest.raises(DGLError, match="other embeddings"):
         open_ann_index(tmp_path / "idx", tmp_path / "other_ids.npy")
-    with pytest.raises(DGLError, match="already holds an index"):
-        build_index(root / "emb.npy", tmp_path / "idx")
+    assert build_index(root / "emb.npy", tmp_path / "idx").added == 0  # the same set: up to date
+    with pytest.raises(DGLError, match=r"already holds an index \(ivf-flat\) of .*emb.npy: pass --overwrite"):
+        build_index(tmp_path / "other_rows.npy", tmp_path / "idx")
     with pytest.raises(DGLError, match="not an index folder"):
         open_index(tmp_path)
 
@@ -190,3 +191,48 @@ def test_builds_that_cannot_work_are_refused(tmp_path) -> None:
     with pytest.raises(DGLError, match="nan.npy: row 7 is NaN/inf"):
         build_index(tmp_path / "nan.npy", tmp_path / "nan_idx", IndexSettings(kind="flat"))
     assert not (tmp_path / "pq").exists() and not (tmp_path / "nan_idx").exists()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-flat", "ivf-pq", "hnsw"])
+def test_updated_set_adds_rows_without_retraining(tmp_path, kind) -> None:
+    """Over an index of the same set, `build_index` adds the appended rows (IVF centroids unchanged), says when an
+    IVF index is due for a rebuild, is up to date when nothing was added, and rebuilds (keeping the kind) after rows
+    were removed; another kind without --overwrite is refused."""
+    rng = np.random.default_rng(11)
+    vectors, ids = _normalised(rng, 6500), [f"v{i:06d}.mp4" for i in range(6500)]
+    emb, out = tmp_path / "emb.npy", tmp_path / "idx"
+    settings = IndexSettings(kind=kind, nlist=32, nprobe=32, pq_m=16, pq_bits=6, recall_queries=50)
+    write_store(emb, vectors[:2000], "fp-a", ids[:2000])
+    assert build_index(emb, out, settings).added is None
+
+    def centroids() -> np.ndarray | None:
+        index = faiss.read_index(str(out / "index.faiss"))
+        return faiss.extract_index_ivf(index).quantizer.reconstruct_n(0, 32) if kind.startswith("ivf") else None
+
+    trained = centroids()
+    write_store(emb, vectors[:3000], "fp-a", ids[:3000])  # `dgl embed --update`: rows appended
+    result = build_index(emb, out)
+    manifest = json.loads((out / "index.json").read_text())
+    assert (result.added, result.kind, result.rebuild_due) == (1000, kind, None)
+    assert manifest["count"] == 3000 and manifest["trained_rows"] == 2000
+    assert manifest["generation"] == open_store(emb).manifest["generation"]
+    if trained is not None:
+        np.testing.assert_array_equal(centroids(), trained)  # not retrained
+    index = open_ann_index(out)
+    assert [hits[0].row for hits in index.search(vectors[[2500, 2999]], 1)] == [2500, 2999]
+    assert build_index(emb, out).added == 0  # up to date: nothing written
+
+    write_store(emb, vectors, "fp-a", ids)  # 3500 more: 4500 added since training, 2.25x the rows trained on
+    result = build_index(emb, out)
+    assert result.added == 3500 and (result.rebuild_due is not None) == kind.startswith("ivf")
+    if result.rebuild_due:
+        assert "4500 rows were added since the index was trained on 2000" in result.rebuild_due
+
+    write_store(emb, vectors[1:], "fp-a", ids[1:])  # `--prune`: the first row dropped
+    result = build_index(emb, out)
+    assert result.added is None and result.kind == kind and result.count == 6499
+    assert json.loads((out / "index.json").read_text())["trained_rows"] == 6499
+    assert open_ann_index(out).search(vectors[[1]], 1)[0][0].id == ids[1]
+    other = "hnsw" if kind != "hnsw" else "flat"
+    with pytest.raises(DGLError, match="already holds an index"):
+        build_index(emb, out, IndexSettings(kind=other))

@@ -27,20 +27,29 @@ def build(
     ef_construction: int = typer.Option(80, "--ef-construction", min=1, max=100_000, help="HNSW build breadth."),
     ef_search: int = typer.Option(64, "--ef-search", min=1, max=100_000, help="HNSW search breadth."),
     recall_queries: int = typer.Option(200, "--recall-queries", min=0, max=1_000_000, help="Rows sampled to measure recall@10 (0: skip)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index in --out (rebuilt and retrained "
+                                   "with these settings; without it, an index of the same set gets the new rows added)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Build a FAISS index; `dgl query --index DIR` and `dgl serve --index DIR` then use it."""
+    """Build a FAISS index; `dgl query --index DIR` and `dgl serve --index DIR` then use it. Over an index of the same
+    set (after `dgl embed --update`) only the new rows are added, without retraining."""
     from dgl_deploy.retrieval.ann_index import IndexSettings, build_index
 
     settings = IndexSettings(kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m, refine=refine, hnsw_m=hnsw_m,
                              ef_construction=ef_construction, ef_search=ef_search, recall_queries=recall_queries)
     result = build_index(embeddings, out, settings, overwrite=overwrite)
     summary = {"out": str(result.out), "kind": result.kind, "count": result.count,
-               "recall_at_10": result.recall_at_10, "seconds": round(result.seconds, 3)}
+               "recall_at_10": result.recall_at_10, "seconds": round(result.seconds, 3), "added": result.added,
+               "rebuild_due": result.rebuild_due}
     if as_json:
         typer.echo(json.dumps(summary))
         return
     recall = "n/a" if result.recall_at_10 is None else f"{result.recall_at_10:.3f}"
-    typer.echo(f"{result.kind} index of {result.count} rows in {result.seconds:.1f} s, recall@10 vs exact "
-               f"{recall} -> {result.out}")
+    if result.added == 0:
+        typer.echo(f"up to date: {result.out} already indexes all {result.count} rows ({result.kind})")
+    else:
+        how = f"{result.added} new rows added (not retrained) to" if result.added else "built"
+        typer.echo(f"{result.kind} index of {result.count} rows {how} in {result.seconds:.1f} s, recall@10 vs exact "
+                   f"{recall} -> {result.out}")
+    if result.rebuild_due:
+        typer.echo(f"rebuild due: {result.rebuild_due}", err=True)

@@ -44,6 +44,8 @@ def serve(
     max_pending: int = _setting("max_pending", "Search requests in progress before new ones get 503 (Retry-After)."),
     decoders: int = _setting("decoders", "Video decoder processes for uploads."),
     body_timeout: float = _setting("body_timeout", "Seconds allowed to receive a request body (else 408)."),
+    reload_interval: float = _setting("reload_interval", "Seconds between checks for a new generation of the index "
+                                      "(dgl embed --update, dgl index build), served without a restart (0: never)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF index: lists scanned per query (default: as built)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW index: search breadth (default: as built)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="DGL_SERVE_TOKEN", show_default=False,
@@ -56,14 +58,15 @@ def serve(
                                                      "(repeatable; loopback names and --host are always answered)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
-    """Serve search over HTTP: the search page at /, GET /search, POST /search/video, GET /search/similar, GET /health."""
+    """Serve search over HTTP: the search page at /, GET /search, POST /search/video, GET /search/similar, GET /health,
+    GET /metrics (Prometheus)."""
     import uvicorn  # missing: the CLI's error boundary names the `serve` extra
 
     from dgl_deploy.retrieval.serve import check_hosts, check_token, create_app, log_config
 
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_query_chars=max_query_chars, max_k=max_k,
                              decode_timeout=decode_timeout, max_pending=max_pending, decoders=decoders,
-                             body_timeout=body_timeout)
+                             body_timeout=body_timeout, reload_interval=reload_interval)
     check_token(token)
     hosts = [host, *(allowed_host or [])]  # answered without a token, besides the loopback names
     check_hosts(hosts)

@@ -15,6 +15,14 @@ IVF indexes are memory-mapped when opened (`faiss.IO_FLAG_MMAP`), so start-up do
 Candidates are re-scored exactly from the (memory-mapped) embeddings, so scores are true cosines; IVF-PQ
 fetches `refine` x k candidates first, which recovers most of what quantisation loses.
 
+Building over a folder that already holds an index of the same set (an update, `dgl embed --update`) adds only
+the rows appended since it was built, without retraining (every kind allows it; the manifest records the set's
+generation, the rows covered and their digest, and the rows it was trained on) and keeps the index's settings.
+When rows were removed or changed (`--prune`, a re-embed) it is rebuilt, keeping its kind. An IVF index is due
+for a rebuild (`--overwrite`: retrained, lists sized for the set) once the rows added since its training exceed
+REBUILD_GROWTH times the rows it was trained on; the build says so. Rows and index are swapped in by renames
+(index.faiss, then index.json), so `dgl serve` never opens half of an update (`follow`).
+
 Building measures recall@10 against exact search on a seeded sample of the set's own rows (the
 video -> video case) and stores it in the manifest. Settings are checked when built and when opened (a
 manifest edited by hand, `nprobe=-1`, IVF-PQ on fewer rows than it has codes to train), as are NaN/inf
@@ -23,6 +31,7 @@ rows: each is one error line, never a FAISS traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,8 +45,9 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_write_text
+from dgl_deploy.limits import read_json
 from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, check_queries, make_hit, score_rows, search, top_k
-from dgl_deploy.retrieval.store import EmbeddingStore, ids_digest, open_store
+from dgl_deploy.retrieval.store import EmbeddingStore, ids_digest, open_store, spans_digest
 from dgl_deploy.runtime.manifest import check_same_model
 
 FORMAT = "dgl-deploy-ann-index/1"
@@ -45,10 +55,10 @@ INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "index.json"
 KINDS = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 AUTO_FLAT_MAX_ROWS = 100_000
-from dgl_deploy.limits import read_json
 AUTO_IVF_FLAT_MAX_ROWS = 2_000_000
 TRAIN_POINTS_PER_LIST = 50  # k-means wants >= 39 points per centroid
 PQ_TRAIN_POINTS = 10_000  # 8-bit PQ codebooks want >= 39 * 256 points
+REBUILD_GROWTH = 2  # an IVF index is due for a rebuild once rows added since training exceed this x trained rows
 INSTALL_HINT = "FAISS is not installed: pip install 'dgl-deploy[index]' (faiss-cpu)"
 _DERIVED = ("nlist", "nprobe", "pq_m")  # None in IndexSettings: derived from the set's size
 _MINIMUM = {"nlist": 1, "nprobe": 1, "pq_m": 1, "pq_bits": 1, "refine": 1, "hnsw_m": 1, "ef_construction": 1,
@@ -95,6 +105,8 @@ class BuildResult:
     count: int
     recall_at_10: float | None  # vs exact search; None for an empty set
     seconds: float
+    added: int | None = None  # rows added to the existing index without retraining; None: built from scratch
+    rebuild_due: str | None = None  # why a rebuild (--overwrite) is due; None: not due
 
 
 class SearchIndex(Protocol):
@@ -179,33 +191,92 @@ def _default_nlist(rows: int) -> int:
 
 def build_index(emb: Path | str, out: Path | str, settings: IndexSettings = IndexSettings(), *,
                 overwrite: bool = False) -> BuildResult:
-    """Build a FAISS index over the set at `emb` into the folder `out`, measure its recall@10, write both."""
+    """Build a FAISS index over the set at `emb` into the folder `out`, measure its recall@10, write both; over an
+    index of the same set, add the rows appended since (module docstring; `overwrite`: always from scratch)."""
     faiss = _faiss()
     store = open_store(emb)
     out = Path(out)
-    if (out / MANIFEST_FILE).exists() and not overwrite:
-        raise DGLError(f"{out} already holds an index: pass --overwrite to replace it")
     n, dim = store.vectors.shape
-    settings = resolve_settings(settings, n, dim)
-    _check_finite(store)
     started = time.perf_counter()
-    index = _new_index(faiss, settings, dim)
-    _train(index, store.vectors, settings)
-    for start in range(0, n, CHUNK_ROWS):
-        index.add(np.ascontiguousarray(store.vectors[start:start + CHUNK_ROWS], dtype=np.float32))
+    rows_hash = hashlib.sha256()
+    update = None if overwrite else _update_plan(out, store, settings, rows_hash)
+    if isinstance(update, _Update):
+        if update.covered == n:  # nothing appended: the index is up to date
+            return BuildResult(out, update.settings.kind, n, update.manifest.get("recall_at_10"), 0.0, 0,
+                               _rebuild_due(update))
+        index, settings, start, trained = update.index, update.settings, update.covered, update.trained
+    else:
+        settings = resolve_settings(replace(settings, kind=update or settings.kind), n, dim)
+        index, start, trained, rows_hash = _new_index(faiss, settings, dim), 0, n, hashlib.sha256()
+    _check_finite(store, start)
+    _train(index, store.vectors, settings)  # an updated index is trained already: kept as it is
+    for first in range(start, n, CHUNK_ROWS):
+        block = store.vectors[first:first + CHUNK_ROWS]
+        rows_hash.update(np.ascontiguousarray(block).tobytes())
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
     seconds = time.perf_counter() - started
     built = AnnIndex(out, store, index, settings, {})
     recall = measure_recall(built, settings.recall_queries, seed=settings.seed)
     with atomic_path(out / INDEX_FILE) as tmp:
         faiss.write_index(index, str(tmp))
-    manifest = _manifest(store, out, settings, recall, seconds)
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=1))
-    return BuildResult(out, settings.kind, n, recall, seconds)
+    manifest = _manifest(store, out, settings, recall, seconds, trained, rows_hash.hexdigest()[:16])
+    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=1))  # the switch for `dgl serve`
+    added = n - start if isinstance(update, _Update) else None
+    return BuildResult(out, settings.kind, n, recall, seconds, added,
+                       _rebuild_due(update, n) if isinstance(update, _Update) else None)
 
 
-def _check_finite(store: EmbeddingStore) -> None:
-    """Refuse a set with a NaN/inf row (FAISS would index it and answer with garbage)."""
-    for start in range(0, store.vectors.shape[0], CHUNK_ROWS):
+@dataclass(frozen=True)
+class _Update:
+    """An existing index of the same set whose rows are a prefix of the set's rows now: rows are added to it."""
+
+    index: Any  # faiss.Index, read into memory
+    settings: IndexSettings  # as built (an update keeps them)
+    manifest: dict[str, Any]  # its index.json
+    covered: int  # rows it holds (the first rows of the set)
+    trained: int  # rows it was trained on
+
+
+def _update_plan(out: Path, store: EmbeddingStore, settings: IndexSettings, rows_hash: Any) -> _Update | str | None:
+    """How to build over `out`: an _Update (rows_hash then holds the covered rows), the kind to rebuild with (the
+    existing index's rows were removed or changed), or None (no index there). Refuses an index of another set or
+    model, or an explicit other kind (--overwrite replaces it)."""
+    if not (out / MANIFEST_FILE).exists():
+        return None
+    manifest = _read_manifest(out)
+    built = _manifest_settings(out / MANIFEST_FILE, manifest)
+    same_set = os.path.abspath(_embeddings_path(out, manifest)) == os.path.abspath(store.paths.emb)
+    if not same_set or manifest["model_fingerprint"] != store.fingerprint or settings.kind not in ("auto", built.kind):
+        raise DGLError(f"{out} already holds an index ({built.kind}) of {manifest['embeddings']}: pass --overwrite "
+                       "to replace it")
+    covered = manifest["count"]
+    if covered > len(store.ids) or ids_digest(store.ids[:covered]) != manifest["ids_sha256"] or \
+            (store.spans is not None) != bool(manifest.get("spans_sha256")) or \
+            store.spans is not None and spans_digest(store.spans[:covered]) != manifest["spans_sha256"]:
+        return built.kind  # rows removed or reordered: rebuilt
+    for first in range(0, covered, CHUNK_ROWS):
+        rows_hash.update(np.ascontiguousarray(store.vectors[first:min(first + CHUNK_ROWS, covered)]).tobytes())
+    if rows_hash.hexdigest()[:16] != manifest.get("rows_sha256"):
+        return built.kind  # rows changed (re-embedded), or an index built before the digest was recorded
+    index = _faiss().read_index(str(out / INDEX_FILE))
+    if index.ntotal != covered:
+        return built.kind
+    trained = manifest.get("trained_rows", covered)
+    return _Update(index, built, manifest, covered, trained if isinstance(trained, int) else covered)
+
+
+def _rebuild_due(update: _Update, rows: int | None = None) -> str | None:
+    """Why an updated IVF index (now `rows` rows) should be rebuilt; None while it is not due."""
+    rows = update.covered if rows is None else rows
+    if not update.settings.kind.startswith("ivf") or rows - update.trained <= REBUILD_GROWTH * update.trained:
+        return None
+    return (f"{rows - update.trained} rows were added since the index was trained on {update.trained}: rebuild it "
+            f"with --overwrite (retrained, lists sized for {rows} rows)")
+
+
+def _check_finite(store: EmbeddingStore, first: int = 0) -> None:
+    """Refuse a set with a NaN/inf row from row `first` on (FAISS would index it and answer with garbage)."""
+    for start in range(first, store.vectors.shape[0], CHUNK_ROWS):
         bad = np.flatnonzero(~np.isfinite(store.vectors[start:start + CHUNK_ROWS]).all(axis=1))
         if bad.size:
             raise DGLError(f"{store.paths.emb}: row {start + int(bad[0])} is NaN/inf: the set is damaged, re-embed it")
@@ -263,8 +334,8 @@ def measure_recall(index: SearchIndex, queries: int = 200, k: int = 10, seed: in
     return round(float(np.sum(hits)) / exact.size, 4)
 
 
-def _manifest(store: EmbeddingStore, out: Path, settings: IndexSettings, recall: float | None,
-              seconds: float) -> dict[str, Any]:
+def _manifest(store: EmbeddingStore, out: Path, settings: IndexSettings, recall: float | None, seconds: float,
+              trained: int, rows_sha256: str) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "kind": settings.kind,
@@ -276,6 +347,9 @@ def _manifest(store: EmbeddingStore, out: Path, settings: IndexSettings, recall:
         "ids_sha256": ids_digest(store.ids),
         **({"spans_sha256": store.manifest["spans_sha256"]} if store.spans is not None else {}),
         "embed_dim": int(store.vectors.shape[1]),
+        "generation": store.manifest.get("generation"),  # of the set, when built or last updated
+        "rows_sha256": rows_sha256,  # digest of the rows' bytes: an update checks the rows it holds are unchanged
+        "trained_rows": trained,  # rows when it was trained (built from scratch); rows added since need no training
         "recall_at_10": recall,
         "recall_queries": min(settings.recall_queries, len(store.ids)),
         "build_seconds": round(seconds, 3),

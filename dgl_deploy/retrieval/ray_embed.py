@@ -7,11 +7,15 @@ windows) are back. Chunks, the job file, resume checks and the final merge are t
 `dgl_deploy.retrieval.embed`, so the output layout (ids order, manifest, errors file) is the single-machine one,
 a killed job resumes from its finished chunks, a job may even be resumed by the other runner, and the
 same output lock, stale-chunk checks and NaN/inf refusal apply.
-Rows match the single-machine ones to float rounding (batches are formed differently).
+Rows match the single-machine ones to float rounding (batches are formed differently). Each decoded row carries
+the Ray node that decoded it; the job logs how many files each node decoded (logger `dgl_deploy.retrieval.ray_embed`,
+INFO), which shows a multi-node cluster was used.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +38,7 @@ from dgl_deploy.retrieval.embed import (
 from dgl_deploy.retrieval.precision import encoder_precision
 
 INSTALL_HINT = "Ray is not installed: pip install 'dgl-deploy[ray]'"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,14 +100,19 @@ def _run_chunks(job: EmbedJob, model: str, encoder: Any, settings: EmbedSettings
                             batch_size=settings.batch_size, num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(size=ray_settings.encoders)))
     videos = {k: _Chunk() for k in pending}
+    decoded_on: dict[int, str] = {}  # file position -> the Ray node that decoded it
     for row in dataset.iter_rows():
         position = int(row["position"])
+        decoded_on[position] = str(row["node"])
         k = position // settings.chunk_size
         videos[k].add(position, row)
         if videos[k].complete(len(chunks[k])):
             rows, ids, spans, failures = videos.pop(k).result(todo, encoder.embed_dim)
             reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), rows, ids, failures, settings.fp16,
                                           spans if settings.segments else None, precision=job.result.precision))
+    nodes = Counter(decoded_on.values())
+    log.info("ray: %d files decoded on %d nodes (%s)", len(decoded_on), len(nodes),
+             ", ".join(f"{node}: {count}" for node, count in sorted(nodes.items())))
 
 
 @dataclass
@@ -169,8 +179,11 @@ class _Decode:
     @staticmethod
     def _row(row: dict[str, Any], window: int, windows: int, span: Any, frames: np.ndarray,
              error: str = "") -> dict[str, Any]:
+        import ray
+
         return {"position": row["position"], "window": window, "windows": windows, "start": float(span[0]),
-                "end": float(span[1]), "frames": frames, "error": error}
+                "end": float(span[1]), "frames": frames, "error": error,
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 _decoder: Any = None
@@ -199,7 +212,7 @@ class _Encode:
         vectors = np.zeros((len(ok), self.encoder.embed_dim), np.float32)
         if ok.any():
             vectors[ok] = self.encoder.encode_videos(np.asarray(batch["frames"])[ok])
-        return {**{key: batch[key] for key in ("position", "window", "windows", "start", "end", "error")},
+        return {**{key: batch[key] for key in ("position", "window", "windows", "start", "end", "error", "node")},
                 "vector": vectors}
 
 

@@ -1,12 +1,17 @@
 """`dgl serve`: a small HTTP search service (FastAPI) over one model and one index.
 
 The encoder and the index (an embeddings .npy searched exactly, or a `dgl index build` folder) are
-opened once, when the app is created; the model must be the one that made the embeddings, and each of
+opened when the app is created; the model must be the one that made the embeddings, and each of
 its towers is run once: an export whose files were changed (checksums, graph identity, shapes) refuses
-to start instead of answering every search with an error.
+to start instead of answering every search with an error. The index is followed (`follow`): a new generation
+of the set (`dgl embed --update`, `--prune`) or a rebuilt index folder is served within `reload_interval`
+seconds, opened and checked off the request path and switched in whole; a request never sees half of one.
 
   GET  /                             the search page (static HTML/CSS/JS in retrieval/static/, no data in it)
-  GET  /health                        model, backend, rows, index kind
+  GET  /health                        model, backend, rows, index kind, the set's generation
+  GET  /metrics                       Prometheus text format (`serve_metrics`): requests by route and status,
+                                      latency histograms, encoder queue depth, shed requests, rows and generation
+                                      served, decoder restarts
   GET  /search?q=TEXT&k=10&per_video=N text -> videos (a segmented set: moments after NMS, at most N per video, default 0 = no limit)
   POST /search/video?k=10 (file=...)  uploaded video -> videos (multipart form field `file`)
   GET  /search/similar?id=ID&row=R&k=10  an indexed video (or moment: its row) -> other videos, from the stored
@@ -65,7 +70,8 @@ import numpy as np
 from dgl_deploy.data.discover import VIDEO_EXTENSIONS
 from dgl_deploy.errors import DGLError
 from dgl_deploy.limits import check_number
-from dgl_deploy.retrieval.ann_index import AnnIndex, SearchIndex, open_index
+from dgl_deploy.retrieval.ann_index import SearchIndex, open_index
+from dgl_deploy.retrieval.follow import IndexFollower
 from dgl_deploy.retrieval.query import check_encoder, hits_to_dicts, search_moments
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.serve_media import (
@@ -82,7 +88,7 @@ from dgl_deploy.runtime.backends.base import Encoder
 if TYPE_CHECKING:  # PyAV is imported when a service starts, not with the CLI
     from dgl_deploy.data.video import DecodeProcess
 
-INSTALL_HINT = "the HTTP service needs FastAPI and uvicorn: pip install 'dgl-deploy[serve]'"
+INSTALL_HINT = "the HTTP service needs FastAPI, uvicorn and prometheus-client: pip install 'dgl-deploy[serve]'"
 SEARCH_PATHS = "/search"  # the bounded routes (prefix); /health is never refused
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
                 "icon.svg": "image/svg+xml"}
@@ -104,7 +110,7 @@ TEXT, VIDEO, STOP = 0, 1, 2  # encoder queue priorities: text first
 LIMITS: dict[str, tuple[float, float]] = {
     "max_upload_mb": (0.001, 4096.0), "max_query_chars": (1, 100_000), "max_k": (1, 100_000),
     "decode_timeout": (0.001, 86400.0), "max_pending": (1, 100_000), "decoders": (1, 64),
-    "body_timeout": (0.001, 86400.0),
+    "body_timeout": (0.001, 86400.0), "reload_interval": (0.0, 3600.0),
 }
 
 
@@ -119,6 +125,7 @@ class ServeSettings:
     max_pending: int = 64  # search requests in progress (received, decoded, encoded) before new ones get 503
     decoders: int = 2  # video decoder processes
     body_timeout: float = 60.0  # seconds allowed to receive a request body (a stalled upload gets 408)
+    reload_interval: float = 1.0  # seconds between checks for a new generation of the index (0: never)
 
     def __post_init__(self) -> None:
         for setting in fields(self):
@@ -132,6 +139,10 @@ class EncoderQueue:
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
         threading.Thread(target=self._work, name="dgl-serve-encoder", daemon=True).start()
+
+    def depth(self) -> int:
+        """Calls waiting for the encoder (not counting the one running)."""
+        return self._jobs.qsize()
 
     def submit(self, priority: int, job: Callable[[], np.ndarray]) -> "Future[np.ndarray]":
         future: Future[np.ndarray] = Future()
@@ -160,7 +171,22 @@ class DecoderPool:
     def __init__(self, size: int) -> None:
         from dgl_deploy.data.video import DecodeProcess
 
-        self._decoders = [DecodeProcess() for _ in range(size)]
+        pool = self
+        self.restarts = 0  # decoder processes stopped after a hang or crash (the next job starts a new one)
+        self._closing = False
+        self._count = threading.Lock()
+
+        class CountedDecodeProcess(DecodeProcess):
+            """A decoder process whose stops, other than the pool's close, count as restarts."""
+
+            def stop(self) -> int | None:
+                code = super().stop()
+                if code is not None and not pool._closing:
+                    with pool._count:
+                        pool.restarts += 1
+                return code
+
+        self._decoders = [CountedDecodeProcess() for _ in range(size)]
         self._idle: queue.SimpleQueue[DecodeProcess] = queue.SimpleQueue()
         for decoder in self._decoders:
             self._idle.put(decoder)
@@ -178,6 +204,7 @@ class DecoderPool:
 
     def close(self) -> None:
         """Kill the decoder processes (a decode in progress fails) and stop the threads."""
+        self._closing = True
         self._threads.shutdown(wait=False, cancel_futures=True)
         for decoder in self._decoders:
             decoder.close()
@@ -197,14 +224,13 @@ def verify_encoder(encoder: Encoder) -> None:
 
 @dataclass
 class SearchService:
-    """The loaded and verified model + index, the encoder queue and the decoders: what the HTTP routes call."""
+    """The loaded and verified model + the followed index, the encoder queue and the decoders: what the HTTP routes
+    call. A request reads `follower.current` once (`index`, `videos`) and keeps that state to its end."""
 
     encoder: Encoder
-    index: SearchIndex
+    follower: IndexFollower  # the served index, opened; followed from here on (`settings.reload_interval`)
     settings: ServeSettings
-    index_kind: str
     poster_cache: Path | None = None  # None: default_poster_cache(the embeddings)
-    videos: IndexedVideos = field(init=False)
     posters: Posters = field(init=False)
     previews: Previews = field(init=False)
 
@@ -212,14 +238,34 @@ class SearchService:
         store = self.index.store
         check_encoder(store, self.encoder)
         verify_encoder(self.encoder)
-        self.videos = IndexedVideos(store)
-        cache, pool = self.poster_cache or default_poster_cache(store.paths.emb), DecoderPool(POSTER_DECODERS)
-        self.posters = Posters(self.videos, cache, pool, decode_timeout=self.settings.decode_timeout,
-                               max_pending=self.settings.max_pending)
-        self.previews = Previews(self.videos, cache, pool, decode_timeout=self.settings.decode_timeout,
-                                 max_pending=self.settings.max_pending)
+        cache = self.poster_cache or default_poster_cache(store.paths.emb)
+        self._poster_decoders = DecoderPool(POSTER_DECODERS)  # posters and previews share it
+        self.posters = Posters(lambda: self.videos, cache, self._poster_decoders,
+                               decode_timeout=self.settings.decode_timeout, max_pending=self.settings.max_pending)
+        self.previews = Previews(lambda: self.videos, cache, self._poster_decoders,
+                                 decode_timeout=self.settings.decode_timeout, max_pending=self.settings.max_pending)
         self._encoder_queue = EncoderQueue()
         self._decoders = DecoderPool(self.settings.decoders)
+        self.follower.start(lambda index: check_encoder(index.store, self.encoder), self.settings.reload_interval)
+
+    @property
+    def index(self) -> SearchIndex:
+        """The index served now."""
+        return self.follower.current.index
+
+    @property
+    def videos(self) -> IndexedVideos:
+        """The videos and moments of the index served now."""
+        return self.follower.current.videos
+
+    @property
+    def decoder_restarts(self) -> int:
+        """Decoder processes (uploads and posters) restarted after a hang or crash since start-up."""
+        return self._decoders.restarts + self._poster_decoders.restarts
+
+    @property
+    def encoder_queue_depth(self) -> int:
+        return self._encoder_queue.depth()
 
     async def search_text(self, text: str, k: int, per_video: int = 0) -> dict[str, Any]:
         if not text.strip():
@@ -245,12 +291,13 @@ class SearchService:
                              per_video: int = 0) -> dict[str, Any]:
         """Other videos like an indexed one (its row vector: nothing decoded or encoded); the video itself is
         left out (each of its rows, at most `per_video` of them, could rank: k + that many are fetched)."""
-        row = await asyncio.to_thread(self.videos.row_of, video_id, row)
-        own = self.videos.rows_of(video_id)
-        store = self.index.store
+        served = self.follower.current  # the row and the search from one state
+        row = await asyncio.to_thread(served.videos.row_of, video_id, row)
+        own = served.videos.rows_of(video_id)
+        store = served.index.store
         vector = np.asarray(store.vectors[row:row + 1], dtype=np.float32)  # (1, E)
         fetch = k + (min(own, per_video) if per_video else own)
-        hits = (await asyncio.to_thread(search_moments, self.index, vector, fetch, per_video))[0]
+        hits = (await asyncio.to_thread(search_moments, served.index, vector, fetch, per_video))[0]
         others = [replace(hit, rank=rank) for rank, hit in enumerate((h for h in hits if h.id != video_id), 1)]
         spans = getattr(store, "spans", None)
         start = float(spans[row, 0]) if spans is not None else None
@@ -267,12 +314,13 @@ class SearchService:
         return hits_to_dicts([query], [hits])[0]
 
     def health(self) -> dict[str, Any]:
-        store = self.index.store
+        served = self.follower.current
         return {"status": "ok", "backend": self.encoder.describe(), "model_fingerprint": self.encoder.fingerprint,
-                "rows": int(store.vectors.shape[0]), "embed_dim": int(store.vectors.shape[1]),
-                "index": self.index_kind}
+                "rows": served.rows, "embed_dim": int(served.index.store.vectors.shape[1]), "index": served.kind,
+                "generation": served.generation}
 
     def close(self) -> None:
+        self.follower.close()
         self._encoder_queue.close()
         self._decoders.close()
         self.posters.close()
@@ -284,10 +332,9 @@ def open_service(model: str | Path, index: str | Path, settings: ServeSettings =
     """Open the index and the encoder (checked to be the model that made the index, and run once)."""
     from dgl_deploy.runtime.backends.select import open_encoder
 
-    searchable = open_index(index, nprobe=nprobe, ef_search=ef_search)
-    kind = searchable.settings.kind if isinstance(searchable, AnnIndex) else "exact"
+    follower = IndexFollower(index, lambda: open_index(index, nprobe=nprobe, ef_search=ef_search))
     encoder = open_encoder(model, backend=backend, device=device, precision=precision)
-    return SearchService(encoder, searchable, settings, kind, Path(poster_cache) if poster_cache else None)
+    return SearchService(encoder, follower, settings, Path(poster_cache) if poster_cache else None)
 
 
 def create_app(model: str | Path, index: str | Path, settings: ServeSettings = ServeSettings(), *,
@@ -426,12 +473,14 @@ class RedactTokens(logging.Filter):
 
 
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration, with tokens redacted from the access log."""
+    """uvicorn's logging configuration, with tokens redacted from the access log and dgl_deploy's own lines shown
+    (the index switches)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
     config["handlers"]["access"]["filters"] = ["redact_tokens"]
+    config["loggers"]["dgl_deploy"] = {"handlers": ["default"], "level": "INFO", "propagate": False}  # e.g. switches
     return config
 
 
@@ -536,6 +585,8 @@ def build_app(service: SearchService, token: str | None = None, allowed_hosts: S
         from fastapi.security import HTTPBearer
         from starlette.exceptions import HTTPException
         from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
+        from dgl_deploy.retrieval.serve_metrics import RequestMetrics, ServeMetrics
     except ImportError:
         raise DGLError(INSTALL_HINT) from None
     check_token(token)
@@ -564,7 +615,10 @@ def build_app(service: SearchService, token: str | None = None, allowed_hosts: S
         app.add_middleware(TokenGuard, token=token, error=error)  # refused before counting as pending
     else:
         app.add_middleware(HostGuard, hosts=hosts, error=error)
-    app.add_middleware(AnswerHeaders)  # outermost: on every answer, refusals included
+    app.add_middleware(AnswerHeaders)  # on every answer, refusals included
+    metrics = ServeMetrics(service)
+    app.add_middleware(RequestMetrics, metrics=metrics,  # outermost: every request counted, refusals included
+                       routes=lambda: {getattr(route, "path", "") for route in app.routes})
     docs = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI").body
 
     class MediaFile(FileResponse):
@@ -621,6 +675,11 @@ def build_app(service: SearchService, token: str | None = None, allowed_hosts: S
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return service.health()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, headers={"content-type": content_type})
 
     per_video_query = Query(0, ge=0, le=settings.max_k, description="moments per video (default 0 = no limit; a "
                             "segmented set's moments are merged by temporal NMS)")

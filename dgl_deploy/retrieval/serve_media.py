@@ -101,6 +101,10 @@ class IndexedVideos:
         self._starts: dict[str, dict[int, float]] = {}  # id -> moment start (ms) -> its end (s); empty: whole videos
         self._rows: dict[str, int] = {}  # id -> its number of rows (moments)
 
+    def load(self) -> None:
+        """Build the catalogue of ids, rows and moments now (else the first request that needs it does)."""
+        self._catalogue()
+
     def _catalogue(self) -> dict[str, int]:
         with self._lock:
             if self._first_row is None:
@@ -210,9 +214,9 @@ class Posters:
 
     NOUN, SUFFIX, VARIANT = "poster", ".jpg", f"{POSTER_SIZE}"  # what is made; its file type; what changes it
 
-    def __init__(self, videos: IndexedVideos, folder: Path | str, decoders: DecoderPool, *, decode_timeout: float,
-                 max_pending: int) -> None:
-        self.videos = videos
+    def __init__(self, videos: Callable[[], IndexedVideos], folder: Path | str, decoders: DecoderPool, *,
+                 decode_timeout: float, max_pending: int) -> None:
+        self.videos = videos  # the served index's videos now (a new generation of the set brings new ones)
         self.folder = Path(os.path.abspath(folder))
         _check_writable(self.folder)
         self.decode_timeout, self.max_pending = decode_timeout, max_pending
@@ -226,8 +230,9 @@ class Posters:
         """The cached file of (video, start), made first if needed. Raises MediaError."""
         from dgl_deploy.data.video import VideoError
 
-        path = await asyncio.to_thread(self.videos.resolve, video_id)
-        start_ms = self.videos.check_moment(video_id, start)
+        videos = self.videos()  # one state for the whole request
+        path = await asyncio.to_thread(videos.resolve, video_id)
+        start_ms = videos.check_moment(video_id, start)
         stat = path.stat()
         key = hashlib.sha256(f"{video_id}\0{start_ms}\0{stat.st_size}\0{stat.st_mtime_ns}\0{self.VARIANT}".encode()
                              ).hexdigest()[:32]
@@ -240,7 +245,7 @@ class Posters:
         if job is None:
             if len(self._pending) >= self.max_pending:
                 raise MediaError(503, f"busy: {self.max_pending} {self.NOUN}s being made, retry later")
-            moment = self.videos.moment(video_id, start_ms)
+            moment = videos.moment(video_id, start_ms)
             job = asyncio.wrap_future(self._pool.submit(lambda decoder: self._make(decoder, path, moment, target)))
             self._pending[key] = job
             job.add_done_callback(lambda done: self._finished(key, done))
