@@ -1,4 +1,6 @@
-"""benchmarks/run_all.py's GPU part: rendered from a small fake gpu_check.json (no benchmark runs)."""
+"""benchmarks/run_all.py renders the docs' benchmarks page (headline results with targets, plots, every value, the
+GPU part from a small fake gpu_check.json) without running a benchmark; the page in the repository is the one the
+stored JSON renders to."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def run_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     results.mkdir()
     (results / "model.json").write_text(json.dumps({"dgl_videos_per_s": 1.5, "dgl_overhead_percent": 3.0}))
     monkeypatch.setattr(module, "RESULTS", results)
-    monkeypatch.setattr(module, "README", tmp_path / "missing-README.md")  # never the real one
+    monkeypatch.setattr(module, "PAGE", tmp_path / "docs" / "benchmarks.md")  # never the real one
     return module
 
 
@@ -92,12 +94,58 @@ def test_measured_runtime_row(run_all, tmp_path: Path) -> None:
 def test_cli_gpu_renders_into_a_copy(run_all, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "gpu_check.json"
     source.write_text(json.dumps(fake_gpu_check()))
-    readme = tmp_path / "README.md"
-    readme.write_text("# title\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n\ntail\n")
+    page = tmp_path / "copy" / "benchmarks.md"
     monkeypatch.setattr(run_all, "run", lambda name: pytest.fail(f"benchmark {name} was run"))
-    monkeypatch.setattr(sys, "argv", ["run_all.py", "--gpu", str(source), "--readme", str(readme)])
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--gpu", str(source), "--page", str(page)])
     run_all.main()
-    text = readme.read_text()
-    assert text.startswith("# title\n\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\n\ntail\n")
-    assert "old" not in text and "NVIDIA Fake 80GB" in text and "| model |" in text
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n") and run_all.GENERATED in text
+    assert "NVIDIA Fake 80GB" in text and "| model |" in text
     assert json.loads((run_all.RESULTS / "gpu.json").read_text())["mode"] == "gpu"
+    assert not (REPO / "docs" / "benchmarks.md").samefile(page)
+
+
+def test_headline_targets(run_all) -> None:
+    (run_all.RESULTS / "query.json").write_text(json.dumps({"query_100000": {"text_int8_rows_float32": {
+        "p50_ms": 12.5, "p99_ms": 31.0}}}))
+    table = run_all._targets(run_all.load_results())
+    assert "| one-text query at 100k rows, p50 ms (loaded process) | 12.5 | ≤ 20 | yes | `query` |" in table
+    assert "| one-text query at 100k rows, p99 ms | 31 | ≤ 30 | **no** | `query` |" in table
+    assert "| DGL encode_video overhead over plain CLIP frames, % | 3 | ≤ 15 | yes | `model` |" in table
+    assert "1M rows" not in table  # a result that was not measured has no row
+
+
+def test_plots_skip_missing_data(run_all, tmp_path: Path) -> None:
+    """Only the model benchmark is stored: no plot has its data, none is drawn and the page links none."""
+    pytest.importorskip("matplotlib")
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "bench_query.png").write_bytes(b"stale")
+    assert run_all.write_plots(img) == []
+    assert not (img / "bench_query.png").exists()
+    page = run_all.render_page(img)
+    assert "## Plots" not in page and "![" not in page and "## Headline results" in page
+
+
+def test_plots_from_stored_results(tmp_path: Path) -> None:
+    """Every plot is drawn from the repository's stored JSON (PNG files)."""
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("run_all_stored", REPO / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.write_plots(tmp_path)
+    assert written == list(module.PLOTS)
+    for name in written:
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG"), name
+
+
+def test_page_in_repo_is_rendered_from_the_stored_json() -> None:
+    """docs/benchmarks.md and its plots are what `benchmarks/run_all.py --render` makes of benchmarks/results/."""
+    spec = importlib.util.spec_from_file_location("run_all_repo", REPO / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = REPO / "docs" / "benchmarks.md"
+    assert page.read_text() == module.render_page(page.parent / "img"), \
+        "docs/benchmarks.md is stale: run `python benchmarks/run_all.py --render` (or `make bench`)"
+    for name in module.PLOTS:
+        assert (REPO / "docs" / "img" / name).is_file(), f"docs/img/{name} is missing: run run_all.py --render"
