@@ -236,3 +236,19 @@ def test_updated_set_adds_rows_without_retraining(tmp_path, kind) -> None:
     other = "hnsw" if kind != "hnsw" else "flat"
     with pytest.raises(DGLError, match="already holds an index"):
         build_index(emb, out, IndexSettings(kind=other))
+
+
+def test_index_build_cli_says_added_and_rebuild_due(tmp_path) -> None:
+    from dgl_deploy.cli import app
+
+    rng = np.random.default_rng(12)
+    vectors, ids = _normalised(rng, 4000), [f"v{i:06d}.mp4" for i in range(4000)]
+    emb, out = tmp_path / "emb.npy", tmp_path / "idx"
+    write_store(emb, vectors[:1000], "fp-a", ids[:1000])
+    build = ["index", "build", str(emb), "--out", str(out), "--recall-queries", "0"]
+    assert "ivf-flat index of 1000 rows built" in runner.invoke(app, [*build, "--kind", "ivf-flat", "--nlist", "16"]).output
+    write_store(emb, vectors, "fp-a", ids)
+    result = runner.invoke(app, build)
+    assert result.exit_code == 0 and "3000 new rows added to the ivf-flat index (not retrained), now 4000" in result.output
+    assert "rebuild due: 3000 rows were added since the index was trained on 1000" in result.output
+    assert runner.invoke(app, build).output.startswith(f"up to date: {out} already indexes all 4000 rows")

@@ -48,8 +48,8 @@ def build(
     if result.added == 0:
         typer.echo(f"up to date: {result.out} already indexes all {result.count} rows ({result.kind})")
     else:
-        how = f"{result.added} new rows added (not retrained) to" if result.added else "built"
-        typer.echo(f"{result.kind} index of {result.count} rows {how} in {result.seconds:.1f} s, recall@10 vs exact "
-                   f"{recall} -> {result.out}")
+        what = f"{result.added} new rows added to the {result.kind} index (not retrained), now {result.count} rows," \
+            if result.added else f"{result.kind} index of {result.count} rows built"
+        typer.echo(f"{what} in {result.seconds:.1f} s, recall@10 vs exact {recall} -> {result.out}")
     if result.rebuild_due:
         typer.echo(f"rebuild due: {result.rebuild_due}", err=True)
