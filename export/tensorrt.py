@@ -19,9 +19,10 @@ import numpy as np
 
 from dgl_deploy.errors import DGLError
 from dgl_deploy.export.parity import Sizes, compare, sample_input
+from dgl_deploy.extras import install_command, install_hint
 from dgl_deploy.files import atomic_path
 from dgl_deploy.runtime.backends.onnxruntime import make_session
-from dgl_deploy.runtime.backends.tensorrt import INSTALL_HINT, EngineRunner, current_gpu, engine_mismatch, stale_onnx
+from dgl_deploy.runtime.backends.tensorrt import EngineRunner, current_gpu, engine_mismatch, stale_onnx
 from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, sha256_file, verified_file, write_manifest
 
 ENGINE_PRECISIONS = ("fp16", "fp32", "int8", "fp8")
@@ -80,7 +81,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise DGLError(f"--trt needs the `tensorrt` package (10.x), which is not installed: {INSTALL_HINT}") from None
+        raise DGLError(f"--trt needs TensorRT 10.x: {install_hint('tensorrt')}") from None
     return trt
 
 
@@ -91,7 +92,7 @@ def build_engines(folder: Path | str, settings: TrtSettings = TrtSettings(), log
     trt = import_tensorrt()
     gpu = current_gpu()
     if gpu is None:
-        raise DGLError(f"--trt needs a CUDA GPU and cuda-python ({INSTALL_HINT}); none was found")
+        raise DGLError(f"--trt needs a CUDA GPU and cuda-python ({install_command('gpu')}); none was found")
     manifest = load_manifest(folder)
     if manifest.engines and not settings.rebuild:
         problems = [engine_mismatch(e, gpu, trt.__version__) or stale_onnx(folder, manifest, e)

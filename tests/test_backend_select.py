@@ -60,7 +60,7 @@ def test_explicit_impossible_choices(export_with_engines: Path, tiny_export) -> 
     with pytest.raises(DGLError, match="no such model"):
         select.open_encoder(folder / "missing", log=None)
     if not HAS_TENSORRT:
-        with pytest.raises(DGLError, match=r"`tensorrt` package is not installed: pip install 'dgl-deploy\[gpu\]'"):
+        with pytest.raises(DGLError, match=r"tensorrt is not installed \(needed for TensorRT engines\): pip install 'dgl-deploy\[gpu\]'"):
             select.open_encoder(export_with_engines, backend="tensorrt", log=None)
 
 

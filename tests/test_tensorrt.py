@@ -79,7 +79,7 @@ def test_unavailable_backend_says_why(tmp_path: Path, tiny_export) -> None:
     assert "has no TensorRT engines" in tensorrt_unavailable(folder, load_manifest(folder))
     write_manifest(folder, load_manifest(folder).with_engines((_entry(tiny_export[2]),)))
     reason = tensorrt_unavailable(folder, load_manifest(folder))
-    assert "not installed: pip install 'dgl-deploy[gpu]'" in reason or "no CUDA GPU" in reason
+    assert "not installed (needed for TensorRT engines): pip install 'dgl-deploy[gpu]'" in reason or "no CUDA GPU" in reason
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")

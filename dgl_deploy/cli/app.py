@@ -14,6 +14,7 @@ import typer
 
 from dgl_deploy import __version__
 from dgl_deploy.errors import DGLError
+from dgl_deploy.extras import EXTRAS, install_hint
 
 app = typer.Typer(
     name="dgl",
@@ -88,22 +89,12 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, 
     typer.echo(f"warning: {message}", err=True)
 
 
-# top-level module -> the install profile (extra) that provides it
-EXTRAS = {"torch": "train", "torchvision": "train", "open_clip": "train", "safetensors": "train", "av": "train",
-          "onnx": "export", "onnxslim": "export", "onnxscript": "export", "onnxruntime": "cpu", "tensorrt": "gpu",
-          "faiss": "index", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "ray": "ray"}
-
-
 def missing_extra_line(exc: ImportError) -> str:
-    """One line naming the missing package and the extra that installs it."""
+    """One line naming the missing package and the extra that installs it (`extras`)."""
     module = (exc.name or "").split(".")[0]
-    extra = EXTRAS.get(module)
-    if extra is None:
+    if module not in EXTRAS:
         return f"cannot import {exc.name or exc}: {exc}"
-    needs = {"train": "training, checkpoints and the torch backend", "export": "dgl export",
-             "cpu": "running exported models", "gpu": "TensorRT", "index": "FAISS indexes",
-             "serve": "dgl serve", "ray": "--ray"}[extra]
-    return f"{module} is not installed (needed for {needs}): pip install 'dgl-deploy[{extra}]'"
+    return install_hint(module)
 
 
 def os_error_line(exc: OSError) -> str:

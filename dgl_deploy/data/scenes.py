@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.extras import missing_hint
 
-INSTALL_HINT = "--scenes needs PySceneDetect and headless OpenCV: pip install 'dgl-deploy[scenes]'"
 PIECE_FRAMES = 1000  # frames read between two `progress` calls
 
 
@@ -23,8 +23,8 @@ def require_scenedetect() -> None:
     try:
         import cv2  # noqa: F401
         import scenedetect  # noqa: F401
-    except ImportError:
-        raise DGLError(INSTALL_HINT) from None
+    except ImportError as exc:
+        raise DGLError(missing_hint(exc, "scenedetect")) from None
 
 
 def detect_cuts(path: Path, threshold: float, progress: Callable[[], None]) -> list[int]:
@@ -39,4 +39,4 @@ def detect_cuts(path: Path, threshold: float, progress: Callable[[], None]) -> l
     return [start.frame_num for start, _ in manager.get_scene_list()[1:]]
 
 
-__all__ = ["INSTALL_HINT", "require_scenedetect", "detect_cuts"]
+__all__ = ["require_scenedetect", "detect_cuts"]

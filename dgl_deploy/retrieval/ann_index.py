@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.extras import install_hint
 from dgl_deploy.files import atomic_path, atomic_write_text
 from dgl_deploy.limits import read_json
 from dgl_deploy.retrieval.search import CHUNK_ROWS, Hit, check_queries, make_hit, score_rows, search, top_k
@@ -59,7 +60,6 @@ AUTO_IVF_FLAT_MAX_ROWS = 2_000_000
 TRAIN_POINTS_PER_LIST = 50  # k-means wants >= 39 points per centroid
 PQ_TRAIN_POINTS = 10_000  # 8-bit PQ codebooks want >= 39 * 256 points
 REBUILD_GROWTH = 2  # an IVF index is due for a rebuild once rows added since training exceed this x trained rows
-INSTALL_HINT = "FAISS is not installed: pip install 'dgl-deploy[index]' (faiss-cpu)"
 _DERIVED = ("nlist", "nprobe", "pq_m")  # None in IndexSettings: derived from the set's size
 _MINIMUM = {"nlist": 1, "nprobe": 1, "pq_m": 1, "pq_bits": 1, "refine": 1, "hnsw_m": 1, "ef_construction": 1,
             "ef_search": 1, "recall_queries": 0, "seed": 0}
@@ -443,7 +443,7 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError:
-        raise DGLError(INSTALL_HINT) from None
+        raise DGLError(install_hint("faiss")) from None
     return faiss
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
+from dgl_deploy.extras import install_hint
 from dgl_deploy.retrieval.embed import (
     EmbedJob,
     EmbedResult,
@@ -37,7 +38,6 @@ from dgl_deploy.retrieval.embed import (
 )
 from dgl_deploy.retrieval.precision import encoder_precision
 
-INSTALL_HINT = "Ray is not installed: pip install 'dgl-deploy[ray]'"
 log = logging.getLogger(__name__)
 
 
@@ -220,7 +220,7 @@ def _require_ray() -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise DGLError(INSTALL_HINT) from None
+        raise DGLError(install_hint("ray")) from None
 
 
 __all__ = ["RaySettings", "embed_videos_ray"]

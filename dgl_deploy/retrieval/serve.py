@@ -69,6 +69,7 @@ import numpy as np
 
 from dgl_deploy.data.discover import VIDEO_EXTENSIONS
 from dgl_deploy.errors import DGLError
+from dgl_deploy.extras import missing_hint
 from dgl_deploy.limits import check_number
 from dgl_deploy.retrieval.ann_index import SearchIndex, open_index
 from dgl_deploy.retrieval.follow import IndexFollower
@@ -88,7 +89,6 @@ from dgl_deploy.runtime.backends.base import Encoder
 if TYPE_CHECKING:  # PyAV is imported when a service starts, not with the CLI
     from dgl_deploy.data.video import DecodeProcess
 
-INSTALL_HINT = "the HTTP service needs FastAPI, uvicorn and prometheus-client: pip install 'dgl-deploy[serve]'"
 SEARCH_PATHS = "/search"  # the bounded routes (prefix); /health is never refused
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
                 "icon.svg": "image/svg+xml"}
@@ -587,8 +587,8 @@ def build_app(service: SearchService, token: str | None = None, allowed_hosts: S
         from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
         from dgl_deploy.retrieval.serve_metrics import RequestMetrics, ServeMetrics
-    except ImportError:
-        raise DGLError(INSTALL_HINT) from None
+    except ImportError as exc:
+        raise DGLError(missing_hint(exc, "fastapi")) from None
     check_token(token)
     hosts = check_hosts(allowed_hosts)
     from dgl_deploy.data.video import VideoError

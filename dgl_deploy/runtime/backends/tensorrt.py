@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.extras import install_hint
 from dgl_deploy.runtime.backends.base import check_frames
 from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, verified_file
-
-INSTALL_HINT = "pip install 'dgl-deploy[gpu]'"
 
 
 def _cudart() -> Any:
@@ -87,9 +86,9 @@ def tensorrt_unavailable(folder: Path, manifest: Manifest) -> str | None:
     """None when the export's engines can run here, else the reason (cheapest checks first)."""
     if not manifest.engines:
         return f"{folder} has no TensorRT engines (build them with `dgl export MODEL --out {folder} --trt`)"
-    for package, module in (("tensorrt", "tensorrt"), ("cuda-python", "cuda")):
+    for module in ("tensorrt", "cuda"):
         if importlib.util.find_spec(module) is None:
-            return f"the `{package}` package is not installed: {INSTALL_HINT}"
+            return install_hint(module)
     gpu = current_gpu()
     if gpu is None:
         return "no CUDA GPU is available (cudaGetDeviceCount found none)"
