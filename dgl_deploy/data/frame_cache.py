@@ -43,7 +43,7 @@ class FrameCache:
         """Memory-mapped (T, S, S, 3) uint8 frames, or None on a miss (or a missing source file)."""
         try:
             return np.load(self.entry(video, num_frames, image_size, segment, sampling), mmap_mode="r")
-        except (OSError, ValueError):  # no entry / source gone / unreadable entry: decode again
+        except (OSError, ValueError, EOFError):  # no entry / source gone / unreadable or empty entry: decode again
             return None
 
     def put(self, video: str | Path, num_frames: int, image_size: int, segment: Segment | None, frames: np.ndarray,
