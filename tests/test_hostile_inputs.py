@@ -135,7 +135,8 @@ def test_query_file_of_50000_lines_with_a_real_model(tmp_path: Path) -> None:
     wrapper = "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); " \
               "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "dgl_deploy", "query", "--index",
-                           str(root / "emb.npy"), "-f", str(queries), "--json"], capture_output=True, text=True)
+                           str(root / "emb.npy"), "--model", str(root / "model.safetensors"), "-f", str(queries),
+                           "--json"], capture_output=True, text=True)
     code, peak_kib = map(int, done.stdout.split())
     assert code == 0 and peak_kib < 2 * 2**20, (done.stderr, peak_kib)
 
