@@ -18,7 +18,7 @@ import io
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.model.model import DGLModel
 from dgl_deploy.model.pixels import normalize
 from dgl_deploy.model.tokenizer import VOCAB_SIZE
+from dgl_deploy.runtime.backends.select import Log
 from dgl_deploy.runtime.manifest import (
     FINGERPRINT_KEY,
     REDUCED_MIN_COSINE,
@@ -50,7 +51,6 @@ from dgl_deploy.runtime.tokenizer import BPE_FILE, open_clip_bpe_file
 
 OPSET = defaults.OPSET
 GRAPH_FILES = {"text": "text_encoder", "video": "video_encoder"}
-Log = Callable[[str], None]
 
 
 class TextGraph(nn.Module):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from dgl_deploy import defaults
 from dgl_deploy.errors import DGLError
 from dgl_deploy.export.onnx_export import export_onnx
 from dgl_deploy.export.tensorrt import TrtSettings, build_engines
+from dgl_deploy.runtime.backends.select import Log
 from dgl_deploy.runtime.manifest import MANIFEST_FILE, REDUCED_MIN_COSINE, Manifest, load_manifest
-
-Log = Callable[[str], None]
 
 
 def export_model(model_path: Path | str, out: Path | str, *, precisions: tuple[str, ...] = ("int8",),

@@ -10,7 +10,6 @@ checksum, which the backend checks before running it). `tensorrt` is imported la
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,13 @@ from dgl_deploy.export.parity import Sizes, compare, sample_input
 from dgl_deploy.extras import install_command, install_hint
 from dgl_deploy.files import atomic_path
 from dgl_deploy.runtime.backends.onnxruntime import make_session
+from dgl_deploy.runtime.backends.select import Log
 from dgl_deploy.runtime.backends.tensorrt import EngineRunner, current_gpu, engine_mismatch, stale_onnx
 from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, sha256_file, verified_file, write_manifest
 
 ENGINE_PRECISIONS = ("fp16", "fp32", "int8", "fp8")
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "fp8": 0.99}  # vs onnxruntime fp32
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "dgl-deploy" / "tensorrt_timing.cache"
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

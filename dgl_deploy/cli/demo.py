@@ -20,15 +20,13 @@ Every step calls the library functions behind the `dgl` commands; the artifacts 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from dgl_deploy.errors import DGLError
-
-Log = Callable[[str], None]
+from dgl_deploy.runtime.backends.select import Log
 
 
 @dataclass(frozen=True)
