@@ -3,19 +3,21 @@
 1. efficiency: videos/s of the whole job (decode in worker processes overlapped with the encoder) vs the
    encoder alone on pre-decoded frames, same backend, batch and model (issue 7).
 2. peer (`--peer-videos N`, 0 to skip): `dgl embed` at `--precision auto` (what `open_encoder` picks; int8 on
-   CPU where the export's parity held) vs the usual plain-CLIP pipeline: the same decoder (decord, the same
-   worker processes, frames and batch) feeding open_clip's `encode_image` in PyTorch fp32, frame embeddings
-   mean-pooled (`runtime.backends.meanpool`); both through `embed_videos` in one process with the same
-   threads, interleaved (`common.interleaved`). The peer gets this project's overlapped decoding, so the ratio
-   is the model and runtime alone. The peer runs three times: with `dgl embed`'s settings (batch 16), at its
-   fastest batch on this CPU (`--peer-batch`, 4: open_clip fp32 on 2 cores ran 1.55 / 1.38 videos/s at batch
-   4 / 16, encoder alone), and scheduled like `dgl embed`'s CPU video tower (`SideBySide`: one video per call, a
-   single-threaded call per core at once; encoder alone 1.57 against 1.43 videos/s at batch 4 over 2 threads).
-   Also DGL's auto-precision embeddings against its fp32 ones on those videos.
+   CPU where the export's parity held) vs the usual plain-CLIP pipeline as users write it, with its own decoding,
+   not this project's: decord (`VideoReader(path, num_threads=1)`, `get_batch` of 12 frames at
+   `np.linspace(0, n - 1, 12).round()`), open_clip's own preprocess transform per frame (PIL: bicubic resize of
+   the shorter side to 224, centre crop, ToTensor, Normalize), decoding in a ThreadPoolExecutor of `--workers`
+   threads that prefetches the next batch while the current one is encoded, then open_clip's `encode_image` in
+   PyTorch fp32, frame embeddings L2-normalised and mean-pooled. `dgl embed` runs through `embed_videos` as the
+   CLI does; all in one process with the same threads, interleaved (`common.interleaved`). The peer runs three
+   times: at `dgl embed`'s batch (16), at its fastest batch on this CPU (`--peer-batch`, 4: open_clip fp32 on 2
+   cores ran 1.55 / 1.38 videos/s at batch 4 / 16, encoder alone), and scheduled like `dgl embed`'s CPU video
+   tower (one video per call, a single-threaded call per core at once). Also DGL's auto-precision embeddings
+   against its fp32 ones on those videos.
 
 Clips: `--unique` synthetic 10 s clips (320x240, 25 fps, h264) copied to `--videos` files (decoding a copy
 costs the same). Model: a random-init ViT-B/32 DGL exported to ONNX (cached in --workdir); the peer's CLIP is
-the same random-init ViT-B/32 architecture (speed does not depend on the weights).
+open_clip's random-init ViT-B/32 (seed 0; speed does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, exported_model, interleaved, warm_up  # noqa: E402
@@ -40,7 +43,6 @@ from dgl_deploy.data.loader import iter_video_batches  # noqa: E402
 from dgl_deploy.data.synthetic import make_synthetic  # noqa: E402
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos  # noqa: E402
 from dgl_deploy.retrieval.store import open_store  # noqa: E402
-from dgl_deploy.runtime.backends.meanpool import MeanPoolEncoder, open_meanpool_encoder  # noqa: E402
 from dgl_deploy.runtime.backends.onnxruntime import OnnxEncoder, physical_cores  # noqa: E402
 from dgl_deploy.runtime.backends.select import open_encoder  # noqa: E402
 
@@ -67,43 +69,73 @@ def encoder_only(encoder: OnnxEncoder, folder: Path, batch: int, workers: int) -
     return len(frames) / (time.perf_counter() - start)
 
 
-class SideBySide:
-    """The plain-CLIP encoder scheduled as `dgl embed` schedules its CPU video tower: one video per call, one
-    single-threaded PyTorch call per core at once (PyTorch releases the GIL); the thread count is restored after."""
+class ClipPeer:
+    """The usual plain-CLIP video pipeline, written as a user writes it (module docstring): its own decoding
+    (decord, open_clip's preprocess) in prefetching threads, open_clip's encode_image, mean-pooled frames."""
 
-    def __init__(self, encoder: MeanPoolEncoder) -> None:
-        self.encoder, self.lanes = encoder, ThreadPoolExecutor(physical_cores())
+    def __init__(self, frames: int, workers: int) -> None:
+        import open_clip
 
-    def __getattr__(self, name: str) -> object:  # sizes, fingerprint, sampling: the wrapped encoder's
-        return getattr(self.encoder, name)
+        torch.manual_seed(0)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+        self.model.eval()
+        self.frames, self.workers = frames, workers
+        self.lanes = ThreadPoolExecutor(physical_cores())
 
-    def encode_videos(self, frames: np.ndarray) -> np.ndarray:
+    def load(self, path: Path) -> torch.Tensor:
+        """One video's 12 uniform frames, preprocessed: (T, 3, 224, 224) float32."""
+        import decord
+
+        reader = decord.VideoReader(str(path), num_threads=1)
+        indices = np.linspace(0, len(reader) - 1, self.frames).round().astype(int)
+        frames = reader.get_batch(indices.tolist()).asnumpy()  # (T, H, W, 3) uint8
+        return torch.stack([self.preprocess(Image.fromarray(frame)) for frame in frames])
+
+    @torch.inference_mode()
+    def encode(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, E): the mean of the L2-normalised frame embeddings, L2-normalised."""
+        per_frame = self.model.encode_image(clips.flatten(0, 1), normalize=True)
+        return F.normalize(per_frame.view(*clips.shape[:2], -1).mean(dim=1), dim=-1)
+
+    def encode_side_by_side(self, clips: torch.Tensor) -> torch.Tensor:
+        """One video per call, a single-threaded call per core at once (PyTorch releases the GIL)."""
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return np.concatenate(list(self.lanes.map(self.encoder.encode_videos, [f[None] for f in frames])))
+            return torch.cat(list(self.lanes.map(self.encode, [clip[None] for clip in clips])))
         finally:
             torch.set_num_threads(threads)
 
-    def describe(self) -> str:
-        return f"{self.encoder.describe()}, side by side"
+    def run(self, paths: list[Path], batch: int, side_by_side: bool = False) -> np.ndarray:
+        """Embed `paths` in batches of `batch`, decoding the next batch while this one is encoded: (N, E)."""
+        chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+        encode = self.encode_side_by_side if side_by_side else self.encode
+        rows = []
+        with ThreadPoolExecutor(self.workers) as decoders:
+            ahead = [decoders.submit(self.load, path) for path in chunks[0]]
+            for k in range(len(chunks)):
+                current = ahead
+                ahead = [decoders.submit(self.load, path) for path in chunks[k + 1]] if k + 1 < len(chunks) else []
+                rows.append(encode(torch.stack([future.result() for future in current])))
+        return torch.cat(rows).numpy()
 
 
 def peer(export: Path, folder: Path, root: Path, settings: EmbedSettings, peer_batch: int, repeats: int) -> dict:
-    """`dgl embed` at auto precision vs the plain-CLIP mean-pool pipeline on the same videos (module docstring)."""
+    """`dgl embed` at auto precision vs the plain-CLIP pipeline with its own decoding (module docstring)."""
     dgl = open_encoder(export, backend="onnxruntime", device="cpu", precision="auto", log=None)
-    clip = open_meanpool_encoder("ViT-B-32", None, dgl.frames)
-    videos = len(list(folder.glob("*.mp4")))
-    runs = (("dgl_embed_auto", dgl, settings), ("clip_meanpool_torch_fp32", clip, settings),
-            ("clip_meanpool_torch_fp32_best_batch", clip, replace(settings, batch_size=peer_batch)),
-            ("clip_meanpool_torch_fp32_side_by_side", SideBySide(clip), settings))
-    calls = {name: (lambda e=encoder, n=name, s=run_settings: embed_videos(folder, root / f"peer-{n}.npy", e, s,
-                                                                           overwrite=True))
-             for name, encoder, run_settings in runs}
+    clip = ClipPeer(dgl.frames, settings.workers)
+    paths = sorted(folder.glob("*.mp4"))
+    videos, batch = len(paths), settings.batch_size
+    calls = {"dgl_embed_auto": lambda: embed_videos(folder, root / "peer-dgl_embed_auto.npy", dgl, settings,
+                                                    overwrite=True),
+             "clip_meanpool_torch_fp32": lambda: clip.run(paths, batch),
+             "clip_meanpool_torch_fp32_best_batch": lambda: clip.run(paths, peer_batch),
+             "clip_meanpool_torch_fp32_side_by_side": lambda: clip.run(paths, batch, side_by_side=True)}
     times = interleaved(calls, repeats, warmup=0)
     rates = {name: round(videos / statistics.median(seconds), 3) for name, seconds in times.items()}
     return {"videos": videos, "repeats": repeats, "dgl_precision": dgl.precision, "dgl_batch": settings.batch_size,
-            "clip_best_batch": peer_batch, "videos_per_s": rates,
+            "clip_best_batch": peer_batch, "clip_decoding": f"decord + open_clip preprocess, {settings.workers} "
+            "prefetching threads (its own, not dgl-deploy's)", "videos_per_s": rates,
             "seconds": {name: [round(t, 1) for t in seconds] for name, seconds in times.items()},
             "dgl_vs_clip_meanpool": round(rates["dgl_embed_auto"] / rates["clip_meanpool_torch_fp32"], 3),
             "dgl_vs_clip_meanpool_best_batch": round(rates["dgl_embed_auto"] /

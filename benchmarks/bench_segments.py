@@ -1,9 +1,13 @@
 """Segmented embedding (`dgl embed --window/--stride`) of long videos, three parts:
 
 1. `runs` - decoding every window of a long video: one forward pass over the union of the windows' frames (what
-   `dgl embed --window` does, `data.window_decode.decode_windows`) vs. a seek and a decode per window, vs.
-   decoding every frame of the file in order; each strategy in a fresh subprocess (its peak RSS is its own):
-   seconds, frames fetched from the decoder, windows per second, peak RSS.
+   `dgl embed --window` does, `data.window_decode.decode_windows`) vs. a seek and a decode per window (the
+   decoder's `VideoFile.frames` called once per window: each call seeks to its window's key frame) vs. decoding
+   every frame of the file in order with PyAV on one thread, converting only the needed ones (the floor of
+   bench_decode.py); each strategy in a fresh subprocess (its peak RSS is its own): seconds (wall and CPU),
+   frames converted (every_frame: frames decoded), windows per second, peak RSS. `real`: the same three, in
+   process and interleaved (medians of wall and CPU time), on the shared real clip bikes.mp4 (10 s, 640x272;
+   `--real-window` / `--real-stride`, default 4 / 2 s; skipped when the shared folder is absent).
 2. `pipeline` (`--pipeline`) - windows/s of `retrieval.embed.embed_videos` with `EmbedSettings(segments=...)` (the
    CLI's `dgl embed --window W --stride S`) on the one long clip vs. the encoder alone (`encode_videos`, same
    batch) on the same window stacks decoded beforehand, interleaved (`common.interleaved`, `--pipeline-repeats`
@@ -31,51 +35,47 @@ import threading
 import time
 from pathlib import Path
 
-import decord
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode import floor_pass, shared_dir, with_cpu_time  # noqa: E402
 from common import emit, interleaved  # noqa: E402
 
+from dgl_deploy.data.decoder import VideoFile  # noqa: E402
 from dgl_deploy.data.long_clips import cycle_shots, write_shots  # noqa: E402
-from dgl_deploy.data.video import frame_indices, resize_center_crop  # noqa: E402
-from dgl_deploy.data.window_decode import decode_windows  # noqa: E402
-from dgl_deploy.data.windows import Segmentation, windows_of  # noqa: E402
+from dgl_deploy.data.window_decode import decode_windows, plan_windows  # noqa: E402
+from dgl_deploy.data.windows import Segmentation  # noqa: E402
 
 
-def _windows(path: Path, segmentation: Segmentation, frames: int) -> tuple[decord.VideoReader, list[np.ndarray]]:
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    count, fps = len(reader), reader.get_avg_fps()
-    return reader, [frame_indices(count, fps, frames, span) for span in windows_of(count / fps, segmentation)]
+def _windows(video: VideoFile, segmentation: Segmentation, frames: int) -> list[np.ndarray]:
+    """Each window's frame indices on the file's timeline (what decode_windows plans)."""
+    return plan_windows(video.timeline, segmentation, frames)[1]
 
 
 def forward(path: Path, segmentation: Segmentation, frames: int, size: int) -> tuple[int, int]:
-    """The library's strategy; returns (windows, frames fetched)."""
+    """The library's strategy; returns (windows, frames converted)."""
     windows = sum(len(stacks.spans) for stacks in decode_windows(path, segmentation, frames, size))
-    _, indices = _windows(path, segmentation, frames)
+    with VideoFile(path) as video:
+        indices = _windows(video, segmentation, frames)
     return windows, len(np.unique(np.concatenate(indices)))  # each needed frame once
 
 
 def seek_per_window(path: Path, segmentation: Segmentation, frames: int, size: int) -> tuple[int, int]:
-    """One get_batch (a seek to the window's first frame, then forward) per window."""
-    reader, indices = _windows(path, segmentation, frames)
-    for window in indices:
-        resize_center_crop(reader.get_batch(list(window)).asnumpy(), size)
-    return len(indices), sum(len(w) for w in indices)
+    """One `VideoFile.frames` call per window: a seek to the window's key frame, then forward to its last frame."""
+    with VideoFile(path) as video:
+        indices = _windows(video, segmentation, frames)
+        for window in indices:
+            dict(video.frames(np.unique(window), size))
+    return len(indices), sum(len(np.unique(w)) for w in indices)
 
 
 def every_frame(path: Path, segmentation: Segmentation, frames: int, size: int) -> tuple[int, int]:
-    """Decode every frame in order (skipping the colour conversion of unneeded ones), keep the needed ones."""
-    reader, indices = _windows(path, segmentation, frames)
-    needed = np.unique(np.concatenate(indices))
-    reader.seek(0)
-    position = 0
-    for index in needed:
-        if index > position:
-            reader.skip_frames(int(index) - position)
-        resize_center_crop(reader.next().asnumpy()[None], size)
-        position = int(index) + 1
-    return len(indices), len(reader)
+    """Decode every frame in order on one thread, converting only the needed ones (bench_decode's floor, plus
+    the timeline's demux pass that plans the windows)."""
+    with VideoFile(path) as video:
+        indices, total = _windows(video, segmentation, frames), len(video.timeline)
+    floor_pass(path, np.unique(np.concatenate(indices)), size)
+    return len(indices), total
 
 
 STRATEGIES = {"forward": forward, "seek_per_window": seek_per_window, "every_frame": every_frame}
@@ -84,12 +84,32 @@ STRATEGIES = {"forward": forward, "seek_per_window": seek_per_window, "every_fra
 def run_one(args: argparse.Namespace) -> None:
     """Child process: time one strategy, print its JSON."""
     segmentation = Segmentation(args.window, args.stride)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     windows, fetched = STRATEGIES[args.strategy](args.clip, segmentation, args.frames, args.size)
     seconds = time.perf_counter() - started
-    print(json.dumps({"strategy": args.strategy, "seconds": round(seconds, 2), "windows": windows,
+    print(json.dumps({"strategy": args.strategy, "seconds": round(seconds, 2),
+                      "cpu_seconds": round(time.process_time() - cpu_started, 2), "windows": windows,
                       "frames_fetched": fetched, "windows_per_s": round(windows / seconds, 1),
                       "peak_rss_mb": _peak_rss_mb()}))
+
+
+def run_real(args: argparse.Namespace) -> dict | None:
+    """The three strategies in process, interleaved, on the shared real clip bikes.mp4."""
+    clip = shared_dir() / "real_videos" / "bikes.mp4"
+    if not clip.exists():
+        return None
+    segmentation = Segmentation(args.real_window, args.real_stride)
+    counts: dict[str, tuple[int, int]] = {}
+    calls = {name: (lambda n=name: counts.__setitem__(n, STRATEGIES[n](clip, segmentation, args.frames, args.size)))
+             for name in STRATEGIES}
+    calls, cpu = with_cpu_time(calls)
+    times = interleaved(calls, args.real_repeats, warmup=1)
+    return {"clip": "bikes.mp4 (shared real_videos: 10 s 640x272 25 fps h264)", "window": args.real_window,
+            "stride": args.real_stride, "windows": counts["forward"][0], "repeats": args.real_repeats,
+            "median_ms": {name: round(1000 * statistics.median(seconds), 1) for name, seconds in times.items()},
+            "cpu_median_ms": {name: round(1000 * statistics.median(seconds[1:]), 1) for name, seconds in cpu.items()},
+            "windows_per_s": {name: round(counts[name][0] / statistics.median(seconds), 1)
+                              for name, seconds in times.items()}}
 
 
 def _peak_rss_mb() -> int:
@@ -241,6 +261,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES),
                         help="Decode strategies to time (none: skip part 1).")
+    parser.add_argument("--real-window", type=float, default=4.0, help="Windows of the real-clip row (s).")
+    parser.add_argument("--real-stride", type=float, default=2.0)
+    parser.add_argument("--real-repeats", type=int, default=5, help="Interleaved rounds of the real-clip row (0: skip).")
     parser.add_argument("--pipeline", action="store_true", help="Part 2: embed_videos vs encoder alone, windows/s.")
     parser.add_argument("--pipeline-repeats", type=int, default=3, help="Part 2: interleaved rounds.")
     parser.add_argument("--batch", type=int, default=16, help="Windows per encoder call (dgl embed's default).")
@@ -278,6 +301,8 @@ def main() -> None:
             out["runs"] = [json.loads(subprocess.run(
                 [sys.executable, __file__, "--strategy", name, "--clip", str(clip), *common],
                 check=True, capture_output=True, text=True).stdout) for name in args.strategies]
+        if args.real_repeats:
+            out["real"] = run_real(args)
         if args.pipeline:
             args.clip = clip
             out["pipeline"] = run_pipeline(args)
