@@ -11,7 +11,7 @@ Parts (`--parts`, default all; each adds its key to the one JSON line printed):
    noise so it is not trivially compressible; cached in --workdir). `ours`: `decode_windows(path,
    Segmentation(4, 2), 12, 224)` fully consumed, in this process, one thread (the timeline's demux pass
    included). `floor`: one sequential PyAV decode of the file on one thread (`thread_count = 1`) that converts
-   (`reformat(..., "rgb24", interpolation="BICUBIC", threads=1)` + centre crop) only the frames the windows take
+   (as the decoder does: swscale RGB at full size, then `decoder.resize_center_crop`) only the frames the windows take
    (`plan_windows` on the file's timeline, computed beforehand, not timed), stopping after the last one.
    Interleaved rounds (`common.interleaved`), medians of wall and of CPU seconds (`time.process_time`: the host is
    shared, and CPU time moves less with other load); `floor_over_ours` = floor time / ours (target >= 0.8).
@@ -54,7 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, emit, interleaved, load_average  # noqa: E402
 
-from dgl_deploy.data.decoder import VideoFile  # noqa: E402
+from dgl_deploy.data.decoder import VideoFile, resize_center_crop  # noqa: E402
 from dgl_deploy.data.loader import iter_video_batches  # noqa: E402
 from dgl_deploy.data.sampling import uniform_indices  # noqa: E402
 from dgl_deploy.data.synthetic import make_synthetic  # noqa: E402
@@ -172,15 +172,12 @@ def floor_pass(path: Path, wanted: np.ndarray, size: int) -> int:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
-        new_w, new_h, top, left = crop_geometry(stream.width, stream.height, size)
         targets = iter(wanted.tolist())
         target = next(targets)
         for index, frame in enumerate(container.decode(stream)):
             if index < target:
                 continue
-            rgb = frame.reformat(width=new_w, height=new_h, format="rgb24", interpolation="BICUBIC",
-                                 threads=1).to_ndarray()
-            np.ascontiguousarray(rgb[top:top + size, left:left + size])
+            resize_center_crop(frame.to_ndarray(format="rgb24", threads=1), size)
             kept += 1
             target = next(targets, None)
             if target is None:

@@ -15,25 +15,27 @@ that is ahead of the decoder, it seeks to that key frame instead of decoding the
 one decoded frame plus the converted ones the caller keeps, whatever the file's length or GOP size. The
 decoder runs on one thread (`-j` parallelism is one process per file) and so does the conversion.
 
-Pixels: swscale (`VideoFrame.reformat`) converts each kept frame to RGB and resizes the shorter side of the frame
-as a player shows it (display rotation from the frame's display matrix, sample aspect ratio) to S with swscale's
-bicubic filter (antialiased when shrinking), then the frame is rotated upright and centre-cropped with
-torchvision's sizes: long side int(S * long / short), offsets round((side - S) / 2).
+Pixels: swscale converts each kept frame (only those) to RGB at full size, on this thread; the frame is turned
+upright (the display matrix's rotation); then Pillow's bicubic filter (antialiased, the filter of open_clip's own
+preprocessing) resizes the shorter side of the frame as a player shows it (sample aspect ratio applied) to S,
+resampling only the box the centre crop keeps (torchvision's sizes: long side int(S * long / short), offsets
+round((side - S) / 2)). On the real clips this is bit-identical to the previous decord + Pillow path (swscale's
+own bicubic in the conversion step was ~1 level brighter on average: cosine 0.9988 on bikes.mp4, below the
+0.999 bound; `benchmarks/bench_decode.py`), and as fast (1.07-1.12 against 1.11-1.25 ms of CPU a frame on
+bikes.mp4, 640x272 -> 224).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from dgl_deploy.errors import DGLError
-
-INTERPOLATION = "BICUBIC"  # swscale's resize filter (module docstring)
 
 
 class VideoError(DGLError):
@@ -235,28 +237,34 @@ class VideoFile:
 
     def _convert(self, frame: av.VideoFrame, size: int, crop: bool = True) -> np.ndarray:
         """One decoded frame upright, shorter side resized to `size`, centre-cropped: (S, S, 3) uint8 (`crop`
-        False: not cropped)."""
+        False: not cropped). RGB from swscale at full size, then Pillow's bicubic (module docstring)."""
         turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns a player applies
-        sar = self.stream.sample_aspect_ratio or Fraction(1)
-        width, height = frame.width * float(sar), frame.height  # as shown, before rotation
-        shown_w, shown_h = (height, width) if turns % 2 else (width, height)
-        short, long = sorted((shown_w, shown_h))
-        long_px = int(size * long / short)
-        new_w, new_h = (long_px, size) if shown_h <= shown_w else (size, long_px)
-        scale = (new_h, new_w) if turns % 2 else (new_w, new_h)  # in the stored orientation
-        rgb = self._scaled(frame, *scale)  # (h, w, 3)
+        rgb = frame.to_ndarray(format="rgb24", threads=1)  # (H, W, 3) as stored
         if turns:
             rgb = np.rot90(rgb, turns)
-        if not crop:
-            return np.ascontiguousarray(rgb)
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-        return np.ascontiguousarray(rgb[top:top + size, left:left + size])
-
-    @staticmethod
-    def _scaled(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-        """swscale: convert to RGB and resize in one step, on this thread: (height, width, 3) uint8."""
-        return frame.reformat(width=width, height=height, format="rgb24", interpolation=INTERPOLATION,
-                              threads=1).to_ndarray()
+        sar = float(self.stream.sample_aspect_ratio or 1)  # pixel width / height, in the stored orientation
+        shown_w, shown_h = (rgb.shape[1], rgb.shape[0] * sar) if turns % 2 else (rgb.shape[1] * sar, rgb.shape[0])
+        return resize_center_crop(rgb, size, (shown_w, shown_h), crop)
 
 
-__all__ = ["VideoError", "VideoFile", "Timeline", "check_file", "decoder_message", "INTERPOLATION"]
+def resize_center_crop(rgb: np.ndarray, size: int, shown: tuple[float, float] | None = None,
+                       crop: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8 -> (S, S, 3) uint8: the shorter side of the frame as shown (`shown` = (width, height), the
+    pixel size by default) to S with Pillow's bicubic (antialiased), then the centre crop with torchvision's sizes
+    (`crop` False: the whole frame, (H', W', 3)). Pillow resamples only the source box the crop keeps (the same
+    filter centres and support as a full resize followed by the crop)."""
+    height, width = rgb.shape[:2]
+    shown_w, shown_h = shown or (width, height)
+    short, long = sorted((shown_w, shown_h))
+    long_px = int(size * long / short)
+    new_w, new_h = (long_px, size) if shown_h <= shown_w else (size, long_px)
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    if not crop:
+        return np.asarray(image.resize((new_w, new_h), Image.Resampling.BICUBIC))
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    sy, sx = height / new_h, width / new_w  # source pixels per resized pixel
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box))
+
+
+__all__ = ["VideoError", "VideoFile", "Timeline", "check_file", "decoder_message", "resize_center_crop"]
