@@ -7,13 +7,17 @@ rerun with the same command checks the finished chunks against the job (a chunk 
 never merged) and skips them; since chunk boundaries and batches do not depend on where it stopped, the
 final files are identical to an uninterrupted run. At the end the set is written as a new generation beside
 the old one and switched to by one rename (`store.write_set`: a kill or a full disk leaves the old set
-whole), then the parts are removed. A row the encoder returns as NaN/inf (or that overflows float16 with
-`fp16`) is not written: its file is listed as failed, with the reason.
+whole), or, by an update that keeps every row, the new rows are appended to the set's files in place, in
+proportion to what they add (`store.append_set`, as safe); then the parts are removed. A row the encoder
+returns as NaN/inf (or that overflows float16 with `fp16`) is not written: its file is listed as failed, with
+the reason.
 
 One writer at a time: a job holds `<out>.lock` (`store.writer_lock`), so a second job on the same output is
 refused, naming the first one's pid. A refused job leaves nothing behind, and a job that stops before
 finishing any chunk leaves no `<out>.parts/`. A job killed after its switch but before removing its parts
-is recognised by the manifest (`job`), and its parts are removed by the next run.
+is recognised by the manifest (`job`), and its parts are removed by the next run. Every job first brings the
+set's files back to what its manifest records (`store.repair_set`: what an append killed before its switch left
+past the count, .npy headers an append killed after its switch did not rewrite).
 
 Without `update`, an existing set made by the same model that already holds every video of the source is
 "up to date" (nothing is written: rerunning a finished command is harmless); one that lacks some is refused.
@@ -85,9 +89,11 @@ from dgl_deploy.retrieval.precision import (
 from dgl_deploy.retrieval.store import (
     EmbeddingStore,
     StorePaths,
+    append_set,
     ids_digest,
     open_store,
     path_fields,
+    repair_set,
     write_set,
     writer_lock,
 )
@@ -220,6 +226,7 @@ def run_job(source: Path | str, out: Path | str, encoder: Encoder, settings: Emb
     """Lock the output, plan, run `runner` on the pending chunks, and write the set (see the module docstring)."""
     paths = StorePaths.of(out)
     with writer_lock(paths):
+        repair_set(paths)
         job = _plan(paths, source, encoder, settings, update=update, overwrite=overwrite, prune=prune,
                     model=model, backend=backend)
         if not job.writes:
@@ -608,7 +615,8 @@ def _read_chunks(parts: Path, count: int) -> Iterator[dict[str, np.ndarray]]:
 
 
 def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
-    """Write the kept rows then the chunks as the set's new generation (one switch), then remove the parts."""
+    """Write the kept rows then the chunks as the set's new generation (one switch), or append the chunks to it
+    where every row is kept (`store.append_set`), then remove the parts."""
     paths, result = job.paths, job.result
     count = -(-len(job.todo) // settings.chunk_size)
     new_ids: list[str] = []
@@ -632,10 +640,14 @@ def _merge(job: EmbedJob, settings: EmbedSettings) -> None:
         spans = np.concatenate([np.zeros((0, 2)), *kept_spans, *new_spans])
     new_rows = (chunk["rows"] for chunk in _read_chunks(paths.parts, count))
     atomic_write_text(paths.errors, "".join(f"{i}\t{r}\n" for i, r in result.failures))
-    write_set(paths, itertools.chain(blocks, new_rows), ids, dim=job.embed_dim,
-              dtype=np.float16 if settings.fp16 else np.float32,
-              fields={**_manifest_fields(job, settings, precisions), "times_from_frame_index": sorted(untimed & set(ids))},
-              spans=spans)
+    dtype = np.float16 if settings.fp16 else np.float32
+    fields = {**_manifest_fields(job, settings, precisions), "times_from_frame_index": sorted(untimed & set(ids))}
+    if job.existing is not None and job.keep == [range(len(job.existing.ids))]:  # every row kept: appended
+        append_set(job.existing, new_rows, new_ids, dtype=dtype, fields=fields,
+                   spans=None if spans is None else spans[len(job.existing.ids):])
+    else:
+        write_set(paths, itertools.chain(blocks, new_rows), ids, dim=job.embed_dim, dtype=dtype, fields=fields,
+                  spans=spans)
     shutil.rmtree(paths.parts, ignore_errors=True)
 
 

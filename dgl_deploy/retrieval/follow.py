@@ -1,5 +1,6 @@
 """`dgl serve` follows its index: a new generation of the set (`dgl embed --update`, `--prune`) or a rebuilt index
-folder (`dgl index build`) is served within `interval` seconds, without a restart or a failed request.
+folder (`dgl index build`) is served within `interval` seconds, without a restart or a failed request. Rows appended
+in place (`store.append_set`) come with a new manifest too, and are served as the version `gen-…+N`.
 
 A thread stats the files that name what is served every `interval` seconds (the set's manifest; for an index
 folder also its index.json and index.faiss): a few stat calls, nothing read. When they change, it opens the index
@@ -43,8 +44,9 @@ class Served:
 
     @property
     def generation(self) -> str | None:
-        """The set's generation (None for a set written before generations existed)."""
-        return self.index.store.manifest.get("generation")
+        """The set's generation and appends since (`EmbeddingStore.version`; None for a set written before
+        generations existed)."""
+        return self.index.store.version
 
     @property
     def rows(self) -> int:
