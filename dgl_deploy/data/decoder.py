@@ -19,10 +19,9 @@ Pixels: swscale converts each kept frame (only those) to RGB at full size, on th
 upright (the display matrix's rotation); then Pillow's bicubic filter (antialiased, the filter of open_clip's own
 preprocessing) resizes the shorter side of the frame as a player shows it (sample aspect ratio applied) to S,
 resampling only the box the centre crop keeps (torchvision's sizes: long side int(S * long / short), offsets
-round((side - S) / 2)). On the real clips this is bit-identical to the previous decord + Pillow path (swscale's
-own bicubic in the conversion step was ~1 level brighter on average: cosine 0.9988 on bikes.mp4, below the
-0.999 bound; `benchmarks/bench_decode.py`), and as fast (1.07-1.12 against 1.11-1.25 ms of CPU a frame on
-bikes.mp4, 640x272 -> 224).
+round((side - S) / 2)). Why not swscale's own resize in the conversion step: it comes out about one level
+brighter than a resize of the RGB frame, enough to move embeddings past the project's pixel bound; this path is
+bit-identical to the previous decord + Pillow one on the real clips (`benchmarks/bench_decode.py` measures both).
 """
 
 from __future__ import annotations
