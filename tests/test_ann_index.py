@@ -12,14 +12,16 @@ from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
 from dgl_deploy.retrieval.ann_index import (
+    ExactIndex,
     IndexSettings,
     build_index,
     choose_kind,
+    measure_recall,
     open_ann_index,
     open_index,
     resolve_settings,
 )
-from dgl_deploy.retrieval.search import top_k
+from dgl_deploy.retrieval.search import Hit, top_k
 from dgl_deploy.retrieval.store import StorePaths, open_store, write_set
 
 faiss = pytest.importorskip("faiss")
@@ -83,7 +85,9 @@ def test_auto_kind_and_settings() -> None:
     assert [choose_kind(n) for n in (10, 99_999, 100_000, 1_999_999, 2_000_000)] == \
         ["flat", "flat", "ivf-flat", "ivf-flat", "ivf-pq"]
     resolved = resolve_settings(IndexSettings(), 1_000_000, 512)
-    assert (resolved.kind, resolved.nlist, resolved.nprobe, resolved.pq_m) == ("ivf-flat", 4096, 128, 64)
+    assert (resolved.kind, resolved.nlist, resolved.nprobe, resolved.pq_m) == ("ivf-flat", 4096, 32, 64)
+    assert (resolve_settings(IndexSettings(), 100_000, 512).nlist, resolve_settings(IndexSettings(), 100_000, 512).nprobe) \
+        == (1024, 8)
     with pytest.raises(DGLError, match="pq_m"):
         resolve_settings(IndexSettings(kind="ivf-pq", pq_m=7), 5000, 64)
     with pytest.raises(DGLError, match="unknown index kind"):
@@ -252,3 +256,43 @@ def test_index_build_cli_says_added_and_rebuild_due(tmp_path) -> None:
     assert result.exit_code == 0 and "3000 new rows added to the ivf-flat index (not retrained), now 4000" in result.output
     assert "rebuild due: 3000 rows were added since the index was trained on 1000" in result.output
     assert runner.invoke(app, build).output.startswith(f"up to date: {out} already indexes all 4000 rows")
+
+
+def test_recall_holds_each_query_row_out_of_its_own_answers(random_set) -> None:
+    """`measure_recall` queries with the set's own rows; the row itself (cosine 1, found by any index) counts for
+    nothing: an index that answers only the query row scores 0, exact search 1, one right neighbour in ten 0.1."""
+    root, _, _ = random_set
+    store = open_store(root / "emb.npy")
+    exact = ExactIndex(store)
+
+    class Partial:
+        def __init__(self, keep: int) -> None:
+            self.store, self.keep = store, keep
+
+        def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+            hits = exact.search(queries, k)  # [the row itself, its true neighbours ...]
+            _, far = top_k(-store.vectors, queries, k)  # the worst rows: never true neighbours
+            return [[*h[:1 + self.keep], *(Hit(0, 0.0, int(r), "", None, None) for r in f)][:k]
+                    for h, f in zip(hits, far, strict=False)]
+
+    assert measure_recall(exact, 50) == 1.0
+    assert measure_recall(Partial(0), 50) == 0.0
+    assert measure_recall(Partial(1), 50) == 0.1
+    assert measure_recall(exact, 0) is None
+
+
+def test_index_build_cli_prints_and_stores_recall(tmp_path) -> None:
+    """`dgl index build` prints the recall@10 it measured (one line) and index.json holds the same number."""
+    from dgl_deploy.cli import app
+
+    rng = np.random.default_rng(13)
+    centres = _normalised(rng, 40)
+    rows = centres[rng.integers(0, 40, 3000)] + 0.3 / np.sqrt(DIM) * rng.standard_normal((3000, DIM))
+    write_store(tmp_path / "emb.npy", (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32), "fp-a")
+    result = runner.invoke(app, ["index", "build", str(tmp_path / "emb.npy"), "--out", str(tmp_path / "idx"),
+                                 "--kind", "ivf-flat", "--recall-queries", "100"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("recall@10: "))
+    manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert line.startswith(f"recall@10: {manifest['recall_at_10']:.3f} vs exact search (100 sampled rows")
+    assert manifest["recall_queries"] == 100 and manifest["recall_at_10"] >= 0.9

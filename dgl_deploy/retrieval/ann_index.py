@@ -11,6 +11,23 @@ Kinds, and when `auto` picks them (N rows; `AUTO_FLAT_MAX_ROWS`, `AUTO_IVF_FLAT_
   ivf-flat  N < 2M          inverted lists of full vectors; scans `nprobe` of `nlist` lists per query
   ivf-pq    N >= 2M         inverted lists of product-quantised codes (`pq_m` bytes per row at 8 bits)
   hnsw      explicit only   graph index: lowest latency, but the whole graph + vectors live in RAM
+Defaults, chosen from `benchmarks/bench_index.py` on 1M clustered 512-d vectors (a hierarchical Gaussian mixture
+on the sphere shaped like video embeddings: held-out queries' nearest row at cosine ~0.89, random pairs ~0.27),
+200 held-out queries, one query at a time on one FAISS thread (benchmarks/results/index.json; 2-core Xeon with
+AVX2/AVX-512, shared with other jobs: p50 is wall time, CPU time agreed within 1 % at load 1-4):
+  nlist   4 sqrt(N), a power of two (4096 at 1M). 1024 lists (sqrt N) cost 10-22 ms CPU at nprobe 8-32 in an
+          earlier run on the same data (lists of ~1000 rows, and queries land in the dense ones); 16 sqrt(N)
+          would scan 16k centroids per query (a flat coarse quantizer, ~32 MB) and train far longer.
+  nprobe  nlist / 128, at least 8 (32 at 1M): recall@10 1.0 at p50 2.8 ms. Recall here is 0.991 already at
+          nprobe 1 and 1.0 from 4, so 32 leaves a wide margin for sets less clustered than this one; nprobe 64
+          costs 5.2 ms, the old nlist / 32 (128) 9.8 ms (earlier run). Uniformly random vectors, the worst case,
+          need more (recall 0.20 at nlist 1024 / nprobe 32): `dgl index build --nprobe` or `dgl serve --nprobe`.
+  refine  16 (IVF-PQ, pq_m = E / 8 bytes per row, not varied): recall@10 0.93 at refine 4 (whatever nprobe),
+          0.989 at 8, 0.996 at 16 (p50 1.0 ms): the codes cannot order near duplicates, the exact re-score of
+          k x refine rows can.
+  hnsw    M 32, efConstruction 80, efSearch 256: recall@10 0.855 / 0.927 / 0.971 / 0.976 at efSearch
+          64 / 128 / 256 / 512, p50 0.39 / 0.58 / 0.88 / 1.28 ms (efSearch 128 reached 0.998 at 300k rows, not at
+          1M). The build took 386 s on 2 threads; a better graph (efConstruction) was not tried here.
 IVF indexes are memory-mapped when opened (`faiss.IO_FLAG_MMAP`), so start-up does not read them.
 Candidates are re-scored exactly from the (memory-mapped) embeddings, so scores are true cosines; IVF-PQ
 fetches `refine` x k candidates first, which recovers most of what quantisation loses.
@@ -24,7 +41,8 @@ REBUILD_GROWTH times the rows it was trained on; the build says so. Rows and ind
 (index.faiss, then index.json), so `dgl serve` never opens half of an update (`follow`).
 
 Building measures recall@10 against exact search on a seeded sample of the set's own rows (the
-video -> video case) and stores it in the manifest. Settings are checked when built and when opened (a
+video -> video case), each held out of its own answers (`measure_recall`), and stores it in the manifest
+(`recall_at_10`; `dgl index build` prints it). Settings are checked when built and when opened (a
 manifest edited by hand, `nprobe=-1`, IVF-PQ on fewer rows than it has codes to train), as are NaN/inf
 rows: each is one error line, never a FAISS traceback.
 """
@@ -74,13 +92,13 @@ class IndexSettings:
 
     kind: str = "auto"  # auto | flat | ivf-flat | ivf-pq | hnsw
     nlist: int | None = None  # IVF lists (default ~4 sqrt(N), a power of two)
-    nprobe: int | None = None  # IVF lists scanned per query (default max(8, nlist / 32))
+    nprobe: int | None = None  # IVF lists scanned per query (default max(8, nlist / 128))
     pq_m: int | None = None  # IVF-PQ sub-quantisers, must divide E (default E / 8)
     pq_bits: int = 8  # bits per PQ code
-    refine: int = 4  # IVF-PQ: candidates fetched per wanted result, then re-scored exactly
+    refine: int = 16  # IVF-PQ: candidates fetched per wanted result, then re-scored exactly
     hnsw_m: int = 32  # HNSW graph degree
     ef_construction: int = 80  # HNSW build breadth
-    ef_search: int = 64  # HNSW search breadth (>= k is raised to k)
+    ef_search: int = 256  # HNSW search breadth (>= k is raised to k)
     recall_queries: int = 200  # rows sampled to measure recall@10 at build time
     seed: int = 0
 
@@ -107,6 +125,7 @@ class BuildResult:
     seconds: float
     added: int | None = None  # rows added to the existing index without retraining; None: built from scratch
     rebuild_due: str | None = None  # why a rebuild (--overwrite) is due; None: not due
+    recall_queries: int = 0  # rows of the set that recall@10 was measured with (0: not measured)
 
 
 class SearchIndex(Protocol):
@@ -171,7 +190,8 @@ def resolve_settings(settings: IndexSettings, rows: int, dim: int) -> IndexSetti
     kind = choose_kind(rows) if settings.kind == "auto" else settings.kind
     nlist = settings.nlist or _default_nlist(rows)
     pq_m = settings.pq_m or max(1, dim // 8)
-    resolved = replace(settings, kind=kind, nlist=nlist, nprobe=settings.nprobe or max(8, nlist // 32), pq_m=pq_m)
+    resolved = replace(settings, kind=kind, nlist=nlist, nprobe=settings.nprobe or _default_nprobe(nlist),
+                       pq_m=pq_m)
     if kind.startswith("ivf") and nlist > rows:
         raise DGLError(f"{kind} with nlist {nlist} needs at least {nlist} rows to train (the set has {rows}): "
                        "lower --nlist, or use --kind flat (exact)")
@@ -181,6 +201,11 @@ def resolve_settings(settings: IndexSettings, rows: int, dim: int) -> IndexSetti
     if kind == "ivf-pq" and dim % pq_m:
         raise DGLError(f"pq_m {pq_m} must divide the embedding dimension {dim}")
     return resolved
+
+
+def _default_nprobe(nlist: int) -> int:
+    """nlist / 128 lists scanned, at least 8 (module docstring: the most that keeps 1M rows within 5 ms)."""
+    return max(8, nlist // 128)
 
 
 def _default_nlist(rows: int) -> int:
@@ -202,8 +227,9 @@ def build_index(emb: Path | str, out: Path | str, settings: IndexSettings = Inde
     update = None if overwrite else _update_plan(out, store, settings, rows_hash)
     if isinstance(update, _Update):
         if update.covered == n:  # nothing appended: the index is up to date
+            queries = update.manifest.get("recall_queries")
             return BuildResult(out, update.settings.kind, n, update.manifest.get("recall_at_10"), 0.0, 0,
-                               _rebuild_due(update))
+                               _rebuild_due(update), queries if isinstance(queries, int) else 0)
         index, settings, start, trained = update.index, update.settings, update.covered, update.trained
     else:
         settings = resolve_settings(replace(settings, kind=update or settings.kind), n, dim)
@@ -223,7 +249,8 @@ def build_index(emb: Path | str, out: Path | str, settings: IndexSettings = Inde
     atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=1))  # the switch for `dgl serve`
     added = n - start if isinstance(update, _Update) else None
     return BuildResult(out, settings.kind, n, recall, seconds, added,
-                       _rebuild_due(update, n) if isinstance(update, _Update) else None)
+                       _rebuild_due(update, n) if isinstance(update, _Update) else None,
+                       manifest["recall_queries"] if recall is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -323,15 +350,25 @@ def _sample_rows(n: int, count: int, seed: int) -> np.ndarray:
 
 
 def measure_recall(index: SearchIndex, queries: int = 200, k: int = 10, seed: int = 0) -> float | None:
-    """Mean recall@k of `index` against exact search, querying with a sample of the set's own rows."""
+    """Mean recall@k of `index` against exact search, querying with a seeded sample of the set's own rows, each held
+    out of its own answers: the row itself (found at cosine 1 by any index) is dropped from both the exact and the
+    index's top k+1, so recall counts only the other rows. None for a set of fewer than two rows or `queries` < 1."""
     vectors = index.store.vectors
-    if vectors.shape[0] == 0 or queries < 1:
+    n = vectors.shape[0]
+    if n < 2 or queries < 1:
         return None
-    sample = np.asarray(vectors[_sample_rows(vectors.shape[0], queries, seed)], dtype=np.float32)
-    _, exact = top_k(vectors, sample, k)
-    found = index.search(sample, k)
-    hits = [len(set(map(int, truth)) & {h.row for h in got}) for truth, got in zip(exact, found, strict=False)]
-    return round(float(np.sum(hits)) / exact.size, 4)
+    rows = _sample_rows(n, queries, seed)
+    sample = np.asarray(vectors[rows], dtype=np.float32)
+    fetch = min(n, k + 1)
+    _, exact = top_k(vectors, sample, fetch)
+    found = index.search(sample, fetch)
+    hits = total = 0
+    for row, truth, got in zip(rows, exact, found, strict=False):
+        truth = {int(r) for r in truth if r != row} if row in truth else set(map(int, truth[:k]))
+        answered = [h.row for h in got if h.row != row][:k]
+        hits += len(truth & set(answered))
+        total += len(truth)
+    return round(hits / total, 4)
 
 
 def _manifest(store: EmbeddingStore, out: Path, settings: IndexSettings, recall: float | None, seconds: float,
