@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` (offline end-to-end demo) and `make test` (set up + lint + tests).
+# The README's two commands: `make demo` (offline end-to-end demo) and `make test` (set up + lint + docs + tests).
 # Each target installs the profile it needs into one virtualenv (.venv):
 #   demo: the runtime + training + export profiles; test: everything the tests use.
 PY ?= python3
@@ -19,8 +19,13 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.test
 
+# the docs site (docs/, mkdocs.yml; the `docs` extra, part of `test`) must build without a warning
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
 test: setup
 	$(BIN)/ruff check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/python -m pytest -q
 
 # the slow tests also run Ray (a local cluster and a two-node one on loopback)
@@ -41,7 +46,7 @@ $(VENV)/.bench: pyproject.toml $(VENV)/.test
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py
 
-.PHONY: setup test test-slow demo bench
+.PHONY: setup docs test test-slow demo bench
 
 # GPU check: prepare benchmarks/.work/gpu/ (wheels the GPU image lacks, the project wheel, synthetic videos, run.sh)
 # here, verify it with a dry run, and print (and write to benchmarks/.work/gpu/COMMAND.txt) the one command to run there.

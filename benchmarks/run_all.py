@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -313,27 +314,15 @@ TARGETS: list[tuple[str, str, str, str, float]] = [
 
 INTRO = """\
 Measured with `make bench` (`benchmarks/run_all.py` reruns every script, stores its JSON in `benchmarks/results/`
-and rewrites this page and its plots) on this project's CI machine class: 2 CPU cores (x86_64, AVX2), no GPU.
-Models are random-init (speed does not depend on the weights). Comparisons are interleaved A/B runs, medians; the
-load average and the date of each run are in its JSON. The runs on this shared 2-core machine vary by up to 20 %
-between repetitions (seconds per run in the JSON). GPU rows come from `make gpu-check`
-(`run_all.py --gpu gpu_check.json`, see [GPU check](gpu-check.md)). Earlier results are in `CHANGELOG.md`."""
+and rewrites this page and its plots) on this project's machines: 2 CPU cores (x86_64: AVX2, or AVX-512 VNNI where
+the notes below say so), no GPU. Models are random-init (speed does not depend on the weights). Comparisons are
+interleaved A/B runs, medians; the load average and the date of each run are in its JSON. The runs on these shared
+2-core machines vary by up to 20 % between repetitions (seconds per run in the JSON). GPU rows come from
+`make gpu-check` (`run_all.py --gpu gpu_check.json`, see [GPU check](gpu-check.md)). Earlier results are in
+`CHANGELOG.md`."""
 
-NOTES = """\
-- **Why int8 is the CPU speed.** On 2 AVX2 cores the GEMMs are the cost: onnxruntime's transformer-optimizer
-  fusions add nothing measurable on top of fp32, while int8 is 2.5-3.5x PyTorch eager. `dgl embed` runs the video
-  tower one video per run, a single-threaded run per core side by side (ONNX Runtime's int8 ops leave the second
-  thread waiting at each op's end), which is faster than one run over both cores. `--precision auto` still decides
-  per host ([Backends and precision](backends.md)): a host where int8 is not faster than fp32 runs fp32.
-- **End to end**, `dgl embed` and the usual plain-CLIP pipeline (the same 12 frames mean-pooled, PyTorch fp32,
-  decord + Pillow) run on the same videos, decoder settings, batch and threads; the plain-CLIP pipeline is also
-  measured at its fastest batch and scheduled like `dgl embed`. The rest of the gap to the encoders alone is
-  decoding, which costs both pipelines about the same seconds.
-- **`dgl embed` / encoder-only rate** below 90 %: the int8 encoder needs ~0.42 core-seconds per clip, next to
-  which the decoders' ~0.04 leave at most ~91 % on 2 cores.
-- **Query latency**: the text encoder runs int8 on the ids cut after EOT; exact search scans float16 rows (or the
-  float16 scan copy of a float32 set of 100k rows or more) and re-scores exactly, so the float32 result is kept at
-  half the scan time ([Backends and precision](backends.md#precision-and-speed))."""
+# the page's hand-written part: what the numbers mean (why, not history: that goes to CHANGELOG.md)
+NOTES = HERE / "notes.md"
 
 
 def _met(value: object, op: str, target: float) -> str:
@@ -545,7 +534,9 @@ def render_page(img: Path | None = None) -> str:
     parts = ["# Benchmarks", GENERATED, INTRO, "## Headline results", _targets(results)]
     if plots:
         parts += ["## Plots", *plots]
-    parts += ["## Notes", NOTES, "## All headline numbers", render(), ""]
+    if NOTES.is_file():
+        parts += ["## Notes", re.sub(r"^<!--.*?-->\s*", "", NOTES.read_text(), flags=re.S).strip()]
+    parts += ["## All headline numbers", render(), ""]
     return "\n\n".join(parts)
 
 

@@ -259,6 +259,12 @@ def _first_existing(candidates: list[Path]) -> Path:
 
 
 def _msrvtt(annotations: Path, videos: Path) -> list[VideoItem]:
+    """MSR-VTT. `test` is the 1k-A split (key, vid_key, video_id, sentence; one caption a video); `train9k` /
+    `train7k` list video ids, whose captions (20 a video) come from `MSRVTT_data.json` beside them
+    (`sentences: [{video_id, caption}]`). Annotations and the 1k-A split: CLIP4Clip's data release (`msrvtt_data.zip`);
+    videos: the MSR-VTT authors.
+    Videos: `<videos>/<video_id>.mp4`
+    """
     rows = _read_csv(annotations, ["video_id"])
     if rows and "sentence" in rows[0].data:  # 1k-A test: one caption per row/video
         pairs = [(row.text("video_id"), [row.text("sentence")]) for row in rows]
@@ -277,6 +283,9 @@ def _msrvtt(annotations: Path, videos: Path) -> list[VideoItem]:
 
 
 def _vatex(annotations: Path, videos: Path) -> list[VideoItem]:
+    """VATEX: a JSON list of `{videoID, enCap: [10 English captions]}`; from eric-xw.github.io/vatex-website.
+    Videos: `<videos>/<videoID>.mp4`
+    """
     items = []
     for _, row in _json_entries(annotations, _read_json(annotations), list, "{videoID, enCap}"):
         vid = row.text("videoID")
@@ -285,6 +294,10 @@ def _vatex(annotations: Path, videos: Path) -> list[VideoItem]:
 
 
 def _lsmdc(annotations: Path, videos: Path) -> list[VideoItem]:
+    """LSMDC: tab-separated, no header (clip_id, start, end, ..., sentence); clips come pre-cut (one file a clip, the
+    times into the movie are ignored); one caption a clip. From the MPII movie description site (registration).
+    Videos: `<videos>/<movie>/<clip_id>.avi` (or `<videos>/<clip_id>.avi`; movie = clip_id up to its last `_`)
+    """
     items = []
     for number, fields in _csv_lines(annotations, delimiter="\t"):
         row = _Row(f"{annotations} line {number}", {"clip_id": fields[0], "sentence": fields[-1]})
@@ -298,6 +311,11 @@ def _lsmdc(annotations: Path, videos: Path) -> list[VideoItem]:
 
 
 def _activitynet(annotations: Path, videos: Path) -> list[VideoItem]:
+    """ActivityNet Captions: `{v_<id>: {duration, timestamps, sentences}}`; paragraph-to-video (the sentences joined
+    into one caption, segment [0, ceil(duration)] s, as the reference reads it); for `dgl eval --moments` each sentence
+    is a moment with its timestamps. From cs.stanford.edu/people/ranjaykrishna/densevid plus the ActivityNet videos.
+    Videos: `<videos>/v_<id>.mp4` (or `.mkv` / `.webm`, with or without the `v_`)
+    """
     items = []
     for key, row in _json_entries(annotations, _read_json(annotations), dict, "{v_<id>: {sentences}}"):
         bare = key.removeprefix("v_")
@@ -328,6 +346,10 @@ def _activitynet_moments(row: _Row, sentences: list[str]) -> tuple[tuple[str, fl
 
 
 def _charades(annotations: Path, videos: Path) -> list[VideoItem]:
+    """Charades-STA: one moment a line, `VIDEOID START END##sentence` (seconds); each sentence is a caption of its
+    video and a moment (`dgl eval --moments`).
+    Videos: `<videos>/<id>.mp4`
+    """
     items = []
     for number, line in enumerate(_read_text(annotations).splitlines(), start=1):
         if not line.strip():
@@ -356,6 +378,11 @@ def _captions(where: str, value: Any) -> list[str]:
 
 
 def _msvd(annotations: Path, videos: Path) -> list[VideoItem]:
+    """MSVD: split lists (one video id a line) and `raw-captions.json` beside them (`{id: [captions]}`, several a
+    video; a caption given as a list of words is joined). CLIP4Clip's data release ships `raw-captions.pkl`, which is
+    never unpickled here: convert it once where you trust it (the command is below).
+    Videos: `<videos>/<id>.avi` (or `.mp4`)
+    """
     source = annotations.parent / MSVD_CAPTIONS
     data = _read_json(source)
     if not isinstance(data, dict):
@@ -370,6 +397,11 @@ def _msvd(annotations: Path, videos: Path) -> list[VideoItem]:
 
 
 def _didemo(annotations: Path, videos: Path) -> list[VideoItem]:
+    """DiDeMo: split lists (video file names) and `<split>_data.json` beside them (`[{video, description, times}]`);
+    paragraph-to-video (descriptions joined, segment [0, 31] s, as the reference reads it). Annotations and videos:
+    LisaAnne/LocalizingMoments; split lists: Collaborative Experts.
+    Videos: `<videos>/<video>` (or `<videos>/<video>.mp4`)
+    """
     if not annotations.name.endswith("_list.txt"):
         raise DGLError(f"{annotations}: a DiDeMo split list is named <split>_list.txt (captions: <split>_data.json beside it)")
     source = annotations.with_name(annotations.name.removesuffix("_list.txt") + "_data.json")
@@ -383,6 +415,10 @@ def _didemo(annotations: Path, videos: Path) -> list[VideoItem]:
 
 
 def _generic(annotations: Path, videos: Path) -> list[VideoItem]:
+    """Your own set: a `.csv` (columns `video,caption[,start,end]`) or a `.jsonl` (`{"video", "caption": str or [str],
+    "start", "end"}`); repeated rows of one video add captions, exact duplicate pairs are dropped with one warning.
+    Videos: relative to `--videos` (or absolute)
+    """
     csv_file = annotations.suffix.lower() == ".csv"
     items = []
     for row in _read_csv(annotations, ["video", "caption"]) if csv_file else _read_jsonl(annotations):
