@@ -150,3 +150,14 @@ def make_serve_files(root: Path) -> Path:
     encoder = open_encoder(root / "model.safetensors", backend="torch", log=None)
     embed_videos(root / "videos", root / "emb.npy", encoder, EmbedSettings(workers=1))
     return root
+
+
+TORCH_SIDE = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnxslim", "safetensors")  # not in [cpu]
+
+
+def no_torch_env(folder: Path, blocked: tuple[str, ...] = TORCH_SIDE) -> dict[str, str]:
+    """An environment whose Python cannot import `blocked` (a sitecustomize in `folder` sets them to None), as in
+    a runtime-only install."""
+    (folder / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{name!r}] = None\n"
+                                                                     for name in blocked))
+    return {**os.environ, "PYTHONPATH": str(folder), "COLUMNS": "200"}

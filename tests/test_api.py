@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,9 @@ from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.embed import EmbedSettings
 from dgl_deploy.retrieval.embed import embed_videos as library_embed
 from dgl_deploy.runtime.backends.select import open_encoder
+from tests.conftest import TORCH_SIDE, no_torch_env
 
-BLOCKED = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnxslim", "safetensors")
+BLOCKED = TORCH_SIDE
 DGL = [sys.executable, "-m", "dgl_deploy"]
 TEXT = "a red circle moves to the right"
 
@@ -68,10 +68,7 @@ assert not blocked, blocked
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """Environment whose Python cannot import torch & co. (as tests/test_torch_free.py does)."""
-    folder = tmp_path_factory.mktemp("no_torch")
-    (folder / "sitecustomize.py").write_text(
-        "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in BLOCKED))
-    return {**os.environ, "PYTHONPATH": str(folder), "COLUMNS": "200"}
+    return no_torch_env(tmp_path_factory.mktemp("no_torch"), BLOCKED)
 
 
 @pytest.fixture(scope="module")

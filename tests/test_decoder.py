@@ -186,17 +186,11 @@ def test_real_clips_match_an_independent_decode(name: str) -> None:
         np.testing.assert_array_equal(got[int(index)], small)
 
 
-def test_audio_only_and_not_a_video_are_one_line(made: Path) -> None:
-    path = made / "audio.m4a"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for index in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, index * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+def test_audio_only_is_one_line(made: Path) -> None:
+    from tests.test_video import audio_only
+
     with pytest.raises(VideoError, match="no video stream"):
-        VideoFile(path)
+        VideoFile(audio_only(made / "audio.m4a"))
 
 
 def test_embedded_moments_carry_stream_times_and_the_manifest_names_untimed_files(made: Path, tmp_path: Path) -> None:

@@ -21,18 +21,16 @@ import torch
 from dgl_deploy.data.synthetic import make_synthetic
 from dgl_deploy.export import export_onnx
 from dgl_deploy.model.model import create_model
+from tests.conftest import TORCH_SIDE, no_torch_env
 
-BLOCKED = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnxslim", "safetensors")
+BLOCKED = TORCH_SIDE
 DGL = [sys.executable, "-m", "dgl_deploy"]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """Environment whose Python cannot import torch & co. (a sitecustomize sets them to None)."""
-    folder = tmp_path_factory.mktemp("no_torch")
-    (folder / "sitecustomize.py").write_text(
-        "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in BLOCKED))
-    return {**os.environ, "PYTHONPATH": str(folder), "COLUMNS": "200"}
+    return no_torch_env(tmp_path_factory.mktemp("no_torch"), BLOCKED)
 
 
 @pytest.fixture(scope="module")
