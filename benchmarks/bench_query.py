@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -89,12 +90,8 @@ def exact_top10(stores: dict[str, Any], repeats: int, numpy_float16: bool) -> di
 
 def _without_faiss(call: Callable[[], Any]) -> Any:
     """`call()` with the FAISS float16 scan switched off (what an install without dgl-deploy[index] runs)."""
-    use_faiss = search._use_faiss
-    search._use_faiss = lambda *_: False
-    try:
+    with mock.patch.object(search, "_use_faiss", lambda *_: False):
         return call()
-    finally:
-        search._use_faiss = use_faiss
 
 
 def in_process(stores: dict[str, Any], encoders: dict[str, OnnxEncoder], repeats: int) -> dict[str, dict[str, float]]:
@@ -135,12 +132,8 @@ def _sampled_check(opened: Any) -> None:
 
 def _without_checks(call: Callable[[], Any]) -> Any:
     """`call()` with the open-time checksum check switched off (what opening cost before checksums)."""
-    check = store._check_sample
-    store._check_sample = lambda *_: None
-    try:
+    with mock.patch.object(store, "_check_sample", lambda *_: None):
         return call()
-    finally:
-        store._check_sample = check
 
 
 def process(emb: Path, export: Path, repeats: int) -> dict[str, dict[str, float]]:

@@ -18,22 +18,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-if TYPE_CHECKING:
-    from dgl_deploy.retrieval.serve import SearchService
+from dgl_deploy.retrieval.follow import IndexFollower
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # seconds
 STATIC_ROUTE = "/static/{name}"
 
 
+class MetricSource(Protocol):
+    """What the metrics read of the service (`serve.SearchService`) at scrape time."""
+
+    follower: IndexFollower  # the state served: rows, generation, index kind, switches
+
+    @property
+    def encoder_queue_depth(self) -> int: ...
+
+    @property
+    def decoder_restarts(self) -> int: ...
+
+
 class ServeMetrics:
     """The service's metrics: request counters and histograms, and the service's state read at scrape time."""
 
-    def __init__(self, service: SearchService) -> None:
+    def __init__(self, service: MetricSource) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("dgl_requests", "HTTP answers by route and status", ["route", "status"],
                                 registry=self.registry)
@@ -57,7 +68,7 @@ class ServeMetrics:
 class _ServiceCollector:
     """The service's state as metrics, read when scraped."""
 
-    def __init__(self, service: SearchService) -> None:
+    def __init__(self, service: MetricSource) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
