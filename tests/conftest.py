@@ -32,20 +32,17 @@ def _seed() -> None:
 
 
 def require_shared(path: Path) -> Path:
-    """`path` under shared/; where it is absent the test skips, or fails when $DGL_REQUIRE_SHARED is set
-    (.ci/run sets it: there the reference fixtures must be found, never silently skipped)."""
+    """`path` under shared/, which must exist: a golden/reference test fails where its fixture is missing, never
+    skips (a skipped parity check would look like a passed one)."""
     if not path.exists():
-        message = f"{path} not found (shared/ fixtures; set DGL_SHARED_DIR)"
-        if os.environ.get("DGL_REQUIRE_SHARED"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"{path} not found: the golden/reference fixtures in shared/ are missing (looked in {SHARED}; "
+                    "set $DGL_SHARED_DIR to the folder holding reference/ and real_videos/)", pytrace=False)
     return path
 
 
 def golden_case(latent: str) -> tuple[Path, dict, Path]:
     """(reference checkpoint, its JSON config, its npz of inputs/outputs)."""
-    pth, cfg, npz = (GOLDEN / f"dgl_tiny_{latent}{ext}" for ext in (".pth", ".json", ".npz"))
-    require_shared(pth)
+    pth, cfg, npz = (require_shared(GOLDEN / f"dgl_tiny_{latent}{ext}") for ext in (".pth", ".json", ".npz"))
     return pth, json.loads(cfg.read_text()), npz
 
 

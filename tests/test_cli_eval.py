@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from dgl_deploy.cli import app
 from tests.conftest import REFERENCE as SHARED_REFERENCE
+from tests.conftest import require_shared
 
 REFERENCE = SHARED_REFERENCE / "msrvtt_1k_dgl_vit16_sims.npy"
 SIMS = np.array([[0.9, 0.1, 0.5], [0.8, 0.7, 0.2], [0.3, 0.6, 0.4]], dtype=np.float32)
@@ -55,9 +56,8 @@ def test_qbnorm_with_query_bank_table(tmp_path: Path) -> None:
     assert "QB-Norm" in result.stdout
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"{REFERENCE} not available")
 def test_reference_json() -> None:
-    result = _invoke("--sims", str(REFERENCE), "--json")
+    result = _invoke("--sims", str(require_shared(REFERENCE)), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["t2v"] == {"R@1": 48.0, "R@5": 71.3, "R@10": 81.4, "MdR": 2.0, "MnR": 13.649, "queries": 1000}

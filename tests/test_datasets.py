@@ -9,6 +9,7 @@ import pytest
 from dgl_deploy.data.datasets import VALIDATION_SPLITS, load_dataset
 from dgl_deploy.errors import DGLError
 from tests.conftest import REFERENCE as SHARED_REFERENCE
+from tests.conftest import require_shared
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 MSRVTT_1KA = SHARED_REFERENCE / "MSRVTT_JSFUSION_test.csv"
@@ -39,11 +40,9 @@ def test_msrvtt_train_with_data_json(tmp_path: Path, split: str, count: int) -> 
 
 
 def test_msrvtt_real_1ka_test_split(tmp_path: Path) -> None:
-    if not MSRVTT_1KA.exists():
-        pytest.skip(f"{MSRVTT_1KA} not available")
     import csv
 
-    ids = [row["video_id"] for row in csv.DictReader(MSRVTT_1KA.open())]
+    ids = [row["video_id"] for row in csv.DictReader(require_shared(MSRVTT_1KA).open())]
     videos = touch(tmp_path, *(f"{vid}.mp4" for vid in ids))
     ds = load_dataset("msrvtt", MSRVTT_1KA, videos)
     assert len(ds.items) == 1000 and ds.num_captions == 1000 and len({i.video_id for i in ds.items}) == 1000

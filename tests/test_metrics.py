@@ -9,9 +9,14 @@ from dgl_deploy import DGLError
 from dgl_deploy.evaluation import metrics
 from dgl_deploy.evaluation.metrics import retrieval_metrics, summarize_ranks, t2v_ranks, v2t_ranks
 from tests.conftest import REFERENCE as SHARED_REFERENCE
+from tests.conftest import require_shared
 
 REFERENCE = SHARED_REFERENCE / "msrvtt_1k_dgl_vit16_sims.npy"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_file(), reason=f"{REFERENCE} not available")
+
+
+def _reference_sims() -> np.ndarray:
+    """The reference similarity matrix (MSR-VTT 1k-A, DGL ViT-B/16) from shared/; the test fails without it."""
+    return np.load(require_shared(REFERENCE), allow_pickle=False)
 
 
 def _optimistic_diagonal_ranks(sims: np.ndarray) -> np.ndarray:
@@ -98,15 +103,13 @@ def test_bad_input_raises(sims: np.ndarray, c2v: np.ndarray | None, message: str
         retrieval_metrics(sims, c2v)
 
 
-@needs_reference
 def test_reference_text_to_video_exact() -> None:
-    result = retrieval_metrics(np.load(REFERENCE, allow_pickle=False))["t2v"]
+    result = retrieval_metrics(_reference_sims())["t2v"]
     assert result == {"R@1": 48.0, "R@5": 71.3, "R@10": 81.4, "MdR": 2.0, "MnR": 13.649, "queries": 1000}
 
 
-@needs_reference
 def test_reference_video_to_text_ties_pessimistic_vs_optimistic() -> None:
-    transposed = np.load(REFERENCE, allow_pickle=False).T
+    transposed = _reference_sims().T
     pessimistic = t2v_ranks(transposed)
     optimistic = _optimistic_diagonal_ranks(transposed)
     assert np.count_nonzero(pessimistic != optimistic) == 9  # exact ties exist
@@ -114,4 +117,4 @@ def test_reference_video_to_text_ties_pessimistic_vs_optimistic() -> None:
     assert summarize_ranks(optimistic) == {"R@1": 46.9, "R@5": 74.9, "R@10": 83.7, "MdR": 2.0, "MnR": 9.779, "queries": 1000}
     expected = {"R@1": 46.5, "R@5": 74.9, "R@10": 83.7, "MdR": 2.0, "MnR": 9.791, "queries": 1000}
     assert summarize_ranks(pessimistic) == expected
-    assert retrieval_metrics(np.load(REFERENCE, allow_pickle=False))["v2t"] == expected
+    assert retrieval_metrics(transposed.T)["v2t"] == expected
