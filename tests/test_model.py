@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -97,12 +99,23 @@ def test_tokenizer_layout() -> None:
         Tokenizer(max_words=8, vocab_size=1000)
 
 
-def test_logits_use_frozen_scale(tiny_model) -> None:
-    tok = tokenizer_for(tiny_model)
+def test_logits_use_frozen_scale() -> None:
+    """Spec section 4: logits = exp(logit_scale) * cosine, CLIP's logit scale frozen. A fresh backbone starts at
+    CLIP's ln(1 / 0.07); set to ln(100), the logits of hand-made unit vectors are 100 x their cosines worked out by
+    hand, and the scale gets no gradient and is none of the parameters training optimises."""
+    model = create_model("dgl-tiny", pretrained=None)
+    scale = model.clip.logit_scale
+    assert scale.item() == pytest.approx(math.log(1 / 0.07))
     with torch.no_grad():
-        text, video = tiny_model(tok(["x", "y"]), _videos(tiny_model, 2))
-        logits = tiny_model.logits(text, video)
-    torch.testing.assert_close(logits, tiny_model.clip.logit_scale.exp() * text @ video.t())
+        scale.fill_(math.log(100))
+    text = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]], requires_grad=True)
+    video = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.6, 0.8]])
+    cosines = torch.tensor([[1.0, 0.0, 0.8, 0.0], [0.6, 0.8, 0.96, 0.48]])  # 0.6*0.8 + 0.8*0.6; 0.8*0.6
+    logits = model.logits(text, video)
+    torch.testing.assert_close(logits, 100 * cosines)
+    logits.sum().backward()
+    assert text.grad is not None and scale.grad is None and not scale.requires_grad
+    assert all(p is not scale for p in model.prompt_parameters().values())
 
 
 def test_only_prompts_get_gradients(tiny_model) -> None:
