@@ -5,7 +5,8 @@ Every consumer of an export (backends, embed, query, eval) goes through `load_ma
 a graph whose checksum or embedded model fingerprint disagrees with the manifest is refused. The manifest
 itself is untrusted input: `load_manifest` checks the type of every field, the sizes against sane bounds
 and the recorded graph signatures, and that every file it names is a plain file name inside the folder;
-`check_graph_signature` reads a graph's declared input/output shapes from the file (no session needed).
+`check_graph_signature` reads a graph's declared input/output shapes from the file with the bounded protobuf
+reader of `runtime.protobuf` (no session, no onnx package).
 Torch-free on purpose (imported at query start-up).
 """
 
@@ -16,7 +17,7 @@ import hashlib
 import json
 import mmap
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -26,6 +27,7 @@ from dgl_deploy.data.sampling import DEFAULT_SAMPLING, check_sampling
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_write_text
 from dgl_deploy.limits import SIZE_LIMITS, check_number, read_json
+from dgl_deploy.runtime.protobuf import Message, ProtobufError, int64
 
 FORMAT = "dgl-deploy-export/1"
 MANIFEST_FILE = "manifest.json"
@@ -302,7 +304,7 @@ def check_graph_signature(folder: Path | str, manifest: Manifest, entry: GraphEn
     path = export_file(folder, entry.file)
     try:
         found_in, found_out = graph_signature(path)
-    except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, ProtobufError) as exc:
         raise DGLError(f"{path}: not a readable ONNX graph ({exc})") from None
     want_in, want_out = manifest.inputs[entry.role], manifest.outputs[entry.role]
     if (found_in.dtype, found_in.shape[1:], found_out.shape[1:]) != (want_in.dtype, want_in.shape[1:], want_out.shape[1:]):
@@ -312,74 +314,38 @@ def check_graph_signature(folder: Path | str, manifest: Manifest, entry: GraphEn
 
 
 ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
+MAX_RANK = 32  # dimensions a declared graph input/output may have (ours have 2 or 5); more is refused
 
 
 def graph_signature(path: Path | str) -> tuple[TensorSpec, TensorSpec]:
     """The first input and output an ONNX file declares (symbolic dims as their names), read from the protobuf
-    without loading the weights: ModelProto.graph (7) -> GraphProto.input (11) / output (12)."""
+    without loading the weights: ModelProto.graph (7) -> GraphProto.input (11) / output (12). ProtobufError on
+    bytes that are no such file, ValueError on an empty file."""
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        graph = _field(buf, (0, len(buf)), 7)
-        return _value_info(buf, _field(buf, graph, 11)), _value_info(buf, _field(buf, graph, 12))
+        graph = Message.whole(buf).message(7)
+        return _value_info(graph.message(11)), _value_info(graph.message(12))
 
 
-def _value_info(buf: mmap.mmap, span: tuple[int, int]) -> TensorSpec:
+def _value_info(info: Message) -> TensorSpec:
     """ValueInfoProto: name (1), type (2) -> tensor_type (1) -> elem_type (1), shape (2) -> dim (1)*."""
-    tensor = _field(buf, _field(buf, span, 2), 1)
-    elem = next((value for number, value in _fields(buf, tensor) if number == 1 and isinstance(value, int)), 0)
-    dims = tuple(_dim(buf, value) for number, value in _fields(buf, _field(buf, tensor, 2)) if number == 1)
-    return TensorSpec(_text(buf, _field(buf, span, 1)), ONNX_TYPES.get(elem, f"onnx type {elem}"), dims)
+    tensor = info.message(2).message(1)
+    elem = tensor.varint(1)
+    dims = []
+    for dim in tensor.message(2).messages(1):
+        if len(dims) == MAX_RANK:
+            raise ProtobufError(f"a graph input/output declares more than {MAX_RANK} dimensions")
+        dims.append(_dim(dim))
+    return TensorSpec(info.message(1).text(), ONNX_TYPES.get(elem, f"onnx type {elem}"), tuple(dims))
 
 
-def _dim(buf: mmap.mmap, span: Any) -> int | str:
+def _dim(dim: Message) -> int | str:
     """TensorShapeProto.Dimension: dim_value (1) or dim_param (2); "?" when neither is set."""
-    for number, value in _fields(buf, span):
-        if number in (1, 2):
-            return value if number == 1 else _text(buf, value)
+    for number, value in dim.fields():
+        if number == 1 and isinstance(value, int):
+            return int64(value)
+        if number == 2 and isinstance(value, Message):
+            return value.text()
     return "?"
-
-
-def _text(buf: mmap.mmap, span: tuple[int, int]) -> str:
-    return bytes(buf[span[0]:span[1]]).decode()
-
-
-def _field(buf: mmap.mmap, span: tuple[int, int], number: int) -> tuple[int, int]:
-    """The span of the first length-delimited field `number` of the message in `buf[span]`."""
-    found = next((value for n, value in _fields(buf, span) if n == number and isinstance(value, tuple)), None)
-    if found is None:
-        raise ValueError(f"protobuf field {number} not found")
-    return found
-
-
-def _fields(buf: mmap.mmap, span: tuple[int, int]) -> Iterator[tuple[int, int | tuple[int, int]]]:
-    """(field number, value) of the protobuf message in `buf[span]`: varints as ints, length-delimited fields as
-    (start, end) spans (not read); fixed-size fields are skipped."""
-    pos, end = span
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield key >> 3, value
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise ValueError("truncated protobuf message")
-            yield key >> 3, (pos, pos + length)
-            pos += length
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def _varint(buf: mmap.mmap, pos: int) -> tuple[int, int]:
-    value = 0
-    for shift in range(0, 70, 7):
-        byte = buf[pos]
-        value, pos = value | (byte & 0x7F) << shift, pos + 1
-        if byte < 0x80:
-            return value, pos
-    raise ValueError("malformed protobuf varint")
 
 
 def check_same_model(a_fingerprint: str, b_fingerprint: str, what: str, fix: str = "re-embed with one model") -> None:
