@@ -1,4 +1,4 @@
-"""Temporal NMS of windows into moments (`retrieval.query.MomentSet`, `search_moments`) and the moment-retrieval
+"""Temporal NMS of windows into moments (`retrieval.moments.MomentSet`, `search_moments`) and the moment-retrieval
 metrics (`evaluation.moments`), on hand-made hits whose answers are worked out by hand."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from dgl_deploy import DGLError
 from dgl_deploy.evaluation.moments import Moment, moment_metrics, rank_moments, temporal_iou
 from dgl_deploy.retrieval.ann_index import ExactIndex
-from dgl_deploy.retrieval.query import MERGE_MARGIN, MomentSet, search_moments
+from dgl_deploy.retrieval.moments import MERGE_MARGIN, MomentSet, search_moments
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.retrieval.store import StorePaths, open_store, write_set
 
@@ -104,3 +104,26 @@ def test_rank_moments_applies_nms_over_all_videos() -> None:
                                                                           [("b", 0, 10), ("a", 10, 20)]]
     metrics = moment_metrics(ranked, [Moment("a", 0, 12), Moment("a", 10, 20)])
     assert metrics["R@1,IoU=0.7"] == 50.0 and metrics["R@5,IoU=0.7"] == 100.0  # 12/15 = 0.8; exact at rank 2
+
+
+def test_rank_moments_and_search_moments_agree_with_nms_over_every_row(tmp_path) -> None:
+    """Both stop fetching once the top k is settled (`settle_moments`): the result is NMS over all the rows, and
+    the evaluation ranks the windows as `dgl query` does (ties by row)."""
+    rng = np.random.default_rng(0)
+    angles = np.round(rng.uniform(0, 0.3, 300), 3)  # repeated scores: ties broken by row
+    rows = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    ids = [f"v{n % 7}" for n in range(300)]
+    spans = np.array([[(n // 7) * 2.0, (n // 7) * 2.0 + 3.0] for n in range(300)], np.float64)  # overlapping
+    paths = StorePaths.of(tmp_path / "emb.npy")
+    write_set(paths, [rows], ids, dim=2, dtype=np.float32, spans=spans,
+              fields={"model_fingerprint": "x", "settings": {"segments": {"window": 3.0, "stride": 2.0,
+                                                                          "scenes": None}}})
+    query = np.array([[1.0, 0.0]], np.float32)
+    sims = query @ rows.T  # (1, N)
+    every = [Hit(0, float(sims[0, n]), int(n), ids[n], *spans[n]) for n in np.lexsort((np.arange(300), -sims[0]))]
+    for k in (1, 5, 20):
+        expected = [(rank, row, video, start, end) for rank, _, row, video, start, end in _nms(*every, k=k)]
+        assert [(h.rank, h.row, h.id, h.start, h.end) for h in rank_moments(sims, ids, spans, k)[0]] == expected
+        found = search_moments(ExactIndex(open_store(paths.emb)), query, k)[0]
+        assert [(h.rank, h.row, h.id, h.start, h.end) for h in found] == expected
+

@@ -204,7 +204,7 @@ def test_similar_returns_k_on_a_windowed_set(tmp_path, serve_files) -> None:
     first k moments of the other videos a search with every row finds) when k exist."""
     import numpy as np
 
-    from dgl_deploy.retrieval.query import search_moments
+    from dgl_deploy.retrieval.moments import search_moments
 
     _embed(serve_files, serve_files / "videos", tmp_path / "windows.npy",
            settings=EmbedSettings(workers=1, segments=Segmentation(window=0.5, stride=0.5)))

@@ -3,7 +3,7 @@ ActivityNet Captions: `dgl eval --moments`.
 
 Every caption has one true moment (video, start, end). Each video is cut into windows (`data.windows`), every
 window embedded; a caption's predictions are its moments ranked over all videos' windows after temporal
-non-maximum suppression (`retrieval.query.MomentSet`, as `dgl query` ranks them).
+non-maximum suppression (`retrieval.moments`, as `dgl query` ranks them).
 
     tIoU(a, b)       = |a ∩ b| / |a ∪ b| of two time spans (0 when they do not overlap)
     R@K,IoU=θ        = % of captions with a prediction among their top K that is of the true video and has
@@ -27,8 +27,8 @@ from dgl_deploy.data.loader import VideoFailure, iter_window_groups
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
-from dgl_deploy.retrieval.query import MERGE_MARGIN, MomentSet
-from dgl_deploy.retrieval.search import Hit
+from dgl_deploy.retrieval.moments import MERGE_MARGIN, settle_moments
+from dgl_deploy.retrieval.search import Hit, select
 from dgl_deploy.runtime.backends.base import Encoder, encode_texts
 
 MOMENT_RECALL_AT = (1, 5)
@@ -75,16 +75,16 @@ def temporal_iou(a: Segment, b: Segment) -> float:
 def rank_moments(sims: np.ndarray, ids: Sequence[str], spans: np.ndarray, k: int = max(MOMENT_RECALL_AT),
                  margin: float = MERGE_MARGIN) -> list[list[Hit]]:
     """Each caption's top-k moments after temporal NMS, from its (C, N) similarities to N windows (`ids` and
-    `spans` of each window); windows are taken score descending, then row ascending, as `dgl query` does."""
-    ranked = []
-    for row in sims:
-        moments = MomentSet(margin)
-        for n in np.argsort(-row, kind="stable"):
-            moments.add(Hit(0, float(row[n]), int(n), ids[n], float(spans[n, 0]), float(spans[n, 1])))
-            if moments.settled(k):
-                break
-        ranked.append(moments.top(k))
-    return ranked
+    `spans` of each window); windows are taken score descending, then row ascending, and fetched in rounds until
+    settled, as `dgl query` does (`retrieval.moments.settle_moments`)."""
+    def window(score: float, row: int) -> Hit:
+        return Hit(0, float(score), int(row), ids[row], float(spans[row, 0]), float(spans[row, 1]))
+
+    def fetch(captions: list[int], n: int) -> list[list[Hit]]:
+        scores, rows = select(sims[captions], np.arange(sims.shape[1]), n)  # (P, n): each caption's best windows
+        return [[window(*pair) for pair in zip(*best, strict=True)] for best in zip(scores, rows, strict=True)]
+
+    return settle_moments(fetch, len(sims), sims.shape[1], k, margin=margin)
 
 
 def moment_metrics(predictions: Sequence[Sequence[Hit]], truths: Sequence[Moment]) -> dict[str, float | int]:
