@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,8 +99,17 @@ def test_resume_across_ranks(data: Path, tmp_path: Path) -> None:
     assert outputs <= 1e-5 and prompts <= 1e-4, (outputs, prompts)
 
 
+def _root_cause(stderr: str) -> tuple[int, int]:
+    """(rank, exit code) of the first failure in torchrun's summary (its `Root Cause` block)."""
+    block = stderr.partition("Root Cause (first observed failure):")[2]
+    rank, code = re.search(r"rank\s*: (\d+)", block), re.search(r"exitcode\s*: (-?\d+)", block)
+    assert rank and code, stderr
+    return int(rank[1]), int(code[1])
+
+
 def test_dead_rank_ends_the_job(data: Path, tmp_path: Path) -> None:
-    """Rank 1 is killed at start-up (an injected crash): the job must fail, not hang."""
+    """Rank 1 is killed at start-up (an injected crash): the job must fail, not hang. torchrun exits 1 and names
+    rank 1's SIGKILL as the root cause (not a crash of its own in either rank); its report is the only traceback."""
     crash = tmp_path / "crash"
     crash.mkdir()
     (crash / "sitecustomize.py").write_text(
@@ -109,4 +119,6 @@ def test_dead_rank_ends_the_job(data: Path, tmp_path: Path) -> None:
         "    threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()\n")
     proc = _torchrun(_train_args(data, tmp_path / "run", epochs=50), nproc=2, timeout=240,
                      env={"PYTHONPATH": str(crash)})
-    assert proc.returncode != 0
+    assert proc.returncode == 1, proc.stderr
+    assert _root_cause(proc.stderr) == (1, -signal.SIGKILL)
+    assert proc.stderr.count("Traceback") == 1 and "ChildFailedError" in proc.stderr, proc.stderr
