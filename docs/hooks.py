@@ -3,7 +3,7 @@
 - docs/cli.md: `<!-- dgl:cli-reference -->` becomes every command of the `dgl` Typer app (recursively), with its
   usage, help text, arguments and options, from the same click objects that `dgl ... --help` prints;
 - docs/datasets.md: `<!-- dgl:datasets -->` becomes the table of the dataset registry
-  (`dgl_deploy.data.datasets`: kinds, split files, default and validation splits, the adapters' docstrings).
+  (`dgl_deploy.data.datasets.DATASETS`: kinds, split files, default, train and validation splits, the adapters' docstrings).
 
 `render_cli()` and `render_datasets()` are also used by tests/test_docs.py.
 """
@@ -82,20 +82,20 @@ def _anchor(title: str) -> str:
 
 def render_datasets() -> str:
     """Markdown table of the dataset registry, then each adapter's description."""
-    from dgl_deploy.data import datasets
+    from dgl_deploy.data.datasets import DATASETS
 
-    rows = ["| `--dataset` | splits: annotation file | default split | validation split | videos |",
-            "|---|---|---|---|---|"]
+    rows = ["| `--dataset` | splits: annotation file | default split | train split | validation split | videos |",
+            "|---|---|---|---|---|---|"]
     notes = []
-    for kind, (adapter, files) in datasets._ADAPTERS.items():
-        doc = inspect.cleandoc(adapter.__doc__ or "")
+    for spec in DATASETS.values():
+        doc = inspect.cleandoc(spec.adapter.__doc__ or "")
         videos = next((line.split(":", 1)[1].strip() for line in doc.splitlines() if line.startswith("Videos:")), "")
         text = " ".join(line for line in doc.splitlines() if not line.startswith("Videos:"))
-        split_files = "<br>".join(f"`{split}`: `{file}`" for split, file in files.items()) or "any file you pass"
-        validation = datasets.VALIDATION_SPLITS.get(kind)
-        rows.append(f"| `{kind}` | {split_files} | {_split(datasets.DEFAULT_SPLITS.get(kind))} | "
-                    f"{_split(validation) if validation else 'none: 5 % of train held out'} | {videos} |")
-        notes.append(f"**`{kind}`**: {text}")
+        split_files = "<br>".join(f"`{split}`: `{file}`" for split, file in spec.files.items()) or "any file you pass"
+        validation = _split(spec.validation_split) if spec.validation_split else "none: 5 % of train held out"
+        rows.append(f"| `{spec.name}` | {split_files} | {_split(spec.default_split)} | {_split(spec.train_split)} | "
+                    f"{validation} | {videos} |")
+        notes.append(f"**`{spec.name}`**: {text}")
     return "\n".join(rows) + "\n\n" + "\n\n".join(notes) + "\n"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dgl_deploy.data.datasets import VALIDATION_SPLITS, load_dataset
+from dgl_deploy.data.datasets import DATASETS, load_dataset
 from dgl_deploy.errors import DGLError
 from tests.conftest import REFERENCE as SHARED_REFERENCE
 from tests.conftest import require_shared
@@ -161,8 +161,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_validation_splits_documented() -> None:
-    assert VALIDATION_SPLITS == {"msrvtt": None, "vatex": "val", "lsmdc": "val", "activitynet": "val_1", "msvd": "val",
-                                 "didemo": "val", "generic": None, "charades": None}
+    splits = {name: spec.validation_split for name, spec in DATASETS.items()}
+    assert splits == {"msrvtt": None, "vatex": "val", "lsmdc": "val", "activitynet": "val_1", "msvd": "val",
+                      "didemo": "val", "generic": None, "charades": None}
 
 
 GENERIC_BAD = [

@@ -97,15 +97,15 @@ def test_cli_reference_is_generated() -> None:
 
 
 def test_datasets_page_is_the_registry(site: Path) -> None:
-    from dgl_deploy.data import datasets
+    from dgl_deploy.data.datasets import DATASETS
 
     assert hooks.DATASETS_MARKER in (ROOT / "docs" / "datasets.md").read_text()
     text = _text(site / "datasets" / "index.html")
-    for kind, (adapter, files) in datasets._ADAPTERS.items():
-        assert f"--dataset {kind}" in text or f" {kind} " in text, kind
-        assert adapter.__doc__ and "Videos:" in adapter.__doc__, f"{adapter.__name__} has no docstring for the page"
-        for split, name in files.items():
-            assert split in text and name in text, (kind, split, name)
+    for spec in DATASETS.values():
+        assert f"--dataset {spec.name}" in text or f" {spec.name} " in text, spec.name
+        assert spec.adapter.__doc__ and "Videos:" in spec.adapter.__doc__, f"{spec.name}'s adapter has no docstring"
+        for split, name in spec.files.items():
+            assert split in text and name in text, (spec.name, split, name)
 
 
 def test_api_page(site: Path) -> None:

@@ -1,7 +1,7 @@
 """Training data: splits, a deterministic per-epoch order, one sampled caption per video, decoded step batches.
 
-- Splits: training uses the kind's train split (TRAIN_SPLITS) or the given annotation file. Model selection
-  uses the kind's validation split (datasets.VALIDATION_SPLITS), never a test split. Without one, a
+- Splits: training uses the kind's train split or the given annotation file. Model selection uses the kind's
+  validation split (both from its `datasets.DATASETS` entry), never a test split. Without one, a
   deterministic slice of train is held out: the `max(2, ceil(fraction * N))` videos with the smallest
   sha256(video_id) (independent of the seed and of the file order; at least 2 so R@1 is not trivially 100).
 - Order: epoch e visits the training videos in the order of torch's DistributedSampler(shuffle=True,
@@ -25,14 +25,12 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DistributedSampler
 
-from dgl_deploy.data.datasets import VALIDATION_SPLITS, RetrievalDataset, VideoItem, load_dataset
+from dgl_deploy.data.datasets import DATASETS, RetrievalDataset, VideoItem, load_dataset
 from dgl_deploy.data.frame_cache import FrameCache
 from dgl_deploy.data.loader import VideoFailure, iter_video_batches
 from dgl_deploy.errors import DGLError
 from dgl_deploy.training.config import TrainConfig
 
-TRAIN_SPLITS: dict[str, str | None] = {"msrvtt": "train9k", "vatex": "train", "lsmdc": "train", "activitynet": "train",
-                                       "msvd": "train", "didemo": "train", "generic": None}
 MIN_HOLDOUT = 2  # videos
 
 
@@ -49,9 +47,9 @@ class StepBatch:
 def load_splits(cfg: TrainConfig) -> tuple[RetrievalDataset, RetrievalDataset | None]:
     """(train, validation); validation is None when `val_fraction` is 0 and there is no validation split."""
     annotations = Path(cfg.annotations)
-    split = cfg.split or (TRAIN_SPLITS[cfg.dataset] if annotations.is_dir() else None)
+    split = cfg.split or (DATASETS[cfg.dataset].train_split if annotations.is_dir() else None)
     train = load_dataset(cfg.dataset, annotations, cfg.videos, split, skip_missing=cfg.skip_missing)
-    val_split = cfg.val_split or (VALIDATION_SPLITS[cfg.dataset] if annotations.is_dir() else None)
+    val_split = cfg.val_split or (DATASETS[cfg.dataset].validation_split if annotations.is_dir() else None)
     if val_split is not None:
         if "test" in val_split:
             raise DGLError(f"{annotations}: validation split {val_split!r} is a test split; select models on val/train data")
