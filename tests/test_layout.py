@@ -28,9 +28,11 @@ TORCH_FREE = ("dgl_deploy.data", "dgl_deploy.runtime", "dgl_deploy.retrieval", "
 TORCH_BACKENDS = ("dgl_deploy.runtime.backends.torch_backend", "dgl_deploy.runtime.backends.meanpool")
 
 
-def _modules() -> dict[str, Path]:
+def find_modules(sources: dict[str, Path]) -> dict[str, Path]:
+    """Module name -> source file, for packages given as name -> folder (the tests below also run on throwaway
+    packages, to show the checker finds what it should)."""
     found = {}
-    for package, folder in SOURCES.items():
+    for package, folder in sources.items():
         for path in folder.rglob("*.py"):
             parts = path.relative_to(folder).with_suffix("").parts
             name = ".".join((package, *parts)).removesuffix(".__init__")
@@ -38,7 +40,7 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-MODULES = _modules()
+MODULES = find_modules(SOURCES)
 
 
 def _type_checking(node: ast.AST) -> bool:
@@ -56,21 +58,22 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     return found
 
 
-def _imports(name: str, path: Path) -> tuple[set[str], set[str]]:
-    """(module-level imports, all imports that can run) of one module, as absolute names."""
+def _imports(name: str, path: Path, modules: dict[str, Path] = MODULES) -> tuple[set[str], set[str]]:
+    """(module-level imports, all imports that can run) of one module of `modules`, as absolute names."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    every = {n for node in _runtime_nodes(tree) for n in _imports_of(node, package)}
+    every = {n for node in _runtime_nodes(tree) for n in _imports_of(node, package, modules)}
     top = set()
     for node in tree.body:  # what runs at import time: the body, class bodies, try/if blocks; not functions
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         children = node.body if isinstance(node, ast.ClassDef) else ast.walk(node)
-        top |= {n for child in children for n in _imports_of(child, package)}
+        top |= {n for child in children for n in _imports_of(child, package, modules)}
     return top, every
 
 
-def _imports_of(node: ast.AST, package: str) -> set[str]:
+def _imports_of(node: ast.AST, package: str, modules: dict[str, Path]) -> set[str]:
+    """The absolute names one import statement imports (`from m import x` is m.x where that is a module)."""
     if isinstance(node, ast.Import):
         return {alias.name for alias in node.names}
     if not isinstance(node, ast.ImportFrom):
@@ -79,7 +82,7 @@ def _imports_of(node: ast.AST, package: str) -> set[str]:
     if node.level:
         parts = package.split(".")
         base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-    return {f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names}
+    return {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
 
 
 def _hits(names: set[str], prefixes: tuple[str, ...]) -> set[str]:
@@ -107,39 +110,71 @@ def test_only_cli_imports_training_and_export() -> None:
     assert not offenders
 
 
-def _resolve(target: str) -> str | None:
-    """The dgl_deploy module an import name refers to (a module, or the module that defines the name)."""
-    while target and target not in MODULES:
+def _resolve(target: str, modules: dict[str, Path]) -> str | None:
+    """The module of `modules` an import name refers to (a module, or the module that defines the name)."""
+    while target and target not in modules:
         target = target.rpartition(".")[0]
     return target or None
 
 
-@pytest.mark.parametrize("level", [0, 1], ids=["module-level", "with-imports-in-functions"])
-def test_import_graph_has_no_cycle(level: int) -> None:
-    graph = {name: {m for t in _imports(name, path)[level] if (m := _resolve(t)) and m != name}
-             for name, path in MODULES.items()}
-    state: dict[str, int] = {}
+def import_graph(modules: dict[str, Path], level: int) -> dict[str, set[str]]:
+    """Module -> the modules it imports: at module level (`level` 0), or with the imports inside functions (1)."""
+    return {name: {m for t in _imports(name, path, modules)[level] if (m := _resolve(t, modules)) and m != name}
+            for name, path in modules.items()}
 
-    def visit(node: str, stack: list[str]) -> None:
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as [a, b, ..., a], or None (depth-first, in name order, so the answer is stable)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
-                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
-            if nxt not in state:
-                visit(nxt, [*stack, nxt])
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt, [*path, nxt])):
+                return cycle
         state[node] = 2
+        return None
 
     for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
+        if name not in state and (cycle := visit(name, [name])):
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("level", [0, 1], ids=["module-level", "with-imports-in-functions"])
+def test_import_graph_has_no_cycle(level: int) -> None:
+    cycle = find_cycle(import_graph(MODULES, level))
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
 def test_the_contract_sees_the_torch_modules() -> None:
     """Guard against a checker that sees nothing: model/ does import torch at module level."""
     assert _hits(_imports("dgl_deploy.model.model", MODULES["dgl_deploy.model.model"])[0], ("torch",))
     assert "dgl_deploy.cli.demo" in MODULES and "dgl_deploy.training.loop" in MODULES
-    top, every = _imports("dgl_deploy.retrieval.serve_metrics", MODULES["dgl_deploy.retrieval.serve_metrics"])
-    assert not _hits(every, ("dgl_deploy.retrieval.serve",))  # its `if TYPE_CHECKING:` import is left out...
-    top, every = _imports("dgl_deploy.retrieval.serve", MODULES["dgl_deploy.retrieval.serve"])
-    assert _hits(every - top, ("dgl_deploy.retrieval.serve_metrics",))  # ...an import inside a function is seen
+
+
+def _package(root: Path, sources: dict[str, str]) -> dict[str, Path]:
+    """A throwaway package `pkg` under `root` made of `sources` (module name -> code); its modules."""
+    (root / "pkg").mkdir(parents=True)
+    for name, code in {"__init__": "", **sources}.items():
+        (root / "pkg" / f"{name}.py").write_text(code)
+    return find_modules({"pkg": root / "pkg"})
+
+
+def test_cycle_through_an_import_inside_a_function_is_found(tmp_path: Path) -> None:
+    """pkg.a imports pkg.b only when load() runs, pkg.b imports pkg.a at module level: a cycle that exists only
+    with the function-level import, which the module-level graph cannot see and the full graph must."""
+    modules = _package(tmp_path, {"a": "def load():\n    from pkg import b\n    return b\n", "b": "from . import a\n"})
+    assert find_cycle(import_graph(modules, 0)) is None
+    assert find_cycle(import_graph(modules, 1)) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
+def test_type_checking_imports_are_left_out(tmp_path: Path) -> None:
+    """An import under `if TYPE_CHECKING:` never runs, so it makes no cycle; the same import outside it does."""
+    guarded = "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from pkg.b import Thing\n"
+    modules = _package(tmp_path / "guarded", {"a": guarded, "b": "import pkg.a\n\nclass Thing: ...\n"})
+    assert find_cycle(import_graph(modules, 1)) is None
+    modules = _package(tmp_path / "plain", {"a": "from pkg.b import Thing\n", "b": "import pkg.a\n\nclass Thing: ...\n"})
+    assert find_cycle(import_graph(modules, 0)) == ["pkg.a", "pkg.b", "pkg.a"]
