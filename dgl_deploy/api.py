@@ -32,7 +32,6 @@ from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.ann_index import SearchIndex, open_index
 from dgl_deploy.retrieval.embed import EmbedResult, EmbedSettings, check_resume, encode_files, segmentation
 from dgl_deploy.retrieval.embed import embed_videos as run_embed_job
-from dgl_deploy.retrieval.precision import encoder_precision
 from dgl_deploy.retrieval.query import open_query_encoder, query_texts, query_vector, query_video
 from dgl_deploy.retrieval.search import Hit
 from dgl_deploy.runtime.backends.base import Encoder, check_frames
@@ -109,9 +108,10 @@ class Model:
 def load_model(path: PathLike, *, backend: str = "auto", device: str = "auto", precision: str = "auto",
                strict: bool = False) -> Model:
     """Open an export folder (`dgl export`; onnxruntime or TensorRT, no torch) or a checkpoint (torch), as
-    `dgl embed --model` does: `backend` auto/onnxruntime/tensorrt/torch, `device` auto/cpu/cuda, `precision`
+    `dgl embed --model` does: `backend` auto/onnxruntime/tensorrt/torch, `device` auto/cpu/cuda/cuda:N, `precision`
     auto/fp32/fp16/int8 (auto: what the export's parity and speed pick on this host; `strict`: refuse a forced
-    precision whose parity misses here, else a warning on stderr).
+    precision whose parity misses here, else a warning on stderr; a precision the model cannot compute at is
+    refused, see docs/backends.md).
 
     >>> dgl_deploy.load_model(tmp / "nothing")
     Traceback (most recent call last):
@@ -124,7 +124,7 @@ def load_model(path: PathLike, *, backend: str = "auto", device: str = "auto", p
 
 
 def _model(path: Path, encoder: Encoder) -> Model:
-    return Model(path, encoder.fingerprint, encoder.backend, encoder_precision(encoder), encoder.embed_dim,
+    return Model(path, encoder.fingerprint, encoder.backend, encoder.precision, encoder.embed_dim,
                  encoder.frames, encoder.image_size, encoder)
 
 

@@ -77,6 +77,7 @@ child = '''
 import sys
 import numpy as np
 from dgl_deploy.runtime.backends import select
+from dgl_deploy.runtime.device import CPU
 
 
 class ScratchEncoder:
@@ -84,6 +85,7 @@ class ScratchEncoder:
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 2, 16, 8, 8, "uniform"
     fingerprint = "fake-1"
+    device, precision, manifest, host_check = CPU, "fp32", None, None
 
     def encode_text(self, texts):
         scratch = np.ones((len(texts), 16384), np.float32)

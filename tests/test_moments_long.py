@@ -18,6 +18,7 @@ from dgl_deploy.data.synthetic import BACKGROUND, COLORS
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.evaluation.evaluate import evaluate_encoder
+from dgl_deploy.runtime.device import CPU
 
 runner = CliRunner()
 
@@ -27,6 +28,7 @@ class ColourEncoder:
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 4, 32, 8, 3, "uniform"
     fingerprint = "colour-1"
+    device, precision, manifest, host_check = CPU, "fp32", None, None
 
     def encode_videos(self, frames: np.ndarray) -> np.ndarray:  # (B, T, S, S, 3) -> (B, 3)
         rows = frames.astype(np.float32).reshape(len(frames), -1, 3).mean(axis=1) - np.float32(BACKGROUND)

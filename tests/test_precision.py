@@ -16,9 +16,10 @@ from dgl_deploy.data.synthetic import make_synthetic
 from dgl_deploy.data.video import read_frames
 from dgl_deploy.retrieval import precision as precision_module
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
-from dgl_deploy.retrieval.precision import check_mixing, described_precision
+from dgl_deploy.retrieval.precision import check_mixing
 from dgl_deploy.retrieval.query import check_encoder, query_video
-from dgl_deploy.retrieval.store import StorePaths, open_store, write_set
+from dgl_deploy.retrieval.store import StorePaths, described_precision, open_store, write_set
+from dgl_deploy.runtime.device import CPU
 from dgl_deploy.runtime.host_check import HostCheck, PrecisionCheck, onnxruntime_version
 from dgl_deploy.runtime.manifest import GraphEntry, Manifest
 
@@ -37,6 +38,7 @@ class Encoder:
     """Mean colours as embeddings, at a stated precision of an export with the given parity; keeps the frames."""
 
     backend, frames, image_size, max_words, embed_dim, fingerprint = "fake", 2, 16, 8, 6, "fake-1"
+    device, host_check = CPU, None
 
     def __init__(self, precision: str = "fp32", int8_cosine: float | None = 0.9995, sampling: str = "uniform",
                  crash_after: int | None = None) -> None:

@@ -22,6 +22,7 @@ from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.query import query_texts
 from dgl_deploy.retrieval.store import open_store
+from dgl_deploy.runtime.device import CPU
 
 runner = CliRunner()
 WINDOWS = Segmentation(window=10.0, stride=5.0)
@@ -32,6 +33,7 @@ class ColourEncoder:
     `nan_for` makes rows whose strongest channel is that colour's NaN; `crash_after` fails later calls."""
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 4, 16, 8, 3, "uniform"
+    device, precision, manifest, host_check = CPU, "fp32", None, None
 
     def __init__(self, fingerprint: str = "colour-1", nan_for: str | None = None,
                  crash_after: int | None = None) -> None:

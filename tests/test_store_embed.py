@@ -25,6 +25,7 @@ from dgl_deploy.retrieval import store as store_module
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos, write_chunk
 from dgl_deploy.retrieval.query import resolve_model
 from dgl_deploy.retrieval.store import StorePaths, open_store
+from dgl_deploy.runtime.device import CPU
 
 SETTINGS = EmbedSettings(batch_size=1, chunk_size=1, workers=1)
 
@@ -34,6 +35,7 @@ class FakeEncoder:
     `crash_after` raises on later calls."""
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 2, 16, 8, 6, "uniform"
+    device, precision, manifest, host_check = CPU, "fp32", None, None
 
     def __init__(self, fingerprint: str = "fake-1", poison: dict[int, float] | None = None,
                  crash_after: int | None = None) -> None:

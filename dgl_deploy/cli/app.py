@@ -15,6 +15,7 @@ import typer
 from dgl_deploy import __version__
 from dgl_deploy.errors import DGLError
 from dgl_deploy.extras import EXTRAS, install_hint
+from dgl_deploy.runtime.device import parse_device
 
 app = typer.Typer(
     name="dgl",
@@ -51,6 +52,7 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
             warnings.showwarning = _one_line_warning
             try:
                 check_finite_options(kw, flags)
+                check_device_option(kw)
                 return fn(*a, **kw)
             except DGLError as exc:
                 typer.echo(f"error: {exc}", err=True)
@@ -73,6 +75,13 @@ def check_finite_options(values: dict[str, Any], flags: dict[str, str]) -> None:
     for name, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise DGLError(f"{flags.get(name, name)} must be a finite number, got {value}")
+
+
+def check_device_option(values: dict[str, Any]) -> None:
+    """The library's DGLError for a `--device` (`options.device`) that `runtime.device.parse_device` refuses, before
+    the command does anything."""
+    if isinstance(values.get("device"), str):
+        parse_device(values["device"])
 
 
 def _flags(fn: Callable[..., Any]) -> dict[str, str]:

@@ -7,7 +7,6 @@ Numeric options carry their bounds, so a bad value is a one-line usage error bef
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 from typing import Any
 
@@ -15,6 +14,7 @@ import typer
 
 from dgl_deploy.data.datasets import KINDS
 from dgl_deploy.data.sampling import SAMPLINGS
+from dgl_deploy.runtime.device import DEVICES
 
 
 class Backend(str, Enum):
@@ -34,21 +34,14 @@ class Precision(str, Enum):
 DatasetKind = Enum("DatasetKind", {kind: kind for kind in KINDS}, type=str)  # type: ignore[misc]
 FrameSampling = Enum("FrameSampling", {name: name for name in SAMPLINGS}, type=str)  # type: ignore[misc]
 
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def _check_device(value: str | None) -> str | None:
-    if value is not None and not _DEVICE.fullmatch(value):
-        raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
-    return value
-
-
 def backend(prefix: str = "") -> Any:
     return typer.Option(Backend.auto, "--backend", help=f"{prefix}Inference backend (auto: the fastest available).")
 
 
 def device(prefix: str = "", default: str | None = "auto") -> Any:
-    return typer.Option(default, "--device", callback=_check_device, help=f"{prefix}auto, cpu, cuda or cuda:N.")
+    """`--device`, parsed by `runtime.device.parse_device` when the command starts (`app.command`): a value it
+    refuses is the library's one-line error, exit 1, before any work."""
+    return typer.Option(default, "--device", help=f"{prefix}{DEVICES}.")
 
 
 def precision(prefix: str = "") -> Any:

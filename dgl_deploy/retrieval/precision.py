@@ -12,8 +12,9 @@ message naming both precisions.
 
 The parity is read from the encoder's export (ONNX Runtime, TensorRT), else from the export that made the set
 (the model its manifest records, when that is an export folder). A set records the precisions of its rows
-(`row_precisions`); sets written before that are read from their recorded encoder description, and a set
-that says neither is not checked.
+(`row_precisions`); sets written before that are read from their recorded encoder description
+(`store.EmbeddingStore.precisions`), and a set that says neither is not checked. An encoder states its precision,
+device and export (`Encoder.precision`, `.device`, `.manifest`, `.host_check`: runtime.backends.base).
 
 Hosts: onnxruntime's CPU numbers depend on the host's instruction set and onnxruntime version, so a set also
 records the hosts that computed its rows (`hosts`: `host_record`, with the parity the precision had on that host's
@@ -24,7 +25,6 @@ min cosine >= 0.999 there); otherwise an `--update` is refused until the rows ar
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,27 +34,17 @@ from dgl_deploy.runtime.backends.base import Encoder
 from dgl_deploy.runtime.host_check import cpu_isa, onnxruntime_version
 from dgl_deploy.runtime.manifest import MANIFEST_FILE, REDUCED_MIN_COSINE, Manifest, load_manifest
 
-_DESCRIBED = re.compile(r"\b(fp32|fp16|bf16|int8)\)$")  # the precision that ends every Encoder.describe()
-
 
 def encoder_precision(encoder: Encoder) -> str:
-    """The precision an encoder computes at: its export graphs' (ONNX Runtime, TensorRT), else its autocast
-    type (torch), else fp32."""
-    return str(getattr(encoder, "precision", None) or getattr(encoder, "amp", None) or "fp32")
-
-
-def described_precision(description: str) -> str | None:
-    """The precision named at the end of an `Encoder.describe()` line (what sets record as `backend`)."""
-    found = _DESCRIBED.search(description)
-    return found.group(1) if found else None
+    """The precision an encoder computes at (`Encoder.precision`: its graphs', engines' or autocast type)."""
+    return encoder.precision
 
 
 def parity_manifest(encoder: Encoder, recorded_model: Path | None) -> Manifest | None:
     """The export manifest whose parity decides: the encoder's own, else the recorded model's when that is an
     export folder; None when there is neither."""
-    manifest = getattr(encoder, "manifest", None)
-    if isinstance(manifest, Manifest):
-        return manifest
+    if encoder.manifest is not None:
+        return encoder.manifest
     if recorded_model is not None and (recorded_model / MANIFEST_FILE).is_file():
         return load_manifest(recorded_model)
     return None
@@ -91,11 +81,11 @@ def check_mixing(what: str, have: set[str], precision: str, export: Manifest | N
 def host_record(encoder: Encoder) -> dict[str, Any]:
     """What a set records about the host that computes its rows: CPU ISA and precision, and for onnxruntime on CPU
     the onnxruntime version and, where it was checked, the precision's probe parity on this host."""
-    precision = encoder_precision(encoder)
+    precision = encoder.precision
     record: dict[str, Any] = {"isa": cpu_isa(), "precision": precision}
-    if encoder.backend == "onnxruntime" and not getattr(encoder, "on_gpu", False):
+    if encoder.backend == "onnxruntime" and encoder.device.kind == "cpu":
         record["onnxruntime"] = onnxruntime_version()
-        check = getattr(encoder, "host_check", None)
+        check = encoder.host_check
         if check is not None and precision in check.results:
             record["min_cosine"] = check.results[precision].min_cosine
     return record
@@ -136,5 +126,5 @@ def check_hosts(what: str, recorded: Sequence[Mapping[str, Any]], current: Mappi
                            f"of two hosts mix only when each matches fp32 (min cosine >= {REDUCED_MIN_COSINE}); {fix}")
 
 
-__all__ = ["encoder_precision", "described_precision", "parity_manifest", "check_mixing", "host_record",
+__all__ = ["encoder_precision", "parity_manifest", "check_mixing", "host_record",
            "recorded_hosts", "merge_hosts", "check_hosts"]

@@ -36,7 +36,6 @@ from dgl_deploy.retrieval.embed import (
     start_chunks,
     write_chunk,
 )
-from dgl_deploy.retrieval.precision import encoder_precision
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +56,13 @@ def embed_videos_ray(source: Path | str, out: Path | str, model: Path | str, set
                      ray_settings: RaySettings = RaySettings(), *, update: bool = False, overwrite: bool = False,
                      prune: bool = False, reporter: Reporter | None = None) -> EmbedResult:
     """Embed every video named by `source` into the set at `out` on Ray; see the module docstring."""
-    from dgl_deploy.runtime.backends.select import open_encoder
+    from dgl_deploy.runtime.backends.select import open_choice, resolve
 
     _require_ray()
-    encoder = open_encoder(model, backend=ray_settings.backend, device=ray_settings.device,
-                           precision=ray_settings.precision, log=None)
-
-    resolved = replace(ray_settings, precision=encoder_precision(encoder))  # the actors compute what is recorded
+    choice = resolve(model, backend=ray_settings.backend, device=ray_settings.device, precision=ray_settings.precision)
+    # the actors open exactly what is recorded: auto resolved here once, from the model files and this host
+    resolved = replace(ray_settings, backend=choice.backend, device=str(choice.device), precision=choice.precision)
+    encoder = open_choice(choice)  # the set's model facts (no graph is loaded here for an export)
 
     def runner(job: EmbedJob, progress: Reporter) -> None:
         _run_chunks(job, str(Path(model).resolve()), encoder, settings, resolved, progress)

@@ -73,7 +73,6 @@ from dgl_deploy.data.sampling import DEFAULT_SAMPLING
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path, atomic_symlink, atomic_write_text, exclusive_lock
 from dgl_deploy.limits import read_json
-from dgl_deploy.retrieval.precision import described_precision
 
 FORMAT = "dgl-deploy-embeddings/1"
 ROW_DTYPES = ("float32", "float16")
@@ -90,6 +89,9 @@ _OPTIONAL = {"generation": str, "embed_dim": int, "model": str, "model_relative"
              "encoder_backend": str, "precision": str, "row_precisions": list, "frame_sampling": str, "scan_copy": dict,
              "source_folders": list, "rows_checksum": dict, "appends": int}
 _GENERATION = r"gen-[0-9a-f]{12}"
+# Sets written before `precision`/`row_precisions` were recorded (before dgl-deploy recorded precisions, 2026-11)
+# say it only at the end of `backend`, the encoder's describe() line: "onnxruntime (CPU, int8)"
+_DESCRIBED_PRECISION = re.compile(r"\b(fp32|fp16|bf16|int8)\)$")
 _RECORDED = ("generation", "appends", "count", "embed_dim", "dtype", "ids_sha256", "rows_checksum", "scan_copy",
              "spans_sha256")  # manifest keys the store writes of the files (`_manifest`)
 
@@ -183,7 +185,7 @@ class EmbeddingStore:
     @property
     def precisions(self) -> set[str]:
         """The precisions its rows were computed at (`row_precisions`; for sets written before that, the one
-        named by the recorded encoder description); empty when not known."""
+        named by the recorded encoder description, `described_precision`); empty when not known."""
         recorded = self.manifest.get("row_precisions")
         if recorded is not None:
             return set(recorded)
@@ -212,6 +214,13 @@ class EmbeddingStore:
             if beside.exists() or not absolute:
                 return beside
         return Path(absolute) if absolute else None
+
+
+def described_precision(description: str) -> str | None:
+    """The precision at the end of a recorded encoder description (the `backend` of a set written before precisions
+    were recorded, `_DESCRIBED_PRECISION`); None when it names none. The only reader of that string."""
+    found = _DESCRIBED_PRECISION.search(description)
+    return found.group(1) if found else None
 
 
 def writer_lock(paths: StorePaths) -> AbstractContextManager[None]:

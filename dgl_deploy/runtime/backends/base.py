@@ -3,20 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from dgl_deploy.errors import DGLError
+from dgl_deploy.runtime.device import Device
+
+if TYPE_CHECKING:
+    from dgl_deploy.runtime.host_check import HostCheck
+    from dgl_deploy.runtime.manifest import Manifest
 
 TEXT_BATCH = 256  # captions per encode_text call when many are encoded (memory flat in their number)
+ASKED_PRECISIONS = ("auto", "fp32", "fp16", "int8", "fp8")  # what `precision` takes (fp8: TensorRT engines only)
+
+
+@dataclass(frozen=True)
+class PrecisionPick:
+    """The precision a backend decided to compute at for an asked one (`auto` resolved), and why."""
+
+    precision: str  # "fp32", "fp16", "bf16" (torch autocast), "int8" (or an engine's "fp8"); never "auto"
+    note: str = ""  # why auto picked it (one line, logged with the backend's choice); "" when nothing to say
+    warning: str | None = None  # a forced reduced precision whose parity misses on this host (shown, not refused)
+    host_check: HostCheck | None = None  # onnxruntime on CPU: the export's precisions probed on this host
 
 
 @runtime_checkable
 class Encoder(Protocol):
     """Text and video encoders of one model, returning L2-normalised float32 embeddings."""
 
-    backend: str  # "torch", "onnxruntime", "tensorrt" (+ the device/provider it runs on in `describe()`)
+    backend: str  # what runs it: "torch", "onnxruntime", "tensorrt" ("torch-meanpool": the plain-CLIP baseline)
+    device: Device  # where it runs: cpu, cuda or cuda:N (`runtime.device`; never auto)
+    precision: str  # what it computes at: "fp32", "fp16", "bf16" (torch autocast), "int8" (never auto)
+    manifest: Manifest | None  # the export whose graphs/engines it runs (its parity decides mixing); None: none
+    host_check: HostCheck | None  # onnxruntime on CPU: the export's precisions probed on this host; else None
     fingerprint: str  # identity of the model (prompts + backbone); embeddings from other models are refused
     frames: int  # T frames per video the video encoder takes
     image_size: int  # H = W of each frame

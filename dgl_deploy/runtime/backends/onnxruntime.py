@@ -20,7 +20,8 @@ import numpy as np
 import onnxruntime as ort
 
 from dgl_deploy.errors import DGLError
-from dgl_deploy.runtime.backends.base import check_frames, used_words
+from dgl_deploy.runtime.backends.base import PrecisionPick, check_frames, used_words
+from dgl_deploy.runtime.device import Device, parse_device, resolved_device
 from dgl_deploy.runtime.host_check import HostCheck, check_host, choose
 from dgl_deploy.runtime.manifest import (
     REDUCED_MIN_COSINE,
@@ -59,21 +60,23 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def providers_for(device: str) -> list[str]:
-    """ORT providers for `device` ("auto", "cuda", "cpu"), fastest first; DGLError when CUDA is impossible."""
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    gpu = [p for p in GPU_PROVIDERS if p in available]
-    if device == "cuda" and not gpu:
-        raise DGLError("onnxruntime CUDA requested but this onnxruntime has no CUDA provider: "
+Provider = tuple[str, dict[str, Any]]  # an onnxruntime execution provider and its options
+
+
+def providers_for(device: Device | str) -> list[Provider]:
+    """ORT providers for `device` (auto, cpu, cuda, cuda:N), fastest first, the GPU ones on CUDA device N;
+    DGLError when CUDA is impossible."""
+    device = parse_device(device)
+    if device.kind == "cpu":
+        return [("CPUExecutionProvider", {})]
+    gpu = [p for p in GPU_PROVIDERS if p in ort.get_available_providers()]
+    if device.kind == "cuda" and not gpu:
+        raise DGLError(f"onnxruntime {device} requested but this onnxruntime has no CUDA provider: "
                        "pip install 'dgl-deploy[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU")
-    if device not in ("auto", "cuda"):
-        raise DGLError(f"unknown device {device!r}: use auto, cuda or cpu")
-    return gpu + ["CPUExecutionProvider"]
+    return [(p, {"device_id": device.ordinal}) for p in gpu] + [("CPUExecutionProvider", {})]
 
 
-def make_session(path: Path | str, providers: Sequence[str] = ("CPUExecutionProvider",),
+def make_session(path: Path | str, providers: Sequence[Provider] = (("CPUExecutionProvider", {}),),
                  cache_dir: Path | None = None, threads: int | None = None) -> ort.InferenceSession:
     """An InferenceSession tuned for throughput: all graph optimisations, `threads` intra-op threads (default one
     per core; 1 for a session whose runs go side by side, `OnnxEncoder.encode_videos`)."""
@@ -96,11 +99,55 @@ def make_session(path: Path | str, providers: Sequence[str] = ("CPUExecutionProv
         raise DGLError(f"{path}: onnxruntime cannot load the graph ({first[:200]})") from None
 
 
-def _provider_entry(provider: str, cache_dir: Path | None) -> Any:
-    if provider == "TensorrtExecutionProvider" and cache_dir is not None:
-        return (provider, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                           "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True})
+def _provider_entry(provider: Provider, cache_dir: Path | None) -> Provider:
+    name, options = provider
+    if name == "TensorrtExecutionProvider" and cache_dir is not None:
+        return (name, {**options, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                       "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True})
     return provider
+
+
+def pick_precision(folder: Path, manifest: Manifest, gpu: bool, asked: str, check: bool = True,
+                   strict: bool = False) -> PrecisionPick:
+    """The graphs' precision to run for `asked`. auto on CPU: the fastest of int8 and fp32 whose parity holds on
+    this host (`host_check`: the export's probe batch run here, cached), or, for exports without a probe, int8
+    where the export's recorded parity held; on a GPU provider (`gpu`) fp16 where the export's parity held; else
+    fp32. An explicit precision must be in the export; a reduced one whose parity misses on this host warns
+    (`PrecisionPick.warning`), or with `strict` is refused. `check`: run (or read) the host probe on CPU."""
+    m, reduced, host_check, note = manifest, "fp16" if gpu else "int8", None, ""
+    probe = partial(_cpu_encoder, folder)
+    precision = asked
+    if asked == "auto":
+        candidates = [p for p in (reduced, "fp32") if p in set(m.precisions("text")) & set(m.precisions("video"))]
+        if check and not gpu and len(candidates) > 1:
+            host_check = check_host(folder, m, candidates, probe)
+        if host_check is not None:
+            precision, note = choose(host_check, candidates)
+        else:
+            precision = reduced if m.parity_held(reduced) else "fp32"
+            if reduced in candidates:
+                note = (f"auto picked {precision} from the export's recorded {reduced} parity (min cosine "
+                        f"{m.worst_cosine(reduced):.5f}, needs {REDUCED_MIN_COSINE})" +
+                        ("" if gpu else "; re-export to check it on this host"))
+    for role in ROLES:
+        m.graph(role, precision)  # raises naming what the export has
+    warning = None
+    if check and not gpu and precision != "fp32" and host_check is None:
+        host_check = check_host(folder, m, [precision], probe)
+        if host_check is not None and not host_check.held(precision):
+            result = host_check.results[precision]
+            problem = (f"{precision} misses parity on this host ({host_check.numerics}: probe min cosine "
+                       f"{result.min_cosine:.5f} < {REDUCED_MIN_COSINE} vs fp32)")
+            if strict:
+                raise DGLError(f"--precision {precision} refused (--strict): {problem}; use --precision auto")
+            warning = (f"warning: {problem}: its embeddings do not stand for fp32 ones here "
+                       "(--precision auto would pick fp32; --strict refuses)")
+    return PrecisionPick(precision, note, warning, host_check)
+
+
+def _cpu_encoder(folder: Path, precision: str) -> OnnxEncoder:
+    """A CPU encoder of `precision` over the export, as the host check runs it (no check of its own)."""
+    return OnnxEncoder(folder, device="cpu", precision=PrecisionPick(precision))
 
 
 class OnnxEncoder:
@@ -108,16 +155,21 @@ class OnnxEncoder:
 
     backend = "onnxruntime"
 
-    def __init__(self, folder: Path | str, device: str = "auto", precision: str = "auto", check: bool = True,
-                 strict: bool = False) -> None:
+    def __init__(self, folder: Path | str, device: Device | str = "auto", precision: str | PrecisionPick = "auto",
+                 check: bool = True, strict: bool = False) -> None:
+        """`precision`: asked (auto, fp32, fp16, int8: `pick_precision` with `check` and `strict`), or already
+        picked (`backends.select.resolve`)."""
         self.folder = Path(folder)
         self.manifest: Manifest = load_manifest(self.folder)
         self.providers = providers_for(device)
-        self.on_gpu = self.providers[0] in GPU_PROVIDERS
-        self.host_check: HostCheck | None = None  # the export's precisions measured on this host (CPU, `check`)
-        self.precision_note = ""  # why auto picked the precision it did (one line, `select.open_encoder` logs it)
-        self.precision_warning: str | None = None  # a forced precision whose parity misses on this host
-        self.precision = self._pick_precision(precision, check, strict)
+        self.on_gpu = self.providers[0][0] in GPU_PROVIDERS
+        self.device = resolved_device(parse_device(device), self.on_gpu)
+        pick = precision if isinstance(precision, PrecisionPick) else \
+            pick_precision(self.folder, self.manifest, self.on_gpu, precision, check, strict)
+        self.precision = pick.precision
+        self.host_check: HostCheck | None = pick.host_check  # the export's precisions measured on this host (CPU)
+        self.precision_note = pick.note  # why auto picked the precision it did (one line)
+        self.precision_warning = pick.warning  # a forced precision whose parity misses on this host
         for role in ROLES:
             check_graph_signature(self.folder, self.manifest, self.manifest.graph(role, self.precision))
         m = self.manifest
@@ -128,43 +180,6 @@ class OnnxEncoder:
         self._sessions: dict[tuple[str, int | None], ort.InferenceSession] = {}  # by (role, threads)
         self._tokenizer: Any = None
         self._video_lanes: ThreadPoolExecutor | None = None  # CPU: one lane per core, each a video at a time
-
-    def _pick_precision(self, precision: str, check: bool, strict: bool) -> str:
-        """auto on CPU: the fastest of int8 and fp32 whose parity holds on this host (`host_check`: the export's
-        probe batch run here, cached), or, for exports without a probe, int8 where the export's recorded parity
-        held; on a GPU provider fp16 where the export's parity held; else fp32. An explicit precision must be in
-        the export; a reduced one whose parity misses on this host warns (`precision_warning`), or with `strict`
-        is refused."""
-        m, reduced = self.manifest, "fp16" if self.on_gpu else "int8"
-        if precision == "auto":
-            candidates = [p for p in (reduced, "fp32") if p in set(m.precisions("text")) & set(m.precisions("video"))]
-            if check and not self.on_gpu and len(candidates) > 1:
-                self.host_check = check_host(self.folder, m, candidates, self._cpu_encoder)
-            if self.host_check is not None:
-                precision, self.precision_note = choose(self.host_check, candidates)
-            else:
-                precision = reduced if m.parity_held(reduced) else "fp32"
-                if reduced in candidates:
-                    self.precision_note = (f"auto picked {precision} from the export's recorded {reduced} parity (min "
-                                           f"cosine {m.worst_cosine(reduced):.5f}, needs {REDUCED_MIN_COSINE})" +
-                                           ("" if self.on_gpu else "; re-export to check it on this host"))
-        for role in ROLES:
-            m.graph(role, precision)  # raises naming what the export has
-        if check and not self.on_gpu and precision != "fp32" and self.host_check is None:
-            self.host_check = check_host(self.folder, m, [precision], self._cpu_encoder)
-            if self.host_check is not None and not self.host_check.held(precision):
-                result = self.host_check.results[precision]
-                problem = (f"{precision} misses parity on this host ({self.host_check.numerics}: probe min cosine "
-                           f"{result.min_cosine:.5f} < {REDUCED_MIN_COSINE} vs fp32)")
-                if strict:
-                    raise DGLError(f"--precision {precision} refused (--strict): {problem}; use --precision auto")
-                self.precision_warning = (f"warning: {problem}: its embeddings do not stand for fp32 ones here "
-                                          "(--precision auto would pick fp32; --strict refuses)")
-        return precision
-
-    def _cpu_encoder(self, precision: str) -> OnnxEncoder:
-        """A CPU encoder of `precision` over the same export, as the host check runs it (no check of its own)."""
-        return OnnxEncoder(self.folder, device="cpu", precision=precision, check=False)
 
     def close(self) -> None:
         """Stop the CPU video lanes and drop the sessions (opened again on next use)."""
@@ -222,9 +237,10 @@ class OnnxEncoder:
             return session.run(None, {session.get_inputs()[0].name: array})[0]
         binding = session.io_binding()
         binding.bind_cpu_input(session.get_inputs()[0].name, array)
-        binding.bind_output(session.get_outputs()[0].name, "cuda")
+        binding.bind_output(session.get_outputs()[0].name, "cuda", self.device.ordinal)
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
     def describe(self) -> str:
-        return f"onnxruntime ({self.providers[0].removesuffix('ExecutionProvider')}, {self.precision})"
+        provider = self.providers[0][0].removesuffix("ExecutionProvider")
+        return f"onnxruntime ({provider}{'' if self.device.index is None else f' {self.device}'}, {self.precision})"

@@ -23,6 +23,7 @@ import numpy as np
 from dgl_deploy.errors import DGLError
 from dgl_deploy.extras import install_hint
 from dgl_deploy.runtime.backends.base import check_frames
+from dgl_deploy.runtime.device import Device, parse_device, resolved_device
 from dgl_deploy.runtime.manifest import EngineEntry, Manifest, load_manifest, verified_file
 
 
@@ -45,15 +46,16 @@ def _call(result: Any) -> Any:
     return values[0] if len(values) == 1 else tuple(values) or None
 
 
-def current_gpu() -> tuple[str, str] | None:
-    """(GPU name, compute capability "major.minor") of CUDA device 0, or None without cuda-python or a GPU."""
+def current_gpu(index: int = 0) -> tuple[str, str] | None:
+    """(GPU name, compute capability "major.minor") of CUDA device `index`, or None without cuda-python or that
+    GPU."""
     cudart = _cudart()
     if cudart is None:
         return None
     err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+    if err != cudart.cudaError_t.cudaSuccess or count <= index:
         return None
-    props = _call(cudart.cudaGetDeviceProperties(0))
+    props = _call(cudart.cudaGetDeviceProperties(index))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return name.rstrip("\x00"), f"{props.major}.{props.minor}"
 
@@ -82,16 +84,34 @@ def stale_onnx(folder: Path, manifest: Manifest, entry: EngineEntry) -> str | No
     return None
 
 
-def tensorrt_unavailable(folder: Path, manifest: Manifest) -> str | None:
-    """None when the export's engines can run here, else the reason (cheapest checks first)."""
+def engine_precision(manifest: Manifest) -> str:
+    """The precision the export's engines were built at (`dgl export --trt --trt-precision`; one per build)."""
+    return "/".join(sorted({e.precision for e in manifest.engines}))
+
+
+def precision_refusal(folder: Path, manifest: Manifest, asked: str) -> str | None:
+    """Why the export's engines cannot compute at `asked` (they run at the precision they were built at), or None
+    (`auto`, the same precision, or no engines). Read from the manifest: no TensorRT needed."""
+    built = engine_precision(manifest)
+    if asked == "auto" or not manifest.engines or asked == built:
+        return None
+    files = ", ".join(e.file for e in manifest.engines)
+    return (f"{folder}: TensorRT engines {files} were built at {built}, --precision {asked} was asked; use "
+            f"--precision {built} (or auto), or rebuild them with `dgl export MODEL --out {folder} --trt "
+            f"--trt-precision {asked} --rebuild`")
+
+
+def tensorrt_unavailable(folder: Path, manifest: Manifest, gpu_index: int = 0) -> str | None:
+    """None when the export's engines can run here on CUDA device `gpu_index`, else the reason (cheapest checks
+    first)."""
     if not manifest.engines:
         return f"{folder} has no TensorRT engines (build them with `dgl export MODEL --out {folder} --trt`)"
     for module in ("tensorrt", "cuda"):
         if importlib.util.find_spec(module) is None:
             return install_hint(module)
-    gpu = current_gpu()
+    gpu = current_gpu(gpu_index)
     if gpu is None:
-        return "no CUDA GPU is available (cudaGetDeviceCount found none)"
+        return f"no CUDA GPU {gpu_index} is available (cudaGetDeviceCount)"
     import tensorrt as trt
 
     for entry in manifest.engines:
@@ -184,25 +204,36 @@ class TensorRTEncoder:
     """Encoder API over an export folder's TensorRT engines (see backends.base.Encoder)."""
 
     backend = "tensorrt"
+    host_check = None  # no CPU host probe: the engines' parity was checked when they were built
 
-    def __init__(self, folder: Path | str) -> None:
-        import tensorrt as trt
-
+    def __init__(self, folder: Path | str, device: Device | str = "cuda", precision: str = "auto") -> None:
+        """Engines run at the precision they were built at: `precision` must be auto or that one (DGLError
+        otherwise, before TensorRT is imported); `device`: cuda or cuda:N (auto: cuda)."""
         self.folder = Path(folder)
         self.manifest = m = load_manifest(self.folder)
-        reason = tensorrt_unavailable(self.folder, m)
+        refusal = precision_refusal(self.folder, m, precision)
+        if refusal:
+            raise DGLError(refusal)
+        asked = parse_device(device)
+        if asked.kind == "cpu":
+            raise DGLError("tensorrt backend: engines run on CUDA, --device cpu was asked")
+        self.device = resolved_device(asked, gpu=True)
+        reason = tensorrt_unavailable(self.folder, m, self.device.ordinal)
         if reason:
             raise DGLError(f"tensorrt backend: {reason}")
+        import tensorrt as trt
+
         self.fingerprint, self.frames, self.image_size = m.fingerprint, m.frames, m.image_size
         self.frame_sampling = m.frame_sampling
         self.max_words, self.embed_dim = m.max_words, m.embed_dim
-        self.precision = m.engines[0].precision
+        self.precision = engine_precision(m)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engines: dict[str, EngineRunner] = {}
         self._tokenizer: Any = None
 
     def engine(self, role: str) -> EngineRunner:
-        """The verified engine of tower `role`, deserialized on first use."""
+        """The verified engine of tower `role`, deserialized on first use; this thread's CUDA device set to ours."""
+        _call(_cudart().cudaSetDevice(self.device.ordinal))
         if role not in self._engines:
             entry = next((e for e in self.manifest.engines if e.role == role), None)
             if entry is None:
@@ -224,7 +255,8 @@ class TensorRTEncoder:
 
     def describe(self) -> str:
         entry = self.manifest.engines[0]
-        return f"tensorrt ({entry.gpu_name}, TensorRT {entry.tensorrt_version}, {self.precision})"
+        return f"tensorrt ({entry.gpu_name} {self.device}, TensorRT {entry.tensorrt_version}, {self.precision})"
 
 
-__all__ = ["TensorRTEncoder", "tensorrt_unavailable", "engine_mismatch", "stale_onnx", "current_gpu"]
+__all__ = ["TensorRTEncoder", "tensorrt_unavailable", "engine_mismatch", "stale_onnx", "current_gpu", "engine_precision",
+           "precision_refusal"]
