@@ -22,7 +22,7 @@ from dgl_deploy.cli import app as cli_app
 from dgl_deploy.export.onnx_export import stamp_metadata
 from dgl_deploy.model.checkpoint import save
 from dgl_deploy.model.model import create_model
-from dgl_deploy.retrieval import serve
+from dgl_deploy.retrieval import serve, serve_guards
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos
 from dgl_deploy.retrieval.serve import ServeSettings, create_app
 from dgl_deploy.runtime.backends.select import open_encoder
@@ -432,9 +432,9 @@ def test_access_log_hides_tokens() -> None:
 
     record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
                                ("127.0.0.1:5000", "GET", "/video?id=a.mp4&token=s3cret&x=1", "1.1", 206), None)
-    assert serve.RedactTokens().filter(record) and "s3cret" not in record.getMessage()
+    assert serve_guards.RedactTokens().filter(record) and "s3cret" not in record.getMessage()
     assert "/video?id=a.mp4&token=***&x=1" in record.getMessage()
-    assert serve.log_config()["handlers"]["access"]["filters"] == ["redact_tokens"]
+    assert serve_guards.log_config()["handlers"]["access"]["filters"] == ["redact_tokens"]
 
 
 @pytest.mark.parametrize("host, token, warning", [("127.0.0.1", "abc", None), ("0.0.0.0", "abc", "unencrypted"),

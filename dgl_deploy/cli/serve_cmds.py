@@ -62,7 +62,8 @@ def serve(
     GET /metrics (Prometheus)."""
     import uvicorn  # missing: the CLI's error boundary names the `serve` extra
 
-    from dgl_deploy.retrieval.serve import check_hosts, check_token, create_app, log_config
+    from dgl_deploy.retrieval.serve import check_hosts, check_token, create_app
+    from dgl_deploy.retrieval.serve_guards import log_config
 
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_query_chars=max_query_chars, max_k=max_k,
                              decode_timeout=decode_timeout, max_pending=max_pending, decoders=decoders,

@@ -30,7 +30,7 @@ STATIC_ROUTE = "/static/{name}"
 
 
 class MetricSource(Protocol):
-    """What the metrics read of the service (`serve.SearchService`) at scrape time."""
+    """What the metrics read of the service (`serve_service.SearchService`) at scrape time."""
 
     follower: IndexFollower  # the state served: rows, generation, index kind, switches
 
