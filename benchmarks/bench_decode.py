@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, emit, interleaved, load_average  # noqa: E402
 
 from dgl_deploy.data.decoder import VideoFile, resize_center_crop  # noqa: E402
+from dgl_deploy.data.frame_request import FrameRequest  # noqa: E402
 from dgl_deploy.data.loader import iter_video_batches  # noqa: E402
 from dgl_deploy.data.sampling import uniform_indices  # noqa: E402
 from dgl_deploy.data.synthetic import make_synthetic  # noqa: E402
@@ -352,7 +353,7 @@ def real(args: argparse.Namespace) -> dict:
     for path in real_clips():
         indices = uniform_of(path, args.frames)
         counts: dict[str, int] = {}
-        calls = {"whole": lambda p=path: decode_frames(p, args.frames, args.size),
+        calls = {"whole": lambda p=path: decode_frames(FrameRequest(p, args.frames, args.size)),
                  "windows": lambda p=path, c=counts: c.__setitem__("windows", windows_pass(p, segmentation, args.frames,
                                                                                                 args.size)),
                  "whole_old_decord_pillow": lambda p=path, i=indices: old_path(p, i, args.size)}
@@ -383,7 +384,7 @@ def pixels(args: argparse.Namespace) -> dict:
                  "target_cosine": 0.999}
     for path in real_clips():
         indices = uniform_of(path, frames)
-        new, old = decode_frames(path, frames, args.size), old_path(path, indices, args.size)
+        new, old = decode_frames(FrameRequest(path, frames, args.size)), old_path(path, indices, args.size)
         raw = decord.VideoReader(str(path), num_threads=1).get_batch(list(indices)).asnumpy()
         with av.open(str(path)) as container:
             sar = container.streams.video[0].sample_aspect_ratio or Fraction(1)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dgl_deploy.data.decoder import VideoError, VideoFile
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.data.window_decode import decode_windows
 from dgl_deploy.data.windows import Segmentation
@@ -90,7 +91,7 @@ def test_vfr_times_windows_and_moments_follow_the_stream(made: Path, container: 
     for (start, end), stack in zip(spans, frames, strict=True):  # each moment holds frames shown inside it
         held = level_index(stack)
         assert np.all(truth[held] < end) and np.all(shown_until[held] > start), (start, end, held)
-    whole = level_index(decode_frames(path, 6, 32))  # uniform in time, not in frame index
+    whole = level_index(decode_frames(FrameRequest(path, 6, 32)))  # uniform in time, not in frame index
     expected = [np.abs(truth - t).argmin() for t in np.linspace(0, truth[-1], 6)]
     assert np.abs(truth[whole] - truth[expected]).max() < 0.6, (whole, expected)
 
@@ -113,7 +114,7 @@ def test_rotated_phone_file_comes_out_upright(made: Path) -> None:
     path = write(made / "phone.mp4", stored, rotation=90)  # the player turns it 90 degrees counter-clockwise
     with av.open(str(path)) as container:
         assert next(container.decode(video=0)).rotation == 90
-    frames = decode_frames(path, 2, 32).astype(int)
+    frames = decode_frames(FrameRequest(path, 2, 32)).astype(int)
     assert frames[:, :12].min() > 200 and frames[:, -12:].max() < 50  # top white, bottom black: upright
 
 
@@ -139,7 +140,7 @@ def test_long_gop_is_decoded_once(made: Path, monkeypatch: pytest.MonkeyPatch) -
         held = level_index(stack)
         assert np.all((truth_times[held] >= start - 0.1) & (truth_times[held] < end)), (start, end, held)
     decoded.clear()
-    decode_frames(path, 4, 16)  # whole-video sampling seeks over the GOPs it does not need
+    decode_frames(FrameRequest(path, 4, 16))  # whole-video sampling seeks over the GOPs it does not need
     assert len(decoded) < 300
 
 
@@ -167,7 +168,7 @@ def test_formats_users_have(made: Path, codec: str, container: str, pix_fmt: str
     truth_times, _ = independent(path)
     with VideoFile(path) as video:
         np.testing.assert_allclose(video.timeline.times, truth_times, atol=2e-3)
-    frames = decode_frames(path, 5, 32)
+    frames = decode_frames(FrameRequest(path, 5, 32))
     assert frames.shape == (5, 32, 32, 3)
     assert level_index(frames).tolist() == [0, 5, 10, 14, 19]  # the right frames (rint(linspace(0, 19, 5)))
 
@@ -182,7 +183,7 @@ def test_real_clips_match_an_independent_decode(name: str) -> None:
         got = dict(video.frames(wanted, 64))
     # the same frame as the independent decode: closer to it than to its neighbours
     for index in wanted:
-        small = decode_frames(path, 1, 64, (float(truth_times[index]), float(truth_times[index]) + 1e-3))[0]
+        small = decode_frames(FrameRequest(path, 1, 64, (float(truth_times[index]), float(truth_times[index]) + 1e-3)))[0]
         np.testing.assert_array_equal(got[int(index)], small)
 
 
@@ -231,7 +232,7 @@ def test_poster_frame_is_not_a_fade(made: Path) -> None:
     frames[:12] = 0  # a fade from black
     frames[12:, 20:40, 30:60] = 255  # then a white box
     path = write(made / "fade.mp4", frames)
-    candidates = decode_frames(path, POSTER_CANDIDATES, 32)
+    candidates = decode_frames(FrameRequest(path, POSTER_CANDIDATES, 32))
     assert candidates[0].max() < 20  # the first frame is blank...
     assert candidates[representative(candidates)].max() > 200  # ...the poster is not
 

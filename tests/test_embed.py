@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from dgl_deploy import DGLError
 from dgl_deploy.cli import app
 from dgl_deploy.data.discover import find_videos
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 from dgl_deploy.data.video import read_frames
 from dgl_deploy.export.pipeline import export_model
@@ -63,7 +64,7 @@ def test_embed_good_and_broken(workdir, tmp_path, model) -> None:
     assert all(reason for reason in failed.values())
     encoder = open_encoder(workdir / model, precision="fp32")  # int8 scales activations per batch: not exact
     for row, video in enumerate(good):
-        alone = encoder.encode_videos(read_frames(video.path, encoder.frames, encoder.image_size)[None])[0]
+        alone = encoder.encode_videos(read_frames(FrameRequest(video.path, encoder.frames, encoder.image_size))[None])[0]
         np.testing.assert_allclose(store.vectors[row], alone, atol=1e-5)
     manifest = store.manifest
     assert manifest["failures"] == 4 and manifest["count"] == len(good)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dgl_deploy.data.datasets import load_dataset
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.evaluation.evaluate import embed_dataset, evaluate_model, similarity
@@ -61,5 +62,5 @@ def test_reference_sampling_embeds_the_reference_frames(data: Path, tiny_model) 
     encoder = TorchEncoder(tiny_model, "t")
     embedded = embed_dataset(encoder, dataset, 4, 2, sampling="reference")
     item = dataset.items[embedded.video_items[0]]
-    alone = encoder.encode_videos(decode_frames(item.path, encoder.frames, encoder.image_size, item.segment, "reference")[None])
+    alone = encoder.encode_videos(decode_frames(FrameRequest(item.path, encoder.frames, encoder.image_size, item.segment, "reference"))[None])
     np.testing.assert_allclose(embedded.video[0], alone[0], atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 import dgl_deploy.data.loader as loader_module
 from dgl_deploy.data.datasets import VideoItem
 from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.loader import iter_video_batches
 from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 from dgl_deploy.data.video import decode_frames
@@ -51,7 +52,7 @@ def test_every_good_file_returned_every_broken_reported(mixed: tuple[list[Path],
     assert all(b.frames.shape == (len(b.indices), 4, 24, 24, 3) for b in batches)
     assert all(len(b.indices) == 3 for b in batches[:-1])
     first = batches[0]
-    assert np.array_equal(first.frames[0], decode_frames(paths[first.indices[0]], 4, 24))
+    assert np.array_equal(first.frames[0], decode_frames(FrameRequest(paths[first.indices[0]], 4, 24)))
 
 
 def decoder_processes() -> int:
@@ -65,7 +66,7 @@ def test_segments_and_early_close(tmp_path: Path) -> None:
     before = decoder_processes()
     batches = iter_video_batches(items, 2, 16, batch_size=1, workers=2)
     batch = next(batches)
-    assert np.array_equal(batch.frames[0], decode_frames(items[0].path, 2, 16, (0.0, 0.5)))
+    assert np.array_equal(batch.frames[0], decode_frames(FrameRequest(items[0].path, 2, 16, (0.0, 0.5))))
     assert decoder_processes() > before
     batches.close()  # kills the decoders, returns at once
     assert decoder_processes() == before
@@ -77,7 +78,7 @@ def test_frame_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.Mo
     paths = sorted((tmp_path / "v").glob("*.mp4"))
     cache = FrameCache(tmp_path / "cache")
     first = list(iter_video_batches(paths, 4, 16, batch_size=8, isolate=False, cache=cache))[0]
-    assert cache.get(paths[0], 4, 16, None) is not None and cache.get(paths[0], 5, 16, None) is None
+    assert cache.get(FrameRequest(paths[0], 4, 16)) is not None and cache.get(FrameRequest(paths[0], 5, 16)) is None
 
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded although cached")
@@ -85,10 +86,10 @@ def test_frame_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(loader_module, "decode_frames", no_decoding)
     again = list(iter_video_batches(paths, 4, 16, batch_size=8, isolate=False, cache=cache))[0]
     assert np.array_equal(again.frames, first.frames)
-    assert isinstance(cache.get(paths[0], 4, 16, None), np.memmap)
+    assert isinstance(cache.get(FrameRequest(paths[0], 4, 16)), np.memmap)
 
     shutil.copy(paths[1], paths[0])  # new content (size/mtime change) -> miss
     os.utime(paths[0], ns=(1, 1))
-    assert cache.get(paths[0], 4, 16, None) is None
-    assert cache.get(paths[0], 4, 16, (0.0, 0.5)) is None  # other settings -> miss
+    assert cache.get(FrameRequest(paths[0], 4, 16)) is None
+    assert cache.get(FrameRequest(paths[0], 4, 16, (0.0, 0.5))) is None  # other settings -> miss
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # atomic writes leave no temp files

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from dgl_deploy.cli import app
 from dgl_deploy.data.datasets import load_dataset
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.long_clips import LONG_ANNOTATIONS, make_synthetic_long
 from dgl_deploy.data.synthetic import BACKGROUND, COLORS
 from dgl_deploy.data.video import decode_frames
@@ -60,9 +61,9 @@ def test_same_seed_same_bytes_and_the_annotations_match_the_frames(long_set, tmp
         for caption, start, end in item.moments:
             assert end - start == pytest.approx(2.0)
             colour = next(w for w in caption.split() if w in COLORS)
-            inside = decode_frames(item.path, 4, 32, (start + 0.1, end - 0.1)).reshape(-1, 3)
+            inside = decode_frames(FrameRequest(item.path, 4, 32, (start + 0.1, end - 0.1))).reshape(-1, 3)
             assert (np.abs(inside.astype(int) - COLORS[colour]).sum(axis=1) < 60).any(), (caption, start)
-            before = decode_frames(item.path, 2, 32, (start - 0.8, start - 0.2)).reshape(-1, 3)
+            before = decode_frames(FrameRequest(item.path, 2, 32, (start - 0.8, start - 0.2))).reshape(-1, 3)
             assert (np.abs(before.astype(int) - COLORS[colour]).sum(axis=1) >= 60).all(), (caption, start)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dgl_deploy import DGLError
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.synthetic import make_synthetic
 from dgl_deploy.data.video import read_frames
 from dgl_deploy.retrieval import precision as precision_module
@@ -130,8 +131,8 @@ def test_another_frame_sampling_is_refused_and_used(clips, tmp_path) -> None:
     encoder = Encoder(sampling="reference")
     embed_videos(videos, out, encoder, SETTINGS)
     video = next(videos.glob("*.mp4"))
-    expected = read_frames(video, 2, 16, sampling="reference")
-    assert not np.array_equal(expected, read_frames(video, 2, 16, sampling="uniform"))
+    expected = read_frames(FrameRequest(video, 2, 16, sampling="reference"))
+    assert not np.array_equal(expected, read_frames(FrameRequest(video, 2, 16, sampling="uniform")))
     np.testing.assert_array_equal(encoder.seen[0], expected)
     query_video(open_store(out), encoder, video, k=1)
     np.testing.assert_array_equal(encoder.seen[1], expected)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.loader import iter_video_batches
 from dgl_deploy.data.video import decode_frames, read_frames
 
@@ -49,9 +50,9 @@ def clip(tmp_path_factory) -> Path:
 
 
 def test_every_path_gives_identical_pixels(clip: Path) -> None:
-    direct = decode_frames(clip, FRAMES, SIZE)
+    direct = decode_frames(FrameRequest(clip, FRAMES, SIZE))
     assert direct.shape == (FRAMES, SIZE, SIZE, 3) and direct.dtype == np.uint8
-    np.testing.assert_array_equal(read_frames(clip, FRAMES, SIZE), direct)  # decoder process
+    np.testing.assert_array_equal(read_frames(FrameRequest(clip, FRAMES, SIZE)), direct)  # decoder process
     for isolate in (True, False):  # the loader of embed, eval and training
         batches = list(iter_video_batches([clip], FRAMES, SIZE, batch_size=1, workers=1, isolate=isolate))
         np.testing.assert_array_equal(batches[0].frames[0], direct)
@@ -61,7 +62,7 @@ def test_every_path_gives_identical_pixels(clip: Path) -> None:
 def test_matches_open_clip_bicubic_antialias(tmp_path: Path, shape: tuple[int, int]) -> None:
     path = _lossless(tmp_path / "zone.mp4", _zone_plate(*shape, 3))
     full = np.stack([frame.to_ndarray(format="rgb24") for frame in av.open(str(path)).decode(video=0)])
-    ours = decode_frames(path, 3, SIZE)
+    ours = decode_frames(FrameRequest(path, 3, SIZE))
     x = TF.resize(torch.from_numpy(full).permute(0, 3, 1, 2), [SIZE], interpolation=TF.InterpolationMode.BICUBIC,
                   antialias=True)
     theirs = TF.center_crop(x, [SIZE, SIZE]).permute(0, 2, 3, 1).numpy()

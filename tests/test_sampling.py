@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.sampling import check_sampling, frame_indices, reference_indices
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.errors import DGLError
@@ -37,7 +38,7 @@ def test_unknown_mode_is_one_line_everywhere(tmp_path: Path) -> None:
     with pytest.raises(DGLError, match=r"^frame sampling: unknown frame sampling 'tsn' \(choose from uniform, reference\)$"):
         check_sampling("tsn")
     with pytest.raises(DGLError, match="unknown frame sampling 'tsn'"):
-        decode_frames(tmp_path / "missing.mp4", 4, 32, None, "tsn")  # the mode is checked before the file
+        decode_frames(FrameRequest(tmp_path / "missing.mp4", 4, 32, None, "tsn"))  # the mode is checked before the file
     with pytest.raises(DGLError, match="training setting frame_sampling: unknown frame sampling 'tsn'"):
         TrainConfig(frame_sampling="tsn")
 
@@ -47,6 +48,6 @@ def test_cache_entries_are_per_mode(tmp_path: Path) -> None:
     video.write_bytes(b"x")
     cache = FrameCache(tmp_path / "cache")
     frames = np.zeros((2, 8, 8, 3), np.uint8)
-    cache.put(video, 2, 8, None, frames, "reference")
-    assert cache.get(video, 2, 8, None) is None and cache.get(video, 2, 8, None, "reference") is not None
-    assert cache.entry(video, 2, 8, None) == cache.entry(video, 2, 8, None, "uniform")
+    cache.put(FrameRequest(video, 2, 8, None, "reference"), frames)
+    assert cache.get(FrameRequest(video, 2, 8)) is None and cache.get(FrameRequest(video, 2, 8, None, "reference")) is not None
+    assert cache.entry(FrameRequest(video, 2, 8)) == cache.entry(FrameRequest(video, 2, 8, None, "uniform"))

@@ -27,6 +27,7 @@ from torchvision.transforms import CenterCrop
 from torchvision.transforms.functional import normalize as tv_normalize
 
 from dgl_deploy.data.decoder import VideoFile
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.sampling import sample_indices
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.model.pixels import normalize
@@ -127,7 +128,7 @@ def test_reference_sampling_matches_the_reference_code(clips: Path, name: str, s
     with VideoFile(clips / name) as video:
         indices = sample_indices(video.timeline.times, video.timeline.fps, T, segment, "reference")
     assert indices.tolist() == expected_indices.tolist()
-    frames = decode_frames(clips / name, T, size, segment, "reference")  # (T, S, S, 3) uint8
+    frames = decode_frames(FrameRequest(clips / name, T, size, segment, "reference"))  # (T, S, S, 3) uint8
     levels = (normalize(frames) - expected).abs() * torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255  # model input, in pixel levels
     assert levels.max().item() <= PIXEL_TOLERANCE + 1e-3
 
@@ -137,5 +138,5 @@ def test_short_clip_repeats_its_last_frame_like_the_reference(clips: Path) -> No
     with VideoFile(clips / "short.mp4") as video:
         indices = sample_indices(video.timeline.times, video.timeline.fps, T, None, "reference")
     assert indices.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8]
-    frames = decode_frames(clips / "short.mp4", T, 224, None, "reference")
+    frames = decode_frames(FrameRequest(clips / "short.mp4", T, 224, None, "reference"))
     assert all(np.array_equal(frames[8], frames[i]) for i in (9, 10, 11))

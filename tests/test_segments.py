@@ -10,6 +10,7 @@ import pytest
 
 from dgl_deploy import DGLError
 from dgl_deploy.data.decoder import VideoFile
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.loader import VideoFailure, WindowGroup, iter_window_groups
 from dgl_deploy.data.long_clips import Shot, write_shots
 from dgl_deploy.data.video import VideoError, decode_frames
@@ -97,7 +98,7 @@ def test_each_frame_decoded_once_across_overlapping_windows(clip, monkeypatch) -
     assert 25 * 5 > len(converted)  # overlapping windows did share frames
     monkeypatch.undo()
     for stack, (start, end) in zip(stacks, spans, strict=True):  # the pixels of a per-window decode
-        np.testing.assert_array_equal(stack, decode_frames(clip, 5, 16, (start, end)))
+        np.testing.assert_array_equal(stack, decode_frames(FrameRequest(clip, 5, 16, (start, end))))
 
 
 def test_isolated_decoder_streams_and_survives_a_timeout(clip, tmp_path) -> None:

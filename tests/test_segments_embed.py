@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from dgl_deploy import DGLError
 from dgl_deploy.cli import app
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.long_clips import Shot, write_shots
 from dgl_deploy.data.synthetic import BACKGROUND, COLORS
 from dgl_deploy.data.video import decode_frames
@@ -84,7 +85,7 @@ def test_windows_become_rows_and_a_query_finds_the_moment(clips, tmp_path) -> No
     assert store.spans.tolist() == [[0, 10], [5, 15], [10, 20], [0, 4]]  # a short video: one row, whole file
     assert (result.embedded, result.new_rows, result.rows) == (2, 4, 4)
     assert store.manifest["settings"]["segments"] == WINDOWS.record()
-    alone = encoder.encode_videos(decode_frames(clips / "moments.mp4", 4, 16, (10.0, 20.0))[None])[0]
+    alone = encoder.encode_videos(decode_frames(FrameRequest(clips / "moments.mp4", 4, 16, (10.0, 20.0)))[None])[0]
     np.testing.assert_allclose(store.vectors[2], alone, atol=1e-6)  # a window samples like a segment
     best = query_texts(store, encoder, ["blue square"], k=5, per_video=1)[0]
     assert [(h.id, h.start, h.end, h.rank) for h in best] == [("moments.mp4", 10.0, 20.0, 1), ("short.mp4", 0.0, 4.0, 2)]

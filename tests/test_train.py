@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from dgl_deploy.data.datasets import load_dataset
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.synthetic import make_synthetic, write_broken_files
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.evaluation.evaluate import embed_dataset, similarity
@@ -143,4 +144,4 @@ def test_reference_sampling_trains_on_the_reference_frames(synthetic: Path, tmp_
     dataset = load_dataset("generic", synthetic / "annotations.jsonl", synthetic)
     step = next(iter_steps(dataset, cfg, 32, epoch=0))
     item = dataset.items[step.items[0]]
-    np.testing.assert_array_equal(step.frames[0], decode_frames(item.path, 4, 32, item.segment, "reference"))
+    np.testing.assert_array_equal(step.frames[0], decode_frames(FrameRequest(item.path, 4, 32, item.segment, "reference")))

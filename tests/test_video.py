@@ -14,6 +14,7 @@ import pytest
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.sampling import frame_indices
 from dgl_deploy.data.synthetic import COLORS, _write_video, make_synthetic, write_broken_files
 from dgl_deploy.data.video import DecodeProcess, VideoError, decode_frames, read_frames
@@ -48,7 +49,7 @@ def test_frame_indices_formula() -> None:
 @pytest.mark.parametrize(("num_frames", "segment"), [(40, None), (5, None), (40, (1.0, 2.0))])
 def test_sampled_frames_are_the_expected_frames(tmp_path: Path, num_frames: int, segment: tuple | None) -> None:
     path = ramp_clip(tmp_path / "ramp.mp4", num_frames)
-    frames = decode_frames(path, 12, 32, segment)
+    frames = decode_frames(FrameRequest(path, 12, 32, segment))
     assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
     assert decoded_indices(frames).tolist() == frame_indices(num_frames, 10.0, 12, segment).tolist()
 
@@ -57,7 +58,7 @@ def test_shape_colour_and_position(tmp_path: Path) -> None:
     annotations = make_synthetic(tmp_path, videos=3, seed=3, size=(64, 64), seconds=2.0, fps=10)
     for row in map(json.loads, annotations.read_text().splitlines()):
         meta = row["meta"]
-        frames = read_frames(tmp_path / row["video"], 4, 64).astype(int)  # (T, 64, 64, 3), no resize
+        frames = read_frames(FrameRequest(tmp_path / row["video"], 4, 64)).astype(int)  # (T, 64, 64, 3), no resize
         color = np.array(COLORS[meta["color"]])
         for frame, index in zip(frames, frame_indices(meta["num_frames"], meta["fps"], 4), strict=False):
             ys, xs = np.nonzero(np.abs(frame - color).max(-1) < 40)
@@ -72,7 +73,7 @@ def test_resize_shorter_side_then_centre_crop(tmp_path: Path) -> None:
     wide = np.zeros((4, 32, 64, 3), np.uint8)
     wide[:, :, 16:48] = 255  # white centre square of a 2:1 frame
     _write_video(tmp_path / "wide.mp4", wide, 10)
-    frames = decode_frames(tmp_path / "wide.mp4", 2, 16)  # 32x64 -> 16x32 -> crop 16x16 = all white
+    frames = decode_frames(FrameRequest(tmp_path / "wide.mp4", 2, 16))  # 32x64 -> 16x32 -> crop 16x16 = all white
     assert frames.shape == (2, 16, 16, 3)
     assert frames[:, :, 1:-1].min() > 240 and frames.min() > 200  # bicubic bleeds a little at the crop edge
 
@@ -106,10 +107,10 @@ def test_broken_files_raise_one_line_video_errors(tmp_path: Path) -> None:
     expected |= {"missing.mp4": "file not found", audio_only(tmp_path / "audio.mp4").name: "no video stream (audio-only"}
     for name, reason in expected.items():
         if reason is None:
-            assert read_frames(tmp_path / name, 4, 32).shape == (4, 32, 32, 3)
+            assert read_frames(FrameRequest(tmp_path / name, 4, 32)).shape == (4, 32, 32, 3)
             continue
         with pytest.raises(VideoError) as info:
-            read_frames(tmp_path / name, 4, 32)
+            read_frames(FrameRequest(tmp_path / name, 4, 32))
         assert info.value.path == tmp_path / name and info.value.reason.startswith(reason)
         assert name in str(info.value) and "\n" not in str(info.value)
 
@@ -124,14 +125,14 @@ def segfault(pid: int) -> None:
 def test_hang_and_crash_become_errors_and_the_worker_restarts(tmp_path: Path) -> None:
     path = ramp_clip(tmp_path / "ramp.mp4", 10)
     with DecodeProcess() as decoder:
-        assert decoder.decode(path, 2, 16).shape == (2, 16, 16, 3)
+        assert decoder.decode(FrameRequest(path, 2, 16)).shape == (2, 16, 16, 3)
         os.kill(decoder._proc.pid, signal.SIGSTOP)  # a decoder stuck forever
         with pytest.raises(VideoError, match="timed out after 0.5 s"):
-            decoder.decode(path, 2, 16, timeout=0.5)
-        assert decoder.decode(path, 2, 16).shape == (2, 16, 16, 3)  # fresh worker
+            decoder.decode(FrameRequest(path, 2, 16), timeout=0.5)
+        assert decoder.decode(FrameRequest(path, 2, 16)).shape == (2, 16, 16, 3)  # fresh worker
         pid = decoder._proc.pid
         os.kill(pid, signal.SIGSTOP)
         threading.Timer(0.3, segfault, (pid,)).start()  # dies mid-file
         with pytest.raises(VideoError, match=r"crashed \(exit code -11\)"):
-            decoder.decode(path, 2, 16, timeout=30)
-        assert decoder.decode(path, 2, 16).shape == (2, 16, 16, 3)
+            decoder.decode(FrameRequest(path, 2, 16), timeout=30)
+        assert decoder.decode(FrameRequest(path, 2, 16)).shape == (2, 16, 16, 3)

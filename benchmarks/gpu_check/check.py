@@ -229,6 +229,7 @@ def step_videos(s: StepSettings) -> bool:
     import numpy as np
     import torch
 
+    from dgl_deploy.data.frame_request import FrameRequest
     from dgl_deploy.data.video import decode_frames  # needs av (PyAV)
     from dgl_deploy.model.model import create_model
 
@@ -237,7 +238,7 @@ def step_videos(s: StepSettings) -> bool:
     torch.manual_seed(0)
     model = create_model(s.model, pretrained=None).eval()
     start = time.perf_counter()
-    frames = np.stack([decode_frames(videos / r["video"], model.config.frames, model.image_size) for r in rows])
+    frames = np.stack([decode_frames(FrameRequest(videos / r["video"], model.config.frames, model.image_size)) for r in rows])
     s.data["decode_s"] = round(time.perf_counter() - start, 3)
     s.data["videos"] = len(rows)
     s.data["frames_shape"] = list(frames.shape)

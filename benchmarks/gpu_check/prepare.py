@@ -121,6 +121,7 @@ def build_project(wheels_dir: Path) -> dict[str, str]:
 
 def make_videos(folder: Path) -> dict:
     from dgl_deploy import defaults
+    from dgl_deploy.data.frame_request import FrameRequest
     from dgl_deploy.data.synthetic import make_synthetic
     from dgl_deploy.data.video import decode_frames
 
@@ -128,7 +129,7 @@ def make_videos(folder: Path) -> dict:
     rows = [json.loads(line) for line in (folder / "annotations.jsonl").read_text().splitlines() if line.strip()]
     import numpy as np
 
-    frames = np.stack([decode_frames(folder / r["video"], defaults.FRAMES, 224) for r in rows])
+    frames = np.stack([decode_frames(FrameRequest(folder / r["video"], defaults.FRAMES, 224)) for r in rows])
     log(f"rendered {len(rows)} synthetic clips {VIDEOS['size'][0]}x{VIDEOS['size'][1]}, {VIDEOS['seconds']} s "
         f"({folder_bytes(folder) / 1024:.0f} KiB)")
     return {**VIDEOS, "decoded_sha256": {f"{defaults.FRAMES}x224": hashlib.sha256(frames.tobytes()).hexdigest()}}

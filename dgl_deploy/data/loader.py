@@ -5,6 +5,8 @@ decoder with a per-file time limit). At most `batch_size * (prefetch + 1)` files
 decoded-but-unconsumed, so decoding overlaps with the consumer while memory stays bounded. A file that fails
 becomes a `VideoFailure` (path + reason) in the next yielded batch; loading goes on.
 
+`iter_videos` gives the same one file at a time (a `DecodedVideo` or a `VideoFailure` each, in input order).
+
 `iter_window_groups` (T frames per window of each file, `dgl embed --window`): `workers` threads each stream
 one file's windows from a `WindowDecodeProcess` (each frame decoded once per file, a time limit per group of
 windows); each file in flight holds at most `GROUPS_AHEAD` decoded groups, so memory stays bounded whatever
@@ -25,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from dgl_deploy.data.frame_cache import FrameCache
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling
-from dgl_deploy.data.video import DEFAULT_TIMEOUT_S, DecodeProcess, Segment, VideoError, decode_frames
+from dgl_deploy.data.video import DEFAULT_TIMEOUT_S, DecodeProcess, VideoError, decode_frames
 from dgl_deploy.data.window_decode import MAX_GROUP_FRAMES, WindowDecodeProcess, WindowStacks
 from dgl_deploy.data.windows import Segmentation
 
@@ -51,11 +54,12 @@ class VideoBatch:
     failures: list[VideoFailure] = field(default_factory=list)  # failed items since the previous batch
 
 
-def _source(item: Any) -> tuple[Path, Segment | None]:
-    """A path (str/Path) or any object with `.path` and optional `.segment` (e.g. datasets.VideoItem)."""
+def _request(item: Any, num_frames: int, image_size: int, sampling: Sampling) -> FrameRequest:
+    """What to decode of one item: a path (str/Path) or any object with `.path` and optional `.segment` (e.g.
+    datasets.VideoItem)."""
     if isinstance(item, (str, Path)):
-        return Path(item), None
-    return Path(item.path), getattr(item, "segment", None)
+        return FrameRequest(Path(item), num_frames, image_size, None, sampling)
+    return FrameRequest(Path(item.path), num_frames, image_size, getattr(item, "segment", None), sampling)
 
 
 class _Decoders:
@@ -67,13 +71,12 @@ class _Decoders:
         for decoder in self._all:
             self._free.put(decoder)
 
-    def decode(self, path: Path, num_frames: int, image_size: int, segment: Segment | None, timeout: float,
-               sampling: Sampling) -> np.ndarray:
+    def decode(self, request: FrameRequest, timeout: float) -> np.ndarray:
         if not self._all:
-            return decode_frames(path, num_frames, image_size, segment, sampling)
+            return decode_frames(request)
         decoder = self._free.get()
         try:
-            return decoder.decode(path, num_frames, image_size, segment, timeout, sampling)
+            return decoder.decode(request, timeout)
         finally:
             self._free.put(decoder)
 
@@ -105,21 +108,21 @@ def iter_video_batches(
     """
     if batch_size < 1 or workers < 1:
         raise ValueError("batch_size and workers must be >= 1")
-    sources = [_source(item) for item in items]
+    requests = [_request(item, num_frames, image_size, sampling) for item in items]
     decoders = _Decoders(workers, isolate)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="dgl-load")
 
     def load(index: int) -> np.ndarray:
-        path, segment = sources[index]
-        if cache is not None and (hit := cache.get(path, num_frames, image_size, segment, sampling)) is not None:
+        request = requests[index]
+        if cache is not None and (hit := cache.get(request)) is not None:
             return hit
-        frames = decoders.decode(path, num_frames, image_size, segment, timeout, sampling)  # (T, S, S, 3)
+        frames = decoders.decode(request, timeout)  # (T, S, S, 3)
         if cache is not None:
-            cache.put(path, num_frames, image_size, segment, frames, sampling)
+            cache.put(request, frames)
         return frames
 
     pending: deque[tuple[int, Future[np.ndarray]]] = deque()
-    upcoming = iter(range(len(sources)))
+    upcoming = iter(range(len(requests)))
 
     def submit_next() -> None:
         index = next(upcoming, None)
@@ -151,6 +154,29 @@ def iter_video_batches(
             future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
         decoders.close()
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """One input file decoded whole: the T frames of its one row."""
+
+    index: int  # position in the `items` passed to the loader
+    frames: np.ndarray  # (T, S, S, 3) uint8
+
+
+def iter_videos(items: Sequence[Any], num_frames: int, image_size: int, batch_size: int, workers: int = 2, *,
+                timeout: float = DEFAULT_TIMEOUT_S, sampling: Sampling = DEFAULT_SAMPLING
+                ) -> Iterator[DecodedVideo | VideoFailure]:
+    """`iter_video_batches` one file at a time, in input order: each file's `DecodedVideo` or `VideoFailure`
+    (`batch_size` sets how far decoding runs ahead). Closing the generator kills the decoders without waiting."""
+    batches = iter_video_batches(items, num_frames, image_size, batch_size, workers, timeout=timeout, sampling=sampling)
+    try:
+        for batch in batches:
+            pieces: dict[int, DecodedVideo | VideoFailure] = {f.index: f for f in batch.failures}
+            pieces.update((i, DecodedVideo(i, frames)) for i, frames in zip(batch.indices, batch.frames, strict=True))
+            yield from (pieces[i] for i in sorted(pieces))
+    finally:
+        batches.close()
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ side to `image_size` with swscale's bicubic, centre crop), uint8 out. This is th
 backend and of training (CLIP normalisation happens after it, inside the exported graphs or
 `model.pixels.normalize`).
 
-Robustness: `decode_frames` runs the decoder in the calling process. `read_frames` and `DecodeProcess`
-run it in a separate process under a per-file time limit, so a hang or a segfault on a bad file
-becomes a `VideoError` for that file, never a dead or stuck caller.
+What to decode is a `frame_request.FrameRequest`. Robustness: `decode_frames` runs the decoder in the calling
+process. `read_frames` and `DecodeProcess` run it in a separate process under a per-file time limit, so a hang or
+a segfault on a bad file becomes a `VideoError` for that file, never a dead or stuck caller.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from dgl_deploy.data.decoder import VideoError, VideoFile, check_file
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.preview import write_preview
-from dgl_deploy.data.sampling import DEFAULT_SAMPLING, Sampling, check_sampling, sample_indices
+from dgl_deploy.data.sampling import sample_indices
 from dgl_deploy.data.segments import Segment
 from dgl_deploy.data.worker import Connection, WorkerProcess, worker_loop
 
@@ -41,28 +42,24 @@ def representative(frames: np.ndarray) -> int:
     return int(np.argmax(luma.std(axis=1)))  # (T,) spreads
 
 
-def decode_frames(
-    path: str | Path, num_frames: int, image_size: int, segment: Segment | None = None, sampling: Sampling = DEFAULT_SAMPLING
-) -> np.ndarray:
-    """Decode the frames `sampling` picks and preprocess them in this process (no time limit): (T, S, S, 3) uint8.
-    Raises VideoError for the file, DGLError for an unknown `sampling`."""
-    path = Path(path)
-    check_sampling(sampling)
-    with VideoFile(path) as video:
+def decode_frames(request: FrameRequest) -> np.ndarray:
+    """Decode the frames `request` picks and preprocess them in this process (no time limit): (T, S, S, 3) uint8.
+    Raises VideoError for the file."""
+    with VideoFile(request.path) as video:
         timeline = video.timeline
         try:
-            indices = sample_indices(timeline.times, timeline.fps, num_frames, segment, sampling)
+            indices = sample_indices(timeline.times, timeline.fps, request.num_frames, request.segment, request.sampling)
         except ValueError as exc:
-            raise VideoError(path, str(exc)) from None
-        return gather_frames(video, indices, image_size)
+            raise VideoError(request.path, str(exc)) from None
+        return gather_frames(video, indices, request.image_size)
 
 
 _JOBS: dict[str, Callable[..., Any]] = {"frames": decode_frames, "preview": write_preview}
 
 
 def _serve(conn: Connection) -> None:
-    """Worker: (job, args) -> ('ok', result) or ('error', reason); jobs: "frames" (`decode_frames` args ->
-    frames), "preview" (`preview.write_preview` args -> None)."""
+    """Worker: (job, args) -> ('ok', result) or ('error', reason); jobs: "frames" ((FrameRequest,) -> frames),
+    "preview" (`preview.write_preview` args -> None)."""
     worker_loop(conn, lambda request: conn.send(("ok", _JOBS[request[0]](*request[1]))))
 
 
@@ -75,29 +72,20 @@ class DecodeProcess(WorkerProcess):
     def __init__(self) -> None:
         super().__init__(_serve, __name__, "dgl-decode")
 
-    def decode(
-        self,
-        path: str | Path,
-        num_frames: int,
-        image_size: int,
-        segment: Segment | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        sampling: Sampling = DEFAULT_SAMPLING,
-    ) -> np.ndarray:
+    def decode(self, request: FrameRequest, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
         """Like `decode_frames`, in the subprocess, failing with VideoError after `timeout` seconds."""
-        check_sampling(sampling)
-        return self._run(Path(path), "frames", (num_frames, image_size, segment, sampling), timeout)
+        return self._run(request.path, "frames", (request,), timeout)
 
     def preview(self, path: str | Path, segment: Segment | None, target: str | Path,
                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
         """`preview.write_preview` in the subprocess, failing with VideoError after `timeout` seconds."""
-        self._run(Path(path), "preview", (segment, str(target)), timeout)
+        self._run(Path(path), "preview", (str(path), segment, str(target)), timeout)
 
     def _run(self, path: Path, job: str, args: tuple, timeout: float) -> Any:
         check_file(path)
         conn = self.connection()
         try:
-            conn.send((job, (str(path), *args)))
+            conn.send((job, args))
             if not conn.poll(timeout):
                 self.stop()
                 raise VideoError(path, f"decoding timed out after {timeout:g} s")
@@ -114,17 +102,10 @@ _shared: DecodeProcess | None = None
 _shared_lock = threading.Lock()
 
 
-def read_frames(
-    path: str | Path,
-    num_frames: int,
-    image_size: int,
-    segment: Segment | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    sampling: Sampling = DEFAULT_SAMPLING,
-) -> np.ndarray:
-    """T frames of `path` picked by `sampling`, resized + centre-cropped: (T, S, S, 3) uint8.
+def read_frames(request: FrameRequest, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
+    """The frames `request` picks, resized + centre-cropped: (T, S, S, 3) uint8.
 
-    Decodes in a shared background process (started on first use, ~3 s) under a `timeout` per file;
+    Decodes in a shared background process (started on first use) under a `timeout` per file;
     raises VideoError naming the file and the reason for missing, empty, non-video, corrupt,
     truncated, hanging or crashing input. For many files use `loader.iter_video_batches`.
     """
@@ -132,4 +113,4 @@ def read_frames(
     with _shared_lock:
         if _shared is None:
             _shared = DecodeProcess()
-        return _shared.decode(path, num_frames, image_size, segment, timeout, sampling)
+        return _shared.decode(request, timeout)

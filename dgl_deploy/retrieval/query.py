@@ -102,11 +102,12 @@ def iter_query_texts(index: EmbeddingStore | SearchIndex, encoder: Encoder, text
 def query_video(index: EmbeddingStore | SearchIndex, encoder: Encoder, video: Path | str, k: int = 10,
                 per_video: int = 0) -> list[Hit]:
     """Top-k videos (or moments, after NMS) most similar to the whole clip `video` (video -> video)."""
+    from dgl_deploy.data.frame_request import FrameRequest
     from dgl_deploy.data.video import read_frames
 
     index = _as_index(index)
     check_encoder(index.store, encoder)
-    frames = read_frames(video, encoder.frames, encoder.image_size, sampling=encoder.frame_sampling)  # (T, H, W, 3)
+    frames = read_frames(FrameRequest(video, encoder.frames, encoder.image_size, sampling=encoder.frame_sampling))  # (T, S, S, 3)
     return search_moments(index, encoder.encode_videos(frames[None]), k, per_video)[0]
 
 

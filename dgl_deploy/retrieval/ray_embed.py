@@ -157,13 +157,14 @@ class _Decode:
     segments: Segmentation | None = None
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        from dgl_deploy.data.frame_request import FrameRequest
         from dgl_deploy.data.video import VideoError, read_frames
 
         sent = 0
         try:
             if self.segments is None:
-                stack = read_frames(row["path"], self.frames, self.image_size, timeout=self.timeout,
-                                    sampling=self.sampling)
+                stack = read_frames(FrameRequest(row["path"], self.frames, self.image_size, sampling=self.sampling),
+                                    self.timeout)
                 yield self._row(row, 0, 1, (np.nan, np.nan), stack)
                 return
             for stacks in _window_decoder().stream(row["path"], self.segments, self.frames, self.image_size,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from dgl_deploy.data.discover import VIDEO_EXTENSIONS
+from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.preview import PREVIEW_FPS, PREVIEW_SECONDS, PREVIEW_SIDE
 from dgl_deploy.errors import DGLError
 from dgl_deploy.files import atomic_path
@@ -266,7 +267,8 @@ class Posters:
 
         from dgl_deploy.data.video import representative
 
-        frames = decoder.decode(path, POSTER_CANDIDATES, POSTER_SIZE, moment, timeout=self.decode_timeout)  # (C, S, S, 3)
+        request = FrameRequest(path, POSTER_CANDIDATES, POSTER_SIZE, moment)
+        frames = decoder.decode(request, timeout=self.decode_timeout)  # (C, S, S, 3)
         with self._count:
             self.decoded += 1
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)

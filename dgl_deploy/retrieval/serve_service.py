@@ -132,9 +132,12 @@ class SearchService:
         return await self._search(f"video:{name}", vectors, k, per_video)
 
     def _decode(self, decoder: DecodeProcess, upload: BinaryIO, name: str) -> np.ndarray:
+        from dgl_deploy.data.frame_request import FrameRequest
+
         with saved_upload(upload, name) as path:
-            return decoder.decode(path, self.encoder.frames, self.encoder.image_size,
-                                  timeout=self.settings.decode_timeout, sampling=self.encoder.frame_sampling)
+            request = FrameRequest(path, self.encoder.frames, self.encoder.image_size,
+                                   sampling=self.encoder.frame_sampling)
+            return decoder.decode(request, timeout=self.settings.decode_timeout)
 
     async def _encode(self, priority: int, job: Callable[[], np.ndarray]) -> np.ndarray:
         return await asyncio.wrap_future(self._encoder_queue.submit(priority, job))
