@@ -101,26 +101,33 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 def add_error_handlers(app: FastAPI) -> None:
     """Map every exception to `error_response`: validation 422, HTTP errors as raised, bad input (DGLError) 400,
     refused media as MediaError says (503 with Retry-After), anything else 500 naming only its type."""
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
-        return error_response(422, f"{where}: {first.get('msg', 'invalid request')}")
-
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), exc.headers)
-
-    async def bad_input(_: Request, exc: DGLError) -> JSONResponse:
-        return error_response(400, str(exc))
-
-    async def media_refused(_: Request, exc: MediaError) -> JSONResponse:
-        return error_response(exc.status, str(exc), {"retry-after": "1"} if exc.status == 503 else None)
-
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, f"internal error ({type(exc).__name__})")
-
-    for kind, handler in ((RequestValidationError, bad_request), (HTTPException, http_error), (DGLError, bad_input),
-                          (MediaError, media_refused), (Exception, internal)):
+    for kind, handler in ((RequestValidationError, _bad_request), (HTTPException, _http_error),
+                          (DGLError, _bad_input), (MediaError, _media_refused), (Exception, _internal)):
         app.add_exception_handler(kind, handler)
+
+
+async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the first invalid parameter and why."""
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    return error_response(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+
+async def _bad_input(_: Request, exc: DGLError) -> JSONResponse:
+    return error_response(400, str(exc))
+
+
+async def _media_refused(_: Request, exc: MediaError) -> JSONResponse:
+    return error_response(exc.status, str(exc), {"retry-after": "1"} if exc.status == 503 else None)
+
+
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    """500 naming only the exception's type (its message may hold paths)."""
+    return error_response(500, f"internal error ({type(exc).__name__})")
 
 
 def add_page_routes(app: FastAPI) -> None:
