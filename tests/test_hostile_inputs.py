@@ -20,8 +20,8 @@ from dgl_deploy import DGLError
 from dgl_deploy.cli import app
 from dgl_deploy.cli.app import os_error_line
 from dgl_deploy.data.synthetic import make_synthetic
-from dgl_deploy.retrieval import embed
 from dgl_deploy.retrieval.embed import embed_videos
+from dgl_deploy.retrieval.embed_parts import read_job
 from dgl_deploy.retrieval.store import (
     CHECK_BLOCK,
     SCAN_COPY_MIN_ROWS,
@@ -264,7 +264,7 @@ def test_every_json_reader_survives_deep_nesting(tmp_path: Path) -> None:
         assert "nested more than" in _one_line(str(caught.value)), name
     assert "nested more than" in _cli_error(["train", "--config", str(tmp_path / "config.json")])
     (tmp_path / "job.json").write_text(DEEP)
-    assert embed._read_job(tmp_path / "job.json") is None  # an unreadable job file is redone
+    assert read_job(tmp_path) is None  # an unreadable job file is redone
 
 
 @pytest.mark.parametrize(("name", "text", "named"), [

@@ -20,7 +20,7 @@ from dgl_deploy import DGLError
 from dgl_deploy import files as files_module
 from dgl_deploy.cli import app
 from dgl_deploy.data.synthetic import make_synthetic
-from dgl_deploy.retrieval import embed as embed_module
+from dgl_deploy.retrieval import embed_merge
 from dgl_deploy.retrieval import store as store_module
 from dgl_deploy.retrieval.embed import EmbedSettings, embed_videos, write_chunk
 from dgl_deploy.retrieval.query import resolve_model
@@ -201,7 +201,7 @@ def test_non_finite_rows_become_failures(clips, tmp_path) -> None:
 def test_rerun_after_a_job_killed_before_cleanup_is_up_to_date(clips, tmp_path, monkeypatch) -> None:
     videos = _folder(clips, tmp_path / "v", range(3))
     out = tmp_path / "emb.npy"
-    monkeypatch.setattr(embed_module.shutil, "rmtree", lambda *a, **k: None)  # killed right after the switch
+    monkeypatch.setattr(embed_merge, "remove_parts", lambda parts: None)  # killed right after the switch
     embed_videos(videos, out, FakeEncoder(), SETTINGS)
     monkeypatch.undo()
     assert (tmp_path / "emb.parts" / "job.json").exists()

@@ -14,7 +14,7 @@ from dgl_deploy.cli import options as opt
 from dgl_deploy.cli.app import command
 from dgl_deploy.cli.options import Backend, Precision
 from dgl_deploy.data.windows import DEFAULT_SCENE_THRESHOLD
-from dgl_deploy.retrieval.embed import SCENES_WINDOW
+from dgl_deploy.retrieval.embed_settings import SCENES_WINDOW
 
 EXIT_SOME_FAILED = 3  # `dgl embed` finished, but some files could not be embedded (see the errors file)
 
@@ -99,11 +99,9 @@ def embed(
     workers: int = opt.workers(2),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, max=1_000_000, help="Videos per resumable chunk."),
     fp16: bool = typer.Option(False, "--fp16", help="Store float16 embeddings (half the size)."),
-    window: Optional[float] = typer.Option(
-        None, "--window", min=0.001, max=1e6, help="Search inside long videos: one row per window of this many seconds "
-                                                  "(default: one row per video)."),
-    stride: Optional[float] = typer.Option(None, "--stride", min=0.001, max=1e6,
-                                           help="With --window: seconds between window starts (default: the window)."),
+    window: Optional[float] = opt.window("Search inside long videos: one row per window of this many seconds "
+                                         "(default: one row per video)."),
+    stride: Optional[float] = opt.stride("With --window: "),
     scenes: bool = typer.Option(False, "--scenes", help="Cut at shot boundaries (PySceneDetect), split shots longer than --window "
                                                         f"(default {SCENES_WINDOW:g} s), merge shots under a quarter of it. "
                                                         "Needs pip install 'dgl-deploy[scenes]'."),

@@ -53,10 +53,8 @@ def eval_command(
     moments: bool = typer.Option(
         False, "--moments", help="--model: also text -> moment R@1/5 at IoU 0.3/0.5/0.7 and mIoU over the split's videos "
                                  "cut into --window windows (captions with start/end times: charades, activitynet)."),
-    window: Optional[float] = typer.Option(None, "--window", min=0.001, max=1e6,
-                                           help="--moments: seconds per window (giving it implies --moments)."),
-    stride: Optional[float] = typer.Option(None, "--stride", min=0.001, max=1e6,
-                                           help="--moments: seconds between window starts (default: the window)."),
+    window: Optional[float] = opt.window("--moments: seconds per window (giving it implies --moments)."),
+    stride: Optional[float] = opt.stride("--moments: "),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON only."),
 ) -> None:
     """Text→video and video→text R@1/5/10, MdR, MnR (ties ranked pessimistically) of --sims or --model; with
@@ -87,15 +85,13 @@ def eval_command(
 def _segmentation(moments: bool, window: Optional[float], stride: Optional[float],
                   model: Optional[Path]) -> Optional[Segmentation]:
     """The windows of --moments / --window / --stride (None: no moment metrics)."""
-    if not moments and window is None:
-        if stride is not None:
-            raise DGLError("--stride needs --window (the length of each window, in seconds)")
-        return None
-    if model is None:
+    from dgl_deploy.retrieval.embed_settings import segmentation
+
+    if model is None and (moments or window is not None):
         raise DGLError("--moments/--window need --model (a model to run on a dataset with per-caption times)")
-    if window is None:
+    if moments and window is None:
         raise DGLError("--moments needs --window W (seconds per window; e.g. --window 8 --stride 4 for Charades-STA)")
-    return Segmentation(window, window if stride is None else stride)
+    return segmentation(window, stride)
 
 
 def _evaluate_model(model: Path, dataset: Optional[DatasetKind], annotations: Optional[Path], videos: Optional[Path],

@@ -1,5 +1,6 @@
 """One definition of each option that several commands share (`--backend`, `--device`, `--precision`,
-`--workers`, `--batch-size`, `--dataset`, ...): same names, choices, bounds and help everywhere.
+`--workers`, `--batch-size`, `--dataset`, `--window`/`--stride`, ...): same names, choices, bounds and help
+everywhere; `--window`/`--stride` are read by one function (`embed_settings.segmentation`).
 
 Each is a function returning a fresh `typer.Option`, so commands can set their own default and help prefix.
 Numeric options carry their bounds, so a bad value is a one-line usage error before anything runs.
@@ -69,6 +70,17 @@ def dataset(prefix: str = "") -> Any:
 
 def timeout(default: float, flag: str, what: str) -> Any:
     return typer.Option(default, flag, min=0.001, max=86400.0, help=f"Seconds allowed to decode {what}.")
+
+
+def window(help: str) -> Any:
+    """`--window SECONDS` (None when not given); `segmentation` reads it with `--stride`."""
+    return typer.Option(None, "--window", min=0.001, max=1e6, help=help)
+
+
+def stride(prefix: str) -> Any:
+    """`--stride SECONDS` (None when not given: the window)."""
+    return typer.Option(None, "--stride", min=0.001, max=1e6,
+                        help=f"{prefix}seconds between window starts (default: the window).")
 
 
 def frame_sampling(prefix: str, default: str) -> Any:

@@ -164,7 +164,7 @@ def evaluate_encoder(
     metrics = evaluate(sims, embeddings.caption_to_video, rerank, query_bank, **rerank_options)
     report = ModelEvaluation(metrics, encoder.describe(), sims.shape[1], sims.shape[0], embeddings.failures, sampling)
     if segmentation is not None:
-        moments = evaluate_moments(encoder, dataset, segmentation, workers)
+        moments = evaluate_moments(encoder, dataset, segmentation, workers, batch_size)
         known = {failure.path for failure in report.failures}
         report.moments = moments.metrics
         report.failures += [failure for failure in moments.rows.failures if failure.path not in known]

@@ -29,6 +29,7 @@ from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
 from dgl_deploy.retrieval.moments import MERGE_MARGIN, settle_moments
 from dgl_deploy.retrieval.search import Hit, select
+from dgl_deploy.retrieval.video_rows import encode_rows
 from dgl_deploy.runtime.backends.base import Encoder, encode_texts
 
 MOMENT_RECALL_AT = (1, 5)
@@ -106,42 +107,37 @@ def moment_metrics(predictions: Sequence[Sequence[Hit]], truths: Sequence[Moment
     return metrics
 
 
-def embed_windows(encoder: Encoder, dataset: RetrievalDataset, segmentation: Segmentation,
-                  workers: int = 2) -> WindowRows:
-    """Every window of every video of `dataset` (`data.windows` with `segmentation`), embedded by `encoder`;
-    a video that fails to decode is left out whole."""
-    chunks: list[np.ndarray] = []
+def embed_windows(encoder: Encoder, dataset: RetrievalDataset, segmentation: Segmentation, workers: int = 2,
+                  batch_size: int = 16) -> WindowRows:
+    """Every window of every video of `dataset` (`data.windows` with `segmentation`), embedded by `encoder`
+    `batch_size` windows per call (`video_rows.encode_rows`); a video that fails to decode is left out whole."""
+    vectors: list[np.ndarray] = []  # (W, E) per video
+    spans: list[np.ndarray] = []  # (W, 2) per video
     ids: list[str] = []
-    spans: list[np.ndarray] = []
     failures: list[VideoFailure] = []
-    pending: list[tuple[np.ndarray, np.ndarray]] = []  # the current file's groups, kept once it ends
-    paths = [item.path for item in dataset.items]
-    for group in iter_window_groups(paths, segmentation, encoder.frames, encoder.image_size, workers):
-        if isinstance(group, VideoFailure):
-            failures.append(group)
-            pending = []
+    groups = iter_window_groups([item.path for item in dataset.items], segmentation, encoder.frames,
+                                encoder.image_size, workers)
+    for done in encode_rows(groups, encoder.encode_videos, batch_size):
+        if isinstance(done, VideoFailure):
+            failures.append(done)
             continue
-        pending.append((encoder.encode_videos(group.stacks.frames), group.stacks.spans))
-        if group.stacks.last:
-            for vectors, window_spans in pending:
-                chunks.append(vectors)
-                spans.append(window_spans)
-                ids += [dataset.items[group.index].video_id] * len(vectors)
-            pending = []
-    if not chunks:
+        vectors.append(done.vectors)
+        spans.append(done.spans)
+        ids += [dataset.items[done.index].video_id] * len(done.vectors)
+    if not vectors:
         raise DGLError("no video of the split could be decoded: nothing to evaluate")
-    return WindowRows(np.concatenate(chunks), ids, np.concatenate(spans), failures)
+    return WindowRows(np.concatenate(vectors), ids, np.concatenate(spans), failures)
 
 
 def evaluate_moments(encoder: Encoder, dataset: RetrievalDataset, segmentation: Segmentation,
-                     workers: int = 2) -> MomentEvaluation:
+                     workers: int = 2, batch_size: int = 16) -> MomentEvaluation:
     """Moment metrics of `encoder` on a split whose items have per-caption moments (`VideoItem.moments`);
     `rows.failures` are the videos left out with their captions."""
     truths = [(caption, Moment(item.video_id, start, end)) for item in dataset.items
               for caption, start, end in item.moments]
     if not truths:
         raise DGLError(f"{dataset.name}: the split has no caption with a start and end time: no moments to evaluate")
-    rows = embed_windows(encoder, dataset, segmentation, workers)
+    rows = embed_windows(encoder, dataset, segmentation, workers, batch_size)
     kept = set(rows.ids)
     truths = [(caption, moment) for caption, moment in truths if moment.video in kept]
     captions, moments = [caption for caption, _ in truths], [moment for _, moment in truths]

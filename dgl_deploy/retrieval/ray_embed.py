@@ -1,12 +1,13 @@
 """`dgl embed --ray ADDRESS`: the `dgl embed` job on a Ray cluster (Ray Data).
 
 file list -> decode on CPU tasks (`video.read_frames`, per-file time limit; with segments, every window of the
-file from one `WindowDecodeProcess` pass, one row per window) -> encode on an actor pool (each actor opens the
-model once) -> the driver writes each finished chunk to `<out>.parts/` as soon as all its videos (all their
-windows) are back. Chunks, the job file, resume checks and the final merge are those of
-`dgl_deploy.retrieval.embed`, so the output layout (ids order, manifest, errors file) is the single-machine one,
-a killed job resumes from its finished chunks, a job may even be resumed by the other runner, and the
-same output lock, stale-chunk checks and NaN/inf refusal apply.
+file from one `WindowDecodeProcess` pass; `video_rows.rows_of`: one row per window) -> encode on an actor pool
+(each actor opens the model once) -> the driver puts each video's rows back together as they come (in any order,
+`video_rows.RowCollector`) and writes each chunk to `<out>.parts/` as soon as all its videos are back. Only where the
+rows come from differs from the single-machine job: planning, chunks, the job file, resume checks and the final
+merge are `embed.run_job`'s, so the output layout (ids order, manifest, errors file) is the single-machine one, a
+killed job resumes from its finished chunks, a job may even be resumed by the other runner, and the same output
+lock, stale-chunk checks and NaN/inf refusal apply.
 Rows match the single-machine ones to float rounding (batches are formed differently). Each decoded row carries
 the Ray node that decoded it; the job logs how many files each node decoded (logger `dgl_deploy.retrieval.ray_embed`,
 INFO), which shows a multi-node cluster was used.
@@ -16,26 +17,23 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.errors import DGLError
 from dgl_deploy.extras import install_hint
-from dgl_deploy.retrieval.embed import (
-    EmbedJob,
-    EmbedResult,
-    EmbedSettings,
-    Reporter,
-    chunk_file,
-    run_job,
-    start_chunks,
-    write_chunk,
-)
+from dgl_deploy.retrieval.embed import run_job
+from dgl_deploy.retrieval.embed_job import EmbedResult, Reporter, RowSource
+from dgl_deploy.retrieval.embed_settings import EmbedSettings
+from dgl_deploy.retrieval.video_rows import RowCollector, RowPlace, VideoRows, rows_of
+
+if TYPE_CHECKING:
+    from dgl_deploy.data.loader import DecodedVideo, VideoFailure, WindowGroup
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +62,8 @@ def embed_videos_ray(source: Path | str, out: Path | str, model: Path | str, set
     resolved = replace(ray_settings, backend=choice.backend, device=str(choice.device), precision=choice.precision)
     encoder = open_choice(choice)  # the set's model facts (no graph is loaded here for an export)
 
-    def runner(job: EmbedJob, progress: Reporter) -> None:
-        _run_chunks(job, str(Path(model).resolve()), encoder, settings, resolved, progress)
-
-    return run_job(source, out, encoder, settings, runner, update=update, overwrite=overwrite, prune=prune,
+    rows = ray_rows(str(Path(model).resolve()), encoder, settings, resolved)
+    return run_job(source, out, encoder, settings, rows, update=update, overwrite=overwrite, prune=prune,
                    model=str(model), backend=f"ray: {encoder.describe()}", reporter=reporter)
 
 
@@ -78,19 +74,29 @@ def _init_args(settings: RaySettings) -> dict[str, Any]:
     return {**common, "address": settings.address}
 
 
-def _run_chunks(job: EmbedJob, model: str, encoder: Any, settings: EmbedSettings, ray_settings: RaySettings,
-                reporter: Reporter) -> None:
-    """Stream the pending chunks through Ray Data; write each chunk once all its videos are back."""
+def ray_rows(model: str, encoder: Any, settings: EmbedSettings, ray_settings: RaySettings) -> RowSource:
+    """Rows decoded on Ray CPU tasks and encoded on `ray_settings.encoders` actors holding `model` (`encoder`: its
+    sizes), back in any order; each video comes out once all its rows are back (`RowCollector`)."""
+
+    def rows(paths: list[Path], ends: Collection[int], result: EmbedResult) -> Iterator[VideoRows | VideoFailure]:
+        return _stream(paths, model, encoder, settings, ray_settings)  # batches are Ray's: `ends` is not needed
+
+    return rows
+
+
+def _stream(paths: list[Path], model: str, encoder: Any, settings: EmbedSettings,
+            ray_settings: RaySettings) -> Iterator[VideoRows | VideoFailure]:
+    """Stream `paths` through Ray Data: decode tasks, then the encoder actor pool; gather the rows per video."""
     import ray.data
 
-    chunks, pending = start_chunks(job, settings, reporter)
-    todo = job.todo
-    items = [{"position": i, "path": str(todo[i].path)} for k in pending for i in chunks[k]]
-    if not items:
+    from dgl_deploy.data.loader import VideoFailure
+
+    if not paths:
         return
     if not ray.is_initialized():
         ray.init(**_init_args(ray_settings))
     decode = _Decode(encoder.frames, encoder.image_size, settings.timeout, encoder.frame_sampling, settings.segments)
+    items = [{"index": n, "path": str(path)} for n, path in enumerate(paths)]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))
                .flat_map(decode, num_cpus=1)
                .map_batches(_Encode, fn_constructor_kwargs={"model": model, "backend": ray_settings.backend,
@@ -98,57 +104,28 @@ def _run_chunks(job: EmbedJob, model: str, encoder: Any, settings: EmbedSettings
                                                             "device": ray_settings.device},
                             batch_size=settings.batch_size, num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(size=ray_settings.encoders)))
-    videos = {k: _Chunk() for k in pending}
-    decoded_on: dict[int, str] = {}  # file position -> the Ray node that decoded it
+    collector = RowCollector()
+    decoded_on: dict[int, str] = {}  # file index -> the Ray node that decoded it
     for row in dataset.iter_rows():
-        position = int(row["position"])
-        decoded_on[position] = str(row["node"])
-        k = position // settings.chunk_size
-        videos[k].add(position, row)
-        if videos[k].complete(len(chunks[k])):
-            rows, ids, spans, failures = videos.pop(k).result(todo, encoder.embed_dim)
-            reporter.advance(*write_chunk(chunk_file(job.paths.parts, k), rows, ids, failures, settings.fp16,
-                                          spans if settings.segments else None, precision=job.result.precision))
+        index = int(row["index"])
+        decoded_on[index] = str(row["node"])
+        if row["error"]:  # counts the rows sent before the failure
+            collector.fail(VideoFailure(index, paths[index], str(row["error"])), sent=int(row["windows"]))
+        else:
+            span = (float(row["start"]), float(row["end"])) if settings.segments else None
+            collector.add(RowPlace(index, int(row["window"]), int(row["windows"]), span, bool(row["timed"])),
+                          np.asarray(row["vector"]))
+        yield from collector.finished()
     nodes = Counter(decoded_on.values())
     log.info("ray: %d files decoded on %d nodes (%s)", len(decoded_on), len(nodes),
              ", ".join(f"{node}: {count}" for node, count in sorted(nodes.items())))
 
 
-@dataclass
-class _Chunk:
-    """The rows of one chunk as they come back, in any order: a video is complete when all its windows are back,
-    or its failure and every window decoded before it."""
-
-    windows: dict[int, dict[int, tuple[np.ndarray, float, float]]] = field(default_factory=dict)  # video -> window
-    expected: dict[int, int] = field(default_factory=dict)  # video -> window rows to wait for
-    errors: dict[int, str] = field(default_factory=dict)
-
-    def add(self, position: int, row: dict[str, Any]) -> None:
-        if row["error"]:
-            self.errors[position] = str(row["error"])
-            self.expected[position] = int(row["windows"])  # the windows sent before the failure
-        else:
-            self.windows.setdefault(position, {})[int(row["window"])] = (row["vector"], row["start"], row["end"])
-            self.expected.setdefault(position, int(row["windows"]))
-
-    def complete(self, videos: int) -> bool:
-        done = [p for p, count in self.expected.items() if len(self.windows.get(p, {})) == count]
-        return len(done) == videos
-
-    def result(self, todo: list, dim: int) -> tuple[np.ndarray, list[str], np.ndarray, list[tuple[str, str]]]:
-        """(rows (R, E), ids, spans (R, 2), failures) in video then window order."""
-        kept = [(p, w) for p in sorted(self.windows) if p not in self.errors for w in sorted(self.windows[p])]
-        rows = np.stack([self.windows[p][w][0] for p, w in kept]) if kept else np.zeros((0, dim), np.float32)
-        spans = np.array([self.windows[p][w][1:] for p, w in kept], np.float64).reshape(-1, 2)
-        failures = [(todo[p].id, self.errors[p]) for p in sorted(self.errors)]
-        return rows, [todo[p].id for p, _ in kept], spans, failures
-
-
 @dataclass(frozen=True)
 class _Decode:
-    """Ray Data flat map: one file -> one row per window (one for the whole file without `segments`), each
-    with the file's window count; a failure ends the file with an error row (frames all zero) that counts the
-    windows sent before it."""
+    """Ray Data flat map: one file -> its rows (`video_rows.rows_of`: one per window, one for the whole file without
+    `segments`), each with the file's row count; a failure ends the file with an error row (frames all zero) that
+    counts the rows sent before it."""
 
     frames: int
     image_size: int
@@ -157,32 +134,39 @@ class _Decode:
     segments: Segmentation | None = None
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        from dgl_deploy.data.frame_request import FrameRequest
-        from dgl_deploy.data.video import VideoError, read_frames
+        from dgl_deploy.data.video import VideoError
 
         sent = 0
         try:
-            if self.segments is None:
-                stack = read_frames(FrameRequest(row["path"], self.frames, self.image_size, sampling=self.sampling),
-                                    self.timeout)
-                yield self._row(row, 0, 1, (np.nan, np.nan), stack)
-                return
-            for stacks in _window_decoder().stream(row["path"], self.segments, self.frames, self.image_size,
-                                                   self.timeout):
-                for g, frames in enumerate(stacks.frames):
-                    yield self._row(row, stacks.first + g, stacks.total, stacks.spans[g], frames)
+            for piece in self._pieces(int(row["index"]), row["path"]):
+                for pending in rows_of(piece):
+                    yield self._row(pending.place, pending.frames)
                     sent += 1
         except VideoError as exc:
             blank = np.zeros((self.frames, self.image_size, self.image_size, 3), np.uint8)
-            yield self._row(row, -1, sent, (np.nan, np.nan), blank, exc.reason)
+            yield self._row(RowPlace(int(row["index"]), -1, sent, None), blank, exc.reason)
+
+    def _pieces(self, index: int, path: str) -> Iterator[WindowGroup | DecodedVideo]:
+        """The file decoded: whole, or window group by window group."""
+        from dgl_deploy.data.frame_request import FrameRequest
+        from dgl_deploy.data.loader import DecodedVideo, WindowGroup
+        from dgl_deploy.data.video import read_frames
+
+        if self.segments is None:
+            yield DecodedVideo(index, read_frames(FrameRequest(path, self.frames, self.image_size,
+                                                               sampling=self.sampling), self.timeout))
+            return
+        for stacks in _window_decoder().stream(path, self.segments, self.frames, self.image_size, self.timeout):
+            yield WindowGroup(index, stacks)
 
     @staticmethod
-    def _row(row: dict[str, Any], window: int, windows: int, span: Any, frames: np.ndarray,
-             error: str = "") -> dict[str, Any]:
+    def _row(place: RowPlace, frames: np.ndarray, error: str = "") -> dict[str, Any]:
+        """A Ray Data row: the frames with their place (`windows`: the video's rows, or those sent before an error)."""
         import ray
 
-        return {"position": row["position"], "window": window, "windows": windows, "start": float(span[0]),
-                "end": float(span[1]), "frames": frames, "error": error,
+        start, end = place.span or (np.nan, np.nan)
+        return {"index": place.index, "window": place.window, "windows": place.total, "start": float(start),
+                "end": float(end), "timed": place.timed, "frames": frames, "error": error,
                 "node": ray.get_runtime_context().get_node_id()}
 
 
@@ -212,7 +196,7 @@ class _Encode:
         vectors = np.zeros((len(ok), self.encoder.embed_dim), np.float32)
         if ok.any():
             vectors[ok] = self.encoder.encode_videos(np.asarray(batch["frames"])[ok])
-        return {**{key: batch[key] for key in ("position", "window", "windows", "start", "end", "error", "node")},
+        return {**{key: batch[key] for key in ("index", "window", "windows", "start", "end", "timed", "error", "node")},
                 "vector": vectors}
 
 
