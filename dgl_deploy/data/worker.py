@@ -6,14 +6,13 @@ there; the reason of a failure travels back in the reply), lowers its CPU priori
 ('ready', None), then answers each request with the messages its handler sends, or ('error', reason) for a
 VideoError or anything else the decoder throws.
 
-Why the lower priority: the decoders share the cores with the encoder, whose throughput is the job's. Measured
-when the CPU video tower ran one run at a time over every core: every slice a decoder took from one encoder
-thread also stalled the other threads at the op's end, so a decoder at the encoder's priority cost the encoder
-about twice its own CPU time, and at nice 10 segmented embed of the 10-minute clip (benchmarks/bench_segments.py,
-one run each) ran 3.35 windows/s against 3.03 at nice 0; at nice 15 and 19 the encoder waited about twice as long
-for frames. Since the video tower runs a single-threaded run per core side by side there is no such stall: nice
-0, 5 and 10 embedded 96 clips at the same rate within noise (4.32 / 4.28 / 4.27 and 3.91 / 4.10 / 4.19 videos/s,
-two rounds), and at nice 10 the decoders still get the tenth of a busy core they need.
+Why the lower priority: the decoders share the cores with the encoder, whose throughput is the job's. While the
+CPU video tower ran one run at a time over every core, every slice a decoder took from one encoder thread also
+stalled the other threads at the op's end, so a decoder at the encoder's priority cost the encoder about twice its
+own CPU time; a much higher nice value (15, 19) starved the decoders instead, and the encoder waited for frames.
+Now that the tower runs single-threaded runs side by side there is no such stall and nice 0 to 10 embed at the same
+rate, while at nice 10 the decoders still get the small share of a busy core they need. The runs that showed this
+are in benchmarks/notes.md and the docs' benchmarks page (decoder priority).
 """
 
 from __future__ import annotations
