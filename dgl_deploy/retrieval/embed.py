@@ -3,10 +3,9 @@
 The videos (sorted, see `discover`) are cut into fixed chunks of `chunk_size`. Worker processes decode
 ahead of the encoder (a bounded window, `loader.iter_videos` / `loader.iter_window_groups`); the encoder runs
 batches that never straddle a chunk (`video_rows.encode_rows`), and every finished chunk is written atomically to
-`<out>.parts/` (`embed_chunks`). A killed job
-rerun with the same command checks the finished chunks against the job (a chunk of other videos is redone,
-never merged) and skips them; since chunk boundaries and batches do not depend on where it stopped, the
-final files are identical to an uninterrupted run. At the end the set is written as a new generation beside
+`<out>.parts/` (`embed_chunks`). A killed job rerun with the same command checks the finished chunks against the
+job (a chunk of other videos is redone, never merged) and skips them; since chunk boundaries and batches do not
+depend on where it stopped, the final files are identical to an uninterrupted run. At the end the set is written as a new generation beside
 the old one and switched to by one rename (`store.write_set`: a kill or a full disk leaves the old set
 whole), or, by an update that keeps every row, the new rows are appended to the set's files in place, in
 proportion to what they add (`store.append_set`, as safe); then the parts are removed. A row the encoder
