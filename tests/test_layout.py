@@ -23,8 +23,8 @@ TORCH_SIDE = ("torch", "torchvision", "open_clip", "safetensors", "onnx", "onnxs
               "dgl_deploy.model", "dgl_deploy.training", "dgl_deploy.export")
 TORCH_FREE = ("dgl_deploy.data", "dgl_deploy.runtime", "dgl_deploy.retrieval", "dgl_deploy.evaluation",
               "dgl_deploy.cli", "dgl_deploy.errors", "dgl_deploy.extras", "dgl_deploy.files", "dgl_deploy.defaults",
-              "dgl_deploy.limits",
-              "dgl_deploy.__main__", "dgl_deploy.api")  # packages and modules; the package's own __init__ too
+              "dgl_deploy.limits", "dgl_deploy.__main__", "dgl_deploy.api",
+              "dgl_deploy.demo")  # packages and modules; the package's own __init__ too
 TORCH_BACKENDS = ("dgl_deploy.runtime.backends.torch_backend", "dgl_deploy.runtime.backends.meanpool")
 
 

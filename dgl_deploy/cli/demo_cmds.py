@@ -20,7 +20,8 @@ def demo(
     """Offline end-to-end demo: synthetic videos -> tiny CLIP -> DGL tuning -> ONNX -> embed -> query -> eval."""
     from rich.console import Console
 
-    from dgl_deploy.cli.demo import DemoConfig, run_demo
+    from dgl_deploy.cli.demo import run_demo
+    from dgl_deploy.demo import DemoConfig
 
     config = DemoConfig(out=str(out), workers=workers, seed=seed)
     console = Console(highlight=False, soft_wrap=True)
