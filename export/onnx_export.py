@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 import onnxslim
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dgl_deploy import __version__, defaults
@@ -34,7 +35,7 @@ from dgl_deploy.export.parity import check_parity, check_tokenizer, probe_batch
 from dgl_deploy.export.quantize import INT8_WEIGHTS, int8_tries, to_fp16, to_int8
 from dgl_deploy.model.checkpoint import model_fingerprint
 from dgl_deploy.model.model import DGLModel
-from dgl_deploy.model.pixels import normalize
+from dgl_deploy.model.pixels import folded_patch_projection, pixel_patches
 from dgl_deploy.model.tokenizer import VOCAB_SIZE
 from dgl_deploy.runtime.backends.select import Log
 from dgl_deploy.runtime.manifest import (
@@ -66,15 +67,25 @@ class TextGraph(nn.Module):
 
 
 class VideoGraph(nn.Module):
-    """(B, T, H, W, 3) uint8 frames -> CLIP normalisation -> (B, E) L2-normalised video embeddings."""
+    """(B, T, H, W, 3) uint8 frames -> (B, E) L2-normalised video embeddings. CLIP normalisation and the patch
+    convolution run as one MatMul over raw pixel patches (`pixels.folded_patch_projection`): the same linear map,
+    without a channel-first copy of the frames (cheaper on CPU than the convolution, which onnxruntime runs in
+    its blocked NCHWc layout with reorders around it)."""
 
     def __init__(self, model: DGLModel, frame_prompts: torch.Tensor) -> None:
         super().__init__()
         self.model = model
+        self.patch = int(model.clip.visual.patch_size[0])  # P
+        weight, bias = folded_patch_projection(model.clip.visual.conv1.weight)
+        self.register_buffer("patch_weight", weight)  # (P*P*3, Dv)
+        self.register_buffer("patch_bias", bias)  # (Dv,)
         self.register_buffer("frame_prompts", frame_prompts)  # (K, T, Ll, Dv)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_video(normalize(frames), (self.frame_prompts, self.frame_prompts))
+        patches = pixel_patches(frames, self.patch) @ self.patch_weight + self.patch_bias  # (B*T, N, Dv)
+        tokens = self.model.frame_tokens(patches, frames.shape[0])  # (B, T, 1+N, Dv)
+        features = self.model.video_features_from_tokens(tokens, (self.frame_prompts, self.frame_prompts))
+        return F.normalize(features, dim=-1)  # (B, E)
 
 
 def frozen_towers(model: DGLModel) -> DGLModel:

@@ -17,9 +17,12 @@ numerically sensitive ops (LayerNorm, softmax, reductions, the final L2 norm) in
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 # Ops that stay fp32 in the fp16 graph: statistics (LayerNorm, softmax, means, powers/roots of sums) overflow
@@ -39,6 +42,7 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model.model, str(dst))
 
 
+CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's own ops (Gelu, BiasGelu)
 INT8_WEIGHT_MAX = 64  # |int8 weight| bound: two uint8 x int8 products summed in int16 cannot saturate
 
 
@@ -47,37 +51,94 @@ INT8_WEIGHTS = ("int8", "uint8")  # weight types an int8 export tries, in order 
 
 def to_int8(src: Path, dst: Path, keep_fp32: Sequence[str] = (), weights: str = "int8") -> None:
     """Write a dynamically quantised copy (MatMul/Gemm weights per output channel: 7-bit int8, or uint8; uint8
-    activations quantised per run); the nodes named in `keep_fp32` stay fp32."""
+    activations quantised per run) of `src` with its CPU fusions (`fuse_for_cpu`); the nodes named in
+    `keep_fp32` stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))  # onnxruntime logs "consider pre-processing" advice on the root logger
-    try:
+    with _quiet_root_logger():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                          weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
                          reduce_range=weights == "int8", nodes_to_exclude=list(keep_fp32))
+    fuse_for_cpu(dst, dst)
+
+
+def fuse_for_cpu(src: Path, dst: Path) -> None:
+    """Write `src` with each erf GELU and the bias add before it fused into one onnxruntime BiasGelu op (exact) to
+    `dst` (may be `src`). onnxruntime's session-time optimiser does not match the erf GELU the exporter writes,
+    which then runs as five element-wise ops. BiasGelu is an onnxruntime contrib op, so only the CPU-only int8
+    graph gets it (after quantisation, whose shape inference knows no contrib ops); the fp32/fp16 graphs stay
+    plain ONNX for TensorRT."""
+    from onnxruntime.transformers.fusion_biasgelu import FusionBiasGelu
+    from onnxruntime.transformers.fusion_gelu import FusionGelu
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(src)))
+    FusionGelu(model).apply()
+    FusionBiasGelu(model, is_fastgelu=False).apply()
+    model.prune_graph()
+    model.topological_sort()
+    if not any(o.domain == CONTRIB_DOMAIN for o in model.model.opset_import):
+        model.model.opset_import.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    onnx.save(model.model, str(dst))
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's tools log advice ("consider pre-processing", shape inference notes) on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
     finally:
         root.setLevel(level)
 
 
 def int8_fallbacks(src: Path, blocks: int) -> Iterator[tuple[str, ...]]:
-    """The node sets to keep fp32, in the order an int8 export tries them until its parity holds: none, the
-    first transformer block's weight MatMuls, the first and the last block's. The first block's inputs mix token
-    or patch embeddings with prompts of another scale, so one per-tensor activation scale fits them worst
-    (random-init ViT-B/32 text tower: min cosine 0.99834 with every block int8, 0.99936 with block 0 fp32, no
-    other single block above 0.9985). Blocks are told apart by position: the graph's weight MatMuls in order are
-    `blocks` equal runs plus the final projection; a graph not shaped like that gets no fallback (the video
-    graph: its last block keeps only the global branch, so its runs differ; its int8 parity held without).
-    The graph is read only when the all-int8 try is not enough."""
-    yield ()
-    graph = onnx.load(str(src)).graph
+    """The node sets to keep fp32, in the order an int8 export tries them until its parity holds.
+
+    Always fp32: the weight MatMuls not over the batch's items (the video's patch projection, over B*T frames:
+    its inputs are pixels, and fp32 costs it no time) and those over one row per item (the final projections:
+    negligible work). Then, where some MatMuls see fewer rows per item than the rest (the video's global tokens,
+    4 against 12 frames x 54 tokens), those of the last block, then all of them: one per-tensor activation scale
+    fits those few rows worst, and they carry the embedding, but their weights stream from memory for a few rows,
+    so fp32 costs time. Then the first transformer block, then the first and the last: the first block's inputs
+    mix token embeddings with prompts of another scale (random-init ViT-B/32 text tower: min cosine 0.99834 with
+    every block int8, 0.99936 with block 0 fp32, no other single block above 0.9985). Blocks are told apart by
+    position (the graph's remaining weight MatMuls in order are `blocks` equal runs); a graph not shaped like that
+    gets no block fallback. The graph is read once, with onnx shape inference."""
+    matmuls = _weight_matmuls(src)  # (name, rows per item) in graph order
+    base = [name for name, rows in matmuls if rows <= 1]
+    yield tuple(base)
+    most = max((rows for _, rows in matmuls), default=0.0)
+    few = [name for name, rows in matmuls if 1 < rows < most]
+    if few and len(few) % blocks == 0:
+        yield tuple(base + few[-len(few) // blocks:])
+        yield tuple(base + few)
+    rest = [name for name, rows in matmuls if rows == most > 1]
+    per_block, extra = divmod(len(rest), blocks)
+    if per_block and not extra and not few:
+        yield tuple(base + rest[:per_block])
+        if blocks > 2:  # with two blocks, the first and the last leave nothing int8
+            yield tuple(base + rest[:per_block] + rest[-per_block:])
+
+
+def _weight_matmuls(src: Path) -> list[tuple[str, float]]:
+    """Each MatMul/Gemm with a constant weight, in graph order, with the rows per batch item of its activation: the
+    product of its middle dimensions (1 for (B, D); inf where one is symbolic, like the text's token count), or 0
+    where its first dimension is not the batch (the patch projection, over B*T frames)."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(src))).graph
     weights = {t.name for t in graph.initializer} | {out for n in graph.node if n.op_type == "Constant" for out in n.output}
-    matmuls = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
-    per_block, extra = divmod(len(matmuls) - 1, blocks)
-    if per_block and not extra:
-        first, last = matmuls[:per_block], matmuls[-1 - per_block: -1]
-        yield from (tuple(first), tuple(first + last))
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.value_info, *graph.input]}
+    found = []
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input):
+            first, *middle = dims.get(node.input[0], [None, None])[:-1] or [None]
+            known = all(isinstance(d, int) and d for d in middle)
+            found.append((node.name, 0.0 if first != batch else float(np.prod(middle)) if known else math.inf))
+    return found
 
 
 def int8_tries(src: Path, blocks: int) -> Iterator[tuple[str, tuple[str, ...]]]:

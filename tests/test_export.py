@@ -94,13 +94,14 @@ def test_fp16_and_int8_variants(tmp_path: Path) -> None:
 
 
 def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, monkeypatch) -> None:
-    """int8 graphs below the auto parity are redone with the first, then the first and last, transformer block
-    fp32, then the same with uint8 weights; the last try is kept, its nodes really are plain MatMuls, and the export
-    says so."""
+    """int8 graphs below the auto parity are redone with the first (then, past two blocks, the first and last)
+    transformer block fp32, then the same with uint8 weights; the last try is kept, its nodes really are plain
+    MatMuls, and the export says so. The final projection (one row per caption) is fp32 in every try."""
     model, out, _ = tiny_export
-    none, first, both = int8_fallbacks(out / "text_encoder.onnx", model.config.prompt_layers)
-    assert none == () and 0 < len(first) < len(both) and set(first) < set(both)
-    assert list(int8_fallbacks(out / "text_encoder.onnx", 1000)) == [()]  # not shaped in blocks: no fallback
+    base, first = int8_fallbacks(out / "text_encoder.onnx", model.config.prompt_layers)  # 2 blocks: no "last"
+    assert len(base) == 1 and set(base) < set(first)
+    assert list(int8_fallbacks(out / "text_encoder.onnx", 1000)) == [base]  # not shaped in blocks: no fallback
+    both = first  # the last try
     monkeypatch.setattr(onnx_export, "REDUCED_MIN_COSINE", 1.01)  # never holds: every fallback is tried
     lines: list[str] = []
     manifest = export_onnx(model, tmp_path / "ex", precisions=("int8",), log=lines.append)
@@ -110,6 +111,21 @@ def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, 
     assert set(both) <= {n.name for n in graph.node if n.op_type == "MatMul"}
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)  # the rest is int8
     assert any(line.startswith("text  int8") and f"{len(both)} MatMuls kept fp32, uint8 weights" in line for line in lines)
+
+
+def test_video_int8_fallbacks_keep_few_row_matmuls_fp32(tiny_export) -> None:
+    """The video graph's tries: the patch projection (over B*T frames) and the final projection always fp32; then
+    also the global tokens' MatMuls of the last block, then of every block; the per-frame MatMuls stay int8."""
+    model, out, _ = tiny_export
+    blocks = len(model.clip.visual.transformer.resblocks)
+    tries = list(int8_fallbacks(out / "video_encoder.onnx", blocks))
+    assert len(tries) == 3 and len(tries[0]) == 2 and set(tries[0]) < set(tries[1]) < set(tries[2])
+    graph = onnx.load(str(out / "video_encoder.onnx")).graph
+    weights = {t.name for t in graph.initializer}
+    names = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+    assert names[-1] in tries[0]  # the projection of the pooled global token
+    assert len(tries[2]) - len(tries[0]) == blocks * (len(tries[1]) - len(tries[0]))  # the same per block
+    assert set(tries[2]) < set(names)  # the per-frame MatMuls, the work, stay int8 in every try
 
 
 QUANTISED_OPS = {"MatMulInteger": (1, 0), "DynamicQuantizeMatMul": (1, 0), "MatMulIntegerToFloat": (1, 0),

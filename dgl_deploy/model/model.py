@@ -89,10 +89,14 @@ class DGLModel(nn.Module):
     def encode_video_features(self, frames: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
         """Projected video features before normalisation. frames: (B, T, 3, H, W) CLIP-normalised."""
         self._check_frames(frames)
+        return self.video_features_from_tokens(self._patch_tokens(frames), prompts)
+
+    def video_features_from_tokens(self, x: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
+        """Projected video features from each frame's tokens (B, T, 1+N, Dv), `frame_tokens`' output: the frame
+        prompts go in, then the global-local blocks (DGL_SPEC.md §3)."""
         frame_prompts = (prompts or self.prompts())[1]  # (K, T, Ll, Dv)
-        visual, batch = self.clip.visual, frames.shape[0]
+        visual, batch = self.clip.visual, x.shape[0]
         local = self.config.local_prompts
-        x = self._patch_tokens(frames)  # (B, T, 1+N, Dv)
         x = torch.cat([x[:, :, :1], frame_prompts[0].to(x.dtype).expand(batch, -1, -1, -1), x[:, :, 1:]], dim=2)
         glob = self.global_prompts.to(x.dtype).expand(batch, -1, -1)  # (B, G, Dv)
         for k, block in enumerate(visual.transformer.resblocks):
@@ -108,14 +112,17 @@ class DGLModel(nn.Module):
 
     def _patch_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """conv1 patches + class token + positional embedding + ln_pre: (B, T, 3, H, W) -> (B, T, 1+N, Dv)."""
-        visual = self.clip.visual
-        batch, num_frames = frames.shape[:2]
-        x = visual.conv1(frames.flatten(0, 1).to(visual.conv1.weight.dtype))  # (B*T, Dv, g, g)
-        x = x.flatten(2).transpose(1, 2)  # (B*T, N, Dv)
+        conv1 = self.clip.visual.conv1
+        x = conv1(frames.flatten(0, 1).to(conv1.weight.dtype))  # (B*T, Dv, g, g)
+        return self.frame_tokens(x.flatten(2).transpose(1, 2), frames.shape[0])  # (B*T, N, Dv) patches in
+
+    def frame_tokens(self, patches: torch.Tensor, batch: int) -> torch.Tensor:
+        """Class token + positional embedding + ln_pre over patch embeddings (B*T, N, Dv) -> (B, T, 1+N, Dv)."""
+        visual, x = self.clip.visual, patches
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B*T, 1+N, Dv)
         x = visual.ln_pre(x)
-        return x.view(batch, num_frames, *x.shape[1:])
+        return x.view(batch, self.config.frames, *x.shape[1:])
 
     # ---- training ----------------------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
