@@ -42,7 +42,7 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model.model, str(dst))
 
 
-CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's own ops (Gelu, BiasGelu)
+CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's own ops (Gelu, BiasGelu, QuickGelu)
 INT8_WEIGHT_MAX = 64  # |int8 weight| bound: two uint8 x int8 products summed in int16 cannot saturate
 
 
@@ -63,18 +63,20 @@ def to_int8(src: Path, dst: Path, keep_fp32: Sequence[str] = (), weights: str = 
 
 
 def fuse_for_cpu(src: Path, dst: Path) -> None:
-    """Write `src` with each erf GELU and the bias add before it fused into one onnxruntime BiasGelu op (exact) to
-    `dst` (may be `src`). onnxruntime's session-time optimiser does not match the erf GELU the exporter writes,
-    which then runs as five element-wise ops. BiasGelu is an onnxruntime contrib op, so only the CPU-only int8
-    graph gets it (after quantisation, whose shape inference knows no contrib ops); the fp32/fp16 graphs stay
-    plain ONNX for TensorRT."""
+    """Write `src` with each GELU fused into one onnxruntime op (exact: erf GELU -> Gelu or BiasGelu, QuickGELU
+    -> QuickGelu) to `dst` (may be `src`). onnxruntime's session-time optimiser does not match the GELUs the
+    exporter writes, which then run as three to five element-wise ops. The fused ops are onnxruntime contrib ops,
+    so only the CPU-only int8 graph gets them (after quantisation, whose shape inference knows no contrib ops);
+    the fp32/fp16 graphs stay plain ONNX for TensorRT."""
     from onnxruntime.transformers.fusion_biasgelu import FusionBiasGelu
     from onnxruntime.transformers.fusion_gelu import FusionGelu
+    from onnxruntime.transformers.fusion_quickgelu import FusionQuickGelu
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(src)))
     FusionGelu(model).apply()
     FusionBiasGelu(model, is_fastgelu=False).apply()
+    FusionQuickGelu(model).apply()  # OpenAI's CLIP weights: x * sigmoid(1.702 x), three ops -> one
     model.prune_graph()
     model.topological_sort()
     if not any(o.domain == CONTRIB_DOMAIN for o in model.model.opset_import):

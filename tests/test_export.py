@@ -113,6 +113,15 @@ def test_int8_keeps_blocks_fp32_until_parity_holds(tmp_path: Path, tiny_export, 
     assert any(line.startswith("text  int8") and f"{len(both)} MatMuls kept fp32, uint8 weights" in line for line in lines)
 
 
+def test_int8_graphs_run_fused_gelus(int8_export) -> None:
+    """The int8 graphs run each GELU as one onnxruntime op (dgl-tiny: QuickGELU, as OpenAI's weights), none of the
+    element-wise ops it was written as; parity is the export's own check."""
+    _, out, manifest = int8_export
+    for role in ("text", "video"):
+        ops = [n.op_type for n in onnx.load(str(out / manifest.graph(role, "int8").file)).graph.node]
+        assert "QuickGelu" in ops and "Sigmoid" not in ops, (role, sorted(set(ops)))
+
+
 def test_video_int8_fallbacks_keep_few_row_matmuls_fp32(tiny_export) -> None:
     """The video graph's tries: the patch projection (over B*T frames) and the final projection always fp32; then
     also the global tokens' MatMuls of the last block, then of every block; the per-frame MatMuls stay int8."""
