@@ -142,7 +142,7 @@ def peer(export: Path, folder: Path, root: Path, settings: EmbedSettings, peer_b
                                                      rates["clip_meanpool_torch_fp32_best_batch"], 3),
             "dgl_vs_clip_meanpool_side_by_side": round(rates["dgl_embed_auto"] /
                                                        rates["clip_meanpool_torch_fp32_side_by_side"], 3),
-            "target_ratio": 2.5, "dgl_auto_vs_fp32_cosine": auto_vs_fp32(export, folder, root, settings)}
+            "target_ratio": 3.0, "dgl_auto_vs_fp32_cosine": auto_vs_fp32(export, folder, root, settings)}
 
 
 def auto_vs_fp32(export: Path, folder: Path, root: Path, settings: EmbedSettings) -> dict:

@@ -2,17 +2,12 @@
 has imported the worker's module once (fast restarts), killed and restarted after a hang or a crash.
 
 A worker runs `worker_loop`: it ignores Ctrl-C (the parent's to handle), silences fd 2 (FFmpeg prints
-there; the reason of a failure travels back in the reply), lowers its CPU priority by DECODER_NICE, says
-('ready', None), then answers each request with the messages its handler sends, or ('error', reason) for a
-VideoError or anything else the decoder throws.
+there; the reason of a failure travels back in the reply), says ('ready', None), then answers each request with
+the messages its handler sends, or ('error', reason) for a VideoError or anything else the decoder throws.
 
-Why the lower priority: the decoders share the cores with the encoder, whose throughput is the job's. While the
-CPU video tower ran one run at a time over every core, every slice a decoder took from one encoder thread also
-stalled the other threads at the op's end, so a decoder at the encoder's priority cost the encoder about twice its
-own CPU time; a much higher nice value (15, 19) starved the decoders instead, and the encoder waited for frames.
-Now that the tower runs single-threaded runs side by side there is no such stall and nice 0 to 10 embed at the same
-rate, while at nice 10 the decoders still get the small share of a busy core they need. The runs that showed this
-are in benchmarks/notes.md and the docs' benchmarks page (decoder priority).
+Workers run at the encoder's CPU priority. The encoder's CPU runs are single-threaded and side by side, so a slice
+a decoder takes stalls no other encoder thread; a lowered priority only starved the decoders (one decoder feeding
+the encoder from a long file at nice 10 left the encoder waiting for frames; benchmarks/notes.md, decoder priority).
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ from typing import Any
 from dgl_deploy.data.decoder import VideoError, decoder_message
 from dgl_deploy.errors import DGLError
 
-DECODER_NICE = 10  # added to a worker's nice value (module docstring)
 STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against any time limit
 Connection = mp.connection.Connection
 
@@ -38,7 +32,6 @@ def worker_loop(conn: Connection, handle: Callable[[Any], None]) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
-    os.nice(DECODER_NICE)
     conn.send(("ready", None))
     while True:
         try:
