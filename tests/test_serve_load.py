@@ -103,13 +103,18 @@ def _report(what: str, latencies: list[float]) -> float:
     return p99
 
 
-@pytest.mark.timeout(180)
-def test_text_queries_and_uploads_all_answered(serve_files) -> None:
-    """4 threads upload without pause while text queries run: every request gets 200."""
+def _answered_under_uploads(serve_files: Path, queries: int) -> list[float]:
+    """4 threads upload without pause while `queries` text queries run: every request gets 200; the latencies."""
     videos = sorted((serve_files / "videos").glob("*.mp4"))
     with running_app(serve_app(serve_files, SETTINGS)) as base:
-        _, codes = _text_latencies_under_uploads(base, videos, uploaders=4, queries=20)
+        latencies, codes = _text_latencies_under_uploads(base, videos, uploaders=4, queries=queries)
     assert codes and set(codes) == {200}
+    return latencies
+
+
+@pytest.mark.timeout(180)
+def test_text_queries_and_uploads_all_answered(serve_files) -> None:
+    _answered_under_uploads(serve_files, queries=20)
 
 
 @pytest.mark.timeout(180)
@@ -162,11 +167,7 @@ def test_overload_is_shed_at_once(monkeypatch, serve_files) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_text_latency_while_uploads_decode(serve_files) -> None:
-    videos = sorted((serve_files / "videos").glob("*.mp4"))
-    with running_app(serve_app(serve_files, SETTINGS)) as base:
-        latencies, codes = _text_latencies_under_uploads(base, videos, uploaders=4, queries=60)
-    assert codes and set(codes) == {200}
-    assert _report("4 concurrent uploaders", latencies) < 1.0
+    assert _report("4 concurrent uploaders", _answered_under_uploads(serve_files, queries=60)) < 1.0
 
 
 @pytest.mark.slow
