@@ -3,10 +3,10 @@
 int8 weights are 7-bit (`reduce_range`: per-channel symmetric in [-64, 64]) so the graph computes the same on
 every x86 CPU: onnxruntime multiplies uint8 activations by int8 weights, and without VNNI (AVX2, AVX-512 before
 VNNI) its kernels add pairs of those products in saturating 16-bit registers (vpmaddubsw). Full-range weights
-(|w| <= 127) overflow there (2 * 255 * 127 > 32767): random-init ViT-B/32 video tower on an AVX2-only EPYC, min
-cosine 0.904 vs fp32; with 7-bit weights (2 * 255 * 64 = 32640) nothing can saturate (0.99941 there). A tower
-whose 7-bit graph misses parity even with blocks kept fp32 gets uint8 weights (onnxruntime's u8u8 kernels widen
-to 16 bits before multiplying: no saturating sums either, full 8 bits, but slower than u8s8 on VNNI hosts).
+(|w| <= 127) overflow there (2 * 255 * 127 > 32767); with 7-bit weights (2 * 255 * 64 = 32640) nothing can saturate
+(measurements in docs/backends.md). A tower whose 7-bit graph misses parity even with more kept fp32 gets uint8
+weights (onnxruntime's u8u8 kernels widen to 16 bits before multiplying: no saturating sums either, full 8 bits,
+but slower than u8s8 on VNNI hosts).
 
 fp16 uses onnxruntime's graph converter (`onnxruntime.transformers.float16`, the maintained copy of
 onnxconverter-common's) rather than exporting under autocast: it works on the already-checked fp32 graph,
@@ -105,8 +105,8 @@ def int8_fallbacks(src: Path, blocks: int) -> Iterator[tuple[str, ...]]:
     4 against 12 frames x 54 tokens), those of the last block, then all of them: one per-tensor activation scale
     fits those few rows worst, and they carry the embedding, but their weights stream from memory for a few rows,
     so fp32 costs time. Then the first transformer block, then the first and the last: the first block's inputs
-    mix token embeddings with prompts of another scale (random-init ViT-B/32 text tower: min cosine 0.99834 with
-    every block int8, 0.99936 with block 0 fp32, no other single block above 0.9985). Blocks are told apart by
+    mix token embeddings with prompts of another scale (on a random-init ViT-B/32 text tower no other single block
+    fp32 came close). Blocks are told apart by
     position (the graph's remaining weight MatMuls in order are `blocks` equal runs); a graph not shaped like that
     gets no block fallback. The graph is read once, with onnx shape inference."""
     matmuls = _weight_matmuls(src)  # (name, rows per item) in graph order
@@ -145,8 +145,8 @@ def _weight_matmuls(src: Path) -> list[tuple[str, float]]:
 
 def int8_tries(src: Path, blocks: int) -> Iterator[tuple[str, tuple[str, ...]]]:
     """(weight type, nodes kept fp32) in the order an int8 export tries them until its parity holds: 7-bit int8
-    weights with each of `int8_fallbacks`, then uint8 weights with each (random-init ViT-B/32 text tower, AVX-512
-    VNNI host: 7-bit 0.99788 all int8, 0.99870 with the first and last block fp32; uint8 0.99902 all int8)."""
+    weights with each of `int8_fallbacks`, then uint8 weights with each (on a random-init ViT-B/32 text tower only
+    uint8 weights reached the parity)."""
     fallbacks = []
     for keep in int8_fallbacks(src, blocks):
         fallbacks.append(keep)

@@ -34,14 +34,12 @@ from dgl_deploy.runtime.manifest import (
 )
 
 # On CPU the video tower runs one video per run, the cores side by side with one ORT thread each (a thread pool
-# over one single-threaded session), instead of one run at a time spread over every core. ViT-B/32, 12 frames,
-# 2 cores, pre-decoded: int8 4.91 videos/s side by side vs 3.40 one run at a time over 2 threads (ORT's int8
-# ops leave its second thread waiting at each op's end), fp32 1.74 vs 1.66; one video per run also keeps a
-# video's activations in cache (int8 4.40 / 3.50 videos/s at 1 / 16 videos per 2-thread run), and with int8's
-# per-run activation scales makes a video's row independent of the batch it came in. A lone video (a query by
-# video: 299 against 407 ms int8) runs over every core, unless the single-threaded session is already loaded (a
-# second copy of the graph costs ~250 MB); texts too (int8 106 / 198 texts/s at 1 / 64 per run). A run's result
-# does not depend on its thread count (bitwise, ViT-B/32 fp32 and int8). GPUs run whole batches.
+# over one single-threaded session), instead of one run at a time spread over every core: ORT's int8 ops leave a
+# second thread waiting at each op's end, one video per run keeps its activations in cache, and with int8's per-run
+# activation scales a video's row does not depend on the batch it came in. A lone video (a query by video) runs
+# over every core, unless the single-threaded session is already loaded (a second copy of the graph costs memory);
+# texts too. A run's result does not depend on its thread count. GPUs run whole batches. The measurements behind
+# this are in docs/backends.md (precision and speed).
 CPU_VIDEO_CHUNK = 1
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = PROVIDER_ORDER[:2]
@@ -86,11 +84,10 @@ def make_session(path: Path | str, providers: Sequence[Provider] = (("CPUExecuti
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only (the TensorRT/CUDA EPs are chatty)
     # no busy-waiting between runs: spinning ORT threads starve the numpy search (and the decoders) that
-    # run between encoder calls; measured 2x query latency with spinning on 2 cores
+    # run between encoder calls
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # no memory pattern: it plans one more ~1 GB block per batch shape next to what the first run left (segmented
-    # embed of a 1080p file: job peak 2.1 / 3.1 / 3.2 GB on 2 / 6 / 12 min with it, 2.1 / 2.1 / 2.2 GB without);
-    # ViT-B/32 int8 video batches of 16 + 7 took 6.49 s either way (interleaved, medians of 6)
+    # no memory pattern: it plans one more large block per batch shape next to what the first run left, so a
+    # segmented embed's peak memory grew with the file's length; without it the peak stays flat at the same speed
     options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(str(path), options, providers=[_provider_entry(p, cache_dir) for p in providers])
