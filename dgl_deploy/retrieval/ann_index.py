@@ -11,23 +11,17 @@ Kinds, and when `auto` picks them (N rows; `AUTO_FLAT_MAX_ROWS`, `AUTO_IVF_FLAT_
   ivf-flat  N < 2M          inverted lists of full vectors; scans `nprobe` of `nlist` lists per query
   ivf-pq    N >= 2M         inverted lists of product-quantised codes (`pq_m` bytes per row at 8 bits)
   hnsw      explicit only   graph index: lowest latency, but the whole graph + vectors live in RAM
-Defaults, chosen from `benchmarks/bench_index.py` on 1M clustered 512-d vectors (a hierarchical Gaussian mixture
-on the sphere shaped like video embeddings: held-out queries' nearest row at cosine ~0.89, random pairs ~0.27),
-200 held-out queries, one query at a time on one FAISS thread (benchmarks/results/index.json; 2-core Xeon with
-AVX2/AVX-512, shared with other jobs: p50 is wall time, CPU time agreed within 1 % at load 1-4):
-  nlist   4 sqrt(N), a power of two (4096 at 1M). 1024 lists (sqrt N) cost 10-22 ms CPU at nprobe 8-32 in an
-          earlier run on the same data (lists of ~1000 rows, and queries land in the dense ones); 16 sqrt(N)
-          would scan 16k centroids per query (a flat coarse quantizer, ~32 MB) and train far longer.
-  nprobe  nlist / 128, at least 8 (32 at 1M): recall@10 1.0 at p50 2.8 ms. Recall here is 0.991 already at
-          nprobe 1 and 1.0 from 4, so 32 leaves a wide margin for sets less clustered than this one; nprobe 64
-          costs 5.2 ms, the old nlist / 32 (128) 9.8 ms (earlier run). Uniformly random vectors, the worst case,
-          need more (recall 0.20 at nlist 1024 / nprobe 32): `dgl index build --nprobe` or `dgl serve --nprobe`.
-  refine  16 (IVF-PQ, pq_m = E / 8 bytes per row, not varied): recall@10 0.93 at refine 4 (whatever nprobe),
-          0.989 at 8, 0.996 at 16 (p50 1.0 ms): the codes cannot order near duplicates, the exact re-score of
+Defaults, chosen from `benchmarks/bench_index.py` on 1M clustered 512-d vectors shaped like video embeddings,
+held-out queries one at a time (the figures: benchmarks/notes.md, index; the record: benchmarks/results/index.json):
+  nlist   4 sqrt(N), a power of two: sqrt(N) lists are long and queries land in the dense ones; 16 sqrt(N) would
+          scan many more centroids per query (a flat coarse quantizer) and train far longer.
+  nprobe  nlist / 128, at least 8: recall@10 is already at its ceiling well below that on clustered data, which
+          leaves a wide margin for sets less clustered; uniformly random vectors, the worst case, need more
+          (`dgl index build --nprobe` or `dgl serve --nprobe`).
+  refine  16 (IVF-PQ, pq_m = E / 8 bytes per row): the codes cannot order near duplicates, the exact re-score of
           k x refine rows can.
-  hnsw    M 32, efConstruction 80, efSearch 256: recall@10 0.855 / 0.927 / 0.971 / 0.976 at efSearch
-          64 / 128 / 256 / 512, p50 0.39 / 0.58 / 0.88 / 1.28 ms (efSearch 128 reached 0.998 at 300k rows, not at
-          1M). The build took 386 s on 2 threads; a better graph (efConstruction) was not tried here.
+  hnsw    M 32, efConstruction 80, efSearch 256: the lowest latency, with recall still rising up to efSearch 512
+          at 1M rows; a better graph (efConstruction) was not tried.
 IVF indexes are memory-mapped when opened (`faiss.IO_FLAG_MMAP`), so start-up does not read them.
 Candidates are re-scored exactly from the (memory-mapped) embeddings, so scores are true cosines; IVF-PQ
 fetches `refine` x k candidates first, which recovers most of what quantisation loses.
