@@ -16,14 +16,14 @@ numerically sensitive ops (LayerNorm, softmax, reductions, the final L2 norm) in
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+from dgl_deploy.model.backbone import quiet_root_logger
 
 # Ops that stay fp32 in the fp16 graph: statistics (LayerNorm, softmax, means, powers/roots of sums) overflow
 # or lose precision in fp16; Div covers the input normalisation and the final L2 normalisation.
@@ -55,7 +55,7 @@ def to_int8(src: Path, dst: Path, keep_fp32: Sequence[str] = (), weights: str = 
     `keep_fp32` stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet_root_logger():
+    with quiet_root_logger():  # onnxruntime logs "consider pre-processing" advice on the root logger
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                          weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
                          reduce_range=weights == "int8", nodes_to_exclude=list(keep_fp32))
@@ -82,18 +82,6 @@ def fuse_for_cpu(src: Path, dst: Path) -> None:
     if not any(o.domain == CONTRIB_DOMAIN for o in model.model.opset_import):
         model.model.opset_import.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))
     onnx.save(model.model, str(dst))
-
-
-@contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime's tools log advice ("consider pre-processing", shape inference notes) on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def int8_fallbacks(src: Path, blocks: int) -> Iterator[tuple[str, ...]]:

@@ -104,7 +104,7 @@ def _create_open_clip(name: str, pretrained: str | None) -> CLIP:
     if name not in open_clip.list_models():
         raise DGLError(f"unknown CLIP model {name!r}; known OpenAI-style ViTs include ViT-B-32, ViT-B-16, ViT-L-14, dgl-tiny")
     try:
-        with _quiet_root_logger(pretrained is None):  # open_clip warns that random init has no weights
+        with quiet_root_logger(pretrained is None):  # open_clip warns that random init has no weights
             return open_clip.create_model(name, pretrained=pretrained, precision="fp32", device="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
         raise DGLError(f"cannot load CLIP {name!r} with pretrained={pretrained!r}: {_first_line(exc)[:240]} "
@@ -112,7 +112,8 @@ def _create_open_clip(name: str, pretrained: str | None) -> CLIP:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger(active: bool) -> Iterator[None]:
+def quiet_root_logger(active: bool = True) -> Iterator[None]:
+    """Root-logger warnings off while active (open_clip's "no pretrained weights", onnxruntime's tools' advice)."""
     root = logging.getLogger()
     level = root.level
     if active:
