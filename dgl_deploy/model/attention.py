@@ -35,6 +35,16 @@ def _mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tenso
     return x + block.mlp(block.ln_2(x))
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v over (..., L, hd): PyTorch's fused kernel, or, while exported, plain MatMuls
+    whose key transpose onnxruntime folds into the first one (the exporter's decomposition of SDPA scales the
+    transposed keys, which leaves the transpose a separate copy of every key in every block)."""
+    if not torch.compiler.is_exporting():
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (..., Lq, Lk)
+    return scores.softmax(-1) @ v
+
+
 def causal_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     """One CLIP text block with the causal mask. x: (B, L, D)."""
     q, k, v = _qkv(block, x)  # (B, H, L, hd)
@@ -59,11 +69,11 @@ def global_local_block(
     vg_t = vg.unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
     keys = torch.cat([kg_t, kf], -2).flatten(0, 1)  # (B*T, H, G+S, hd): 4-D hits the fused CPU/GPU kernels
     values = torch.cat([vg_t, vf], -2).flatten(0, 1)
-    out_f = F.scaled_dot_product_attention(qf.flatten(0, 1), keys, values).unflatten(0, (-1, num_frames))
+    out_f = _attend(qf.flatten(0, 1), keys, values).unflatten(0, (-1, num_frames))
 
     kf_all = kf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)  # (B, H, T*S, hd)
     vf_all = vf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)
-    out_g = F.scaled_dot_product_attention(qg, torch.cat([kg, kf_all], -2), torch.cat([vg, vf_all], -2))  # (B,H,G,hd)
+    out_g = _attend(qg, torch.cat([kg, kf_all], -2), torch.cat([vg, vf_all], -2))  # (B, H, G, hd)
 
     glob = _mlp_residual(block, glob + _out_proj(block, out_g))
     frames = _mlp_residual(block, frames + _out_proj(block, out_f))
