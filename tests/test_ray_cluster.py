@@ -76,7 +76,15 @@ def _alive_nodes(address: str, want: int, timeout: float, node: subprocess.Popen
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, list[str]]]:
-    """(address, node ids) of a two-node cluster; stopped by killing the sessions of both `ray start` processes."""
+    """(address, node ids) of a two-node cluster; stopped by killing the sessions of both `ray start` processes.
+    Token authentication is off for the loopback cluster (nodes, drivers and `dgl embed --ray` alike): with a token
+    file another cluster left in ~/.ray, the nodes refused each other here (Ray 2.60: InvalidAuthToken)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        yield from _cluster()
+
+
+def _cluster() -> Iterator[tuple[str, list[str]]]:
     temp = Path(tempfile.mkdtemp(prefix="dglray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     address = f"127.0.0.1:{_free_port()}"
     nodes = [_start_node(temp / "head.log", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false",
