@@ -83,7 +83,7 @@ class VideoGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         patches = pixel_patches(frames, self.patch) @ self.patch_weight + self.patch_bias  # (B*T, N, Dv)
-        tokens = self.model.frame_tokens(patches, frames.shape[0])  # (B, T, 1+N, Dv)
+        tokens = self.model.frame_tokens(patches)  # (B, T, 1+N, Dv)
         features = self.model.video_features_from_tokens(tokens, (self.frame_prompts, self.frame_prompts))
         return F.normalize(features, dim=-1)  # (B, E)
 

@@ -94,9 +94,9 @@ def int8_fallbacks(src: Path, blocks: int) -> Iterator[tuple[str, ...]]:
     fits those few rows worst, and they carry the embedding, but their weights stream from memory for a few rows,
     so fp32 costs time. Then the first transformer block, then the first and the last: the first block's inputs
     mix token embeddings with prompts of another scale (on a random-init ViT-B/32 text tower no other single block
-    fp32 came close). Blocks are told apart by
-    position (the graph's remaining weight MatMuls in order are `blocks` equal runs); a graph not shaped like that
-    gets no block fallback. The graph is read once, with onnx shape inference."""
+    fp32 came close). Blocks are told apart by position (the graph's remaining weight MatMuls in order are
+    `blocks` equal runs); a graph not shaped like that gets no block fallback. The graph is read once, with onnx
+    shape inference."""
     matmuls = _weight_matmuls(src)  # (name, rows per item) in graph order
     base = [name for name, rows in matmuls if rows <= 1]
     yield tuple(base)
@@ -122,13 +122,19 @@ def _weight_matmuls(src: Path) -> list[tuple[str, float]]:
     batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in [*graph.value_info, *graph.input]}
-    found = []
-    for node in graph.node:
-        if node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input):
-            first, *middle = dims.get(node.input[0], [None, None])[:-1] or [None]
-            known = all(isinstance(d, int) and d for d in middle)
-            found.append((node.name, 0.0 if first != batch else float(np.prod(middle)) if known else math.inf))
-    return found
+    return [(node.name, _rows_per_item(dims.get(node.input[0], []), batch)) for node in graph.node
+            if node.op_type in ("MatMul", "Gemm") and any(i in weights for i in node.input)]
+
+
+def _rows_per_item(shape: list[int | str], batch: str) -> float:
+    """Rows per batch item of an activation of `shape` (see `_weight_matmuls`); inf where shape inference gave
+    none, so such a MatMul is quantised like any other."""
+    if not shape:
+        return math.inf
+    if shape[0] != batch:
+        return 0.0
+    middle = shape[1:-1]
+    return float(np.prod(middle)) if all(isinstance(d, int) and d for d in middle) else math.inf
 
 
 def int8_tries(src: Path, blocks: int) -> Iterator[tuple[str, tuple[str, ...]]]:

@@ -114,15 +114,15 @@ class DGLModel(nn.Module):
         """conv1 patches + class token + positional embedding + ln_pre: (B, T, 3, H, W) -> (B, T, 1+N, Dv)."""
         conv1 = self.clip.visual.conv1
         x = conv1(frames.flatten(0, 1).to(conv1.weight.dtype))  # (B*T, Dv, g, g)
-        return self.frame_tokens(x.flatten(2).transpose(1, 2), frames.shape[0])  # (B*T, N, Dv) patches in
+        return self.frame_tokens(x.flatten(2).transpose(1, 2))  # (B*T, N, Dv) patches in
 
-    def frame_tokens(self, patches: torch.Tensor, batch: int) -> torch.Tensor:
+    def frame_tokens(self, patches: torch.Tensor) -> torch.Tensor:
         """Class token + positional embedding + ln_pre over patch embeddings (B*T, N, Dv) -> (B, T, 1+N, Dv)."""
         visual, x = self.clip.visual, patches
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B*T, 1+N, Dv)
         x = visual.ln_pre(x)
-        return x.view(batch, self.config.frames, *x.shape[1:])
+        return x.view(-1, self.config.frames, *x.shape[1:])
 
     # ---- training ----------------------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
