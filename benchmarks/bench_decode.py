@@ -11,7 +11,7 @@ Parts (`--parts`, default all; each adds its key to the one JSON line printed):
    noise so it is not trivially compressible; cached in --workdir). `ours`: `decode_windows(path,
    Segmentation(4, 2), 12, 224)` fully consumed, in this process, one thread (the timeline's demux pass
    included). `floor`: one sequential PyAV decode of the file on one thread (`thread_count = 1`) that converts
-   (as the decoder does: swscale RGB at full size, then `decoder.resize_center_crop`) only the frames the windows take
+   (with the decoder's own conversion, `decoder.to_rgb`) only the frames the windows take
    (`plan_windows` on the file's timeline, computed beforehand, not timed), stopping after the last one.
    Interleaved rounds (`common.interleaved`), medians of wall and of CPU seconds (`time.process_time`: the host is
    shared, and CPU time moves less with other load); `floor_over_ours` = floor time / ours (target >= 0.8).
@@ -54,7 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, emit, interleaved, load_average  # noqa: E402
 
-from dgl_deploy.data.decoder import VideoFile, resize_center_crop  # noqa: E402
+from dgl_deploy.data.decoder import VideoFile, to_rgb  # noqa: E402
 from dgl_deploy.data.frame_request import FrameRequest  # noqa: E402
 from dgl_deploy.data.loader import iter_video_batches  # noqa: E402
 from dgl_deploy.data.sampling import uniform_indices  # noqa: E402
@@ -178,7 +178,7 @@ def floor_pass(path: Path, wanted: np.ndarray, size: int) -> int:
         for index, frame in enumerate(container.decode(stream)):
             if index < target:
                 continue
-            resize_center_crop(frame.to_ndarray(format="rgb24", threads=1), size)
+            to_rgb(frame, size)
             kept += 1
             target = next(targets, None)
             if target is None:
@@ -370,7 +370,7 @@ def pixels(args: argparse.Namespace) -> dict:
     (decord's RGB frames against swscale's at full size: the decoders' pixels before any resize),
     `vs_old_display_aspect` (where the clip's sample aspect ratio is not 1: the old path cropping the frame as
     shown, as the decoder does), `swscale_two_step_vs_old` (swscale converting to RGB first, then resizing RGB:
-    what the one-step YUV resize + convert of the decoder adds)."""
+    what resizing in YUV, as the decoder does, adds)."""
     import decord
     import torch
 

@@ -15,13 +15,16 @@ that is ahead of the decoder, it seeks to that key frame instead of decoding the
 one decoded frame plus the converted ones the caller keeps, whatever the file's length or GOP size. The
 decoder runs on one thread (`-j` parallelism is one process per file) and so does the conversion.
 
-Pixels: swscale converts each kept frame (only those) to RGB at full size, on this thread; the frame is turned
-upright (the display matrix's rotation); then Pillow's bicubic filter (antialiased, the filter of open_clip's own
-preprocessing) resizes the shorter side of the frame as a player shows it (sample aspect ratio applied) to S,
-resampling only the box the centre crop keeps (torchvision's sizes: long side int(S * long / short), offsets
-round((side - S) / 2)). Why not swscale's own resize in the conversion step: it comes out about one level
-brighter than a resize of the RGB frame, enough to move embeddings past the project's pixel bound; this path is
-bit-identical to the previous decord + Pillow one on the real clips (`benchmarks/bench_decode.py` measures both).
+Pixels (`to_rgb`): the frame is resized so that its shorter side as a player shows it (sample aspect ratio
+applied, upright) is S (torchvision's sizes: long side int(S * long / short)), turned upright (the display
+matrix's rotation) and centre-cropped (offsets round((side - S) / 2)). 8-bit 4:2:0 frames (nearly all video)
+are resized by swscale's bicubic (antialiased when shrinking) in their own YUV format, then converted to RGB by
+swscale's plain 4:2:0 converter: a fraction of the CPU of converting the full frame and resizing RGB, within
+the project's pixel bound (figures: benchmarks/notes.md, pixels). Not swscale's one-step resize + convert to
+RGB: its scaled YUV-to-RGB path comes out about one level brighter.
+Other formats (10-bit, 4:2:2, 4:4:4, RGB, palette) are converted to RGB at full size, then resized by Pillow's
+bicubic (the filter of open_clip's own preprocessing) over the box the crop keeps. A frame already at the size
+is not resampled at all.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import numpy as np
 from PIL import Image
 
 from dgl_deploy.errors import DGLError
+
+YUV420_FORMATS = ("yuv420p", "yuvj420p")  # 8-bit 4:2:0 pixel formats resized in YUV before the RGB conversion
 
 
 class VideoError(DGLError):
@@ -235,15 +240,47 @@ class VideoFile:
                 yield position, frame
 
     def _convert(self, frame: av.VideoFrame, size: int, crop: bool = True) -> np.ndarray:
-        """One decoded frame upright, shorter side resized to `size`, centre-cropped: (S, S, 3) uint8 (`crop`
-        False: not cropped). RGB from swscale at full size, then Pillow's bicubic (module docstring)."""
-        turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns a player applies
+        return to_rgb(frame, size, float(self.stream.sample_aspect_ratio or 1), crop)
+
+
+def to_rgb(frame: av.VideoFrame, size: int, sar: float = 1.0, crop: bool = True) -> np.ndarray:
+    """One decoded frame upright, shorter side (as shown: `sar` = pixel width / height as stored) resized to
+    `size`, centre-cropped: (S, S, 3) uint8 (`crop` False: not cropped, (H', W', 3)). 8-bit 4:2:0 frames are
+    resized by swscale in YUV, then converted; other formats are converted at full size, then resized by Pillow
+    (module docstring)."""
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns a player applies
+    width, height = frame.width, frame.height  # as stored
+    shown = (height, width * sar) if turns % 2 else (width * sar, height)  # (width, height) upright
+    if frame.format.name not in YUV420_FORMATS:
         rgb = frame.to_ndarray(format="rgb24", threads=1)  # (H, W, 3) as stored
-        if turns:
-            rgb = np.rot90(rgb, turns)
-        sar = float(self.stream.sample_aspect_ratio or 1)  # pixel width / height, in the stored orientation
-        shown_w, shown_h = (rgb.shape[1], rgb.shape[0] * sar) if turns % 2 else (rgb.shape[1] * sar, rgb.shape[0])
-        return resize_center_crop(rgb, size, (shown_w, shown_h), crop)
+        return resize_center_crop(np.rot90(rgb, turns) if turns else rgb, size, shown, crop)
+    new_w, new_h = resized_size(size, shown)  # upright
+    stored_w, stored_h = (new_h, new_w) if turns % 2 else (new_w, new_h)
+    if (stored_w, stored_h) != (width, height):
+        frame = frame.reformat(width=stored_w, height=stored_h, interpolation="BICUBIC", threads=1)
+    rgb = frame.to_ndarray(format="rgb24", threads=1)  # (h, w, 3) as stored, resized
+    rgb = np.rot90(rgb, turns) if turns else rgb
+    return center_crop(rgb, size) if crop else np.ascontiguousarray(rgb)
+
+
+def resized_size(size: int, shown: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) of a frame shown as `shown` (width, height) once its shorter side is `size`, the longer
+    one int(S * long / short) (torchvision's sizes)."""
+    shown_w, shown_h = shown
+    short, long = sorted((shown_w, shown_h))
+    long_px = int(size * long / short)
+    return (long_px, size) if shown_h <= shown_w else (size, long_px)
+
+
+def _crop_offsets(new_w: int, new_h: int, size: int) -> tuple[int, int]:
+    """(top, left) of the S x S centre crop of a new_w x new_h frame (torchvision's rounding)."""
+    return int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
+def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) -> (S, S, 3) contiguous, the centre crop with torchvision's offsets."""
+    top, left = _crop_offsets(rgb.shape[1], rgb.shape[0], size)
+    return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
 
 def resize_center_crop(rgb: np.ndarray, size: int, shown: tuple[float, float] | None = None,
@@ -253,17 +290,15 @@ def resize_center_crop(rgb: np.ndarray, size: int, shown: tuple[float, float] | 
     (`crop` False: the whole frame, (H', W', 3)). Pillow resamples only the source box the crop keeps (the same
     filter centres and support as a full resize followed by the crop)."""
     height, width = rgb.shape[:2]
-    shown_w, shown_h = shown or (width, height)
-    short, long = sorted((shown_w, shown_h))
-    long_px = int(size * long / short)
-    new_w, new_h = (long_px, size) if shown_h <= shown_w else (size, long_px)
+    new_w, new_h = resized_size(size, shown or (width, height))
     image = Image.fromarray(np.ascontiguousarray(rgb))
     if not crop:
         return np.asarray(image.resize((new_w, new_h), Image.Resampling.BICUBIC))
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    top, left = _crop_offsets(new_w, new_h, size)
     sy, sx = height / new_h, width / new_w  # source pixels per resized pixel
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
     return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box))
 
 
-__all__ = ["VideoError", "VideoFile", "Timeline", "check_file", "decoder_message", "resize_center_crop"]
+__all__ = ["VideoError", "VideoFile", "Timeline", "check_file", "decoder_message", "resize_center_crop", "resized_size",
+           "center_crop", "to_rgb"]
