@@ -23,6 +23,7 @@ from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.preview import write_preview
 from dgl_deploy.data.sampling import sample_indices
 from dgl_deploy.data.segments import Segment
+from dgl_deploy.data.shared_frames import FrameWriter
 from dgl_deploy.data.worker import Connection, WorkerProcess, worker_loop
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -57,10 +58,16 @@ def decode_frames(request: FrameRequest) -> np.ndarray:
 _JOBS: dict[str, Callable[..., Any]] = {"frames": decode_frames, "preview": write_preview}
 
 
-def _serve(conn: Connection) -> None:
-    """Worker: (job, args) -> ('ok', result) or ('error', reason); jobs: "frames" ((FrameRequest,) -> frames),
-    "preview" (`preview.write_preview` args -> None)."""
-    worker_loop(conn, lambda request: conn.send(("ok", _JOBS[request[0]](*request[1]))))
+def _serve(conn: Connection, freed: Connection) -> None:
+    """Worker: (job, args) -> ('ok', result) or ('error', reason); jobs: "frames" ((FrameRequest,) -> frames,
+    put through the writer), "preview" (`preview.write_preview` args -> None)."""
+
+    def handle(request: tuple, writer: FrameWriter) -> None:
+        job, args = request
+        result = _JOBS[job](*args)
+        conn.send(("ok", writer.put(result) if isinstance(result, np.ndarray) else result))
+
+    worker_loop(conn, freed, handle)
 
 
 class DecodeProcess(WorkerProcess):
@@ -74,18 +81,18 @@ class DecodeProcess(WorkerProcess):
 
     def decode(self, request: FrameRequest, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
         """Like `decode_frames`, in the subprocess, failing with VideoError after `timeout` seconds."""
-        return self._run(request.path, "frames", (request,), timeout)
+        size = request.num_frames * request.image_size * request.image_size * 3
+        return self.frames.take(self._run(request.path, "frames", (request,), timeout, size))
 
     def preview(self, path: str | Path, segment: Segment | None, target: str | Path,
                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
         """`preview.write_preview` in the subprocess, failing with VideoError after `timeout` seconds."""
         self._run(Path(path), "preview", (str(path), segment, str(target)), timeout)
 
-    def _run(self, path: Path, job: str, args: tuple, timeout: float) -> Any:
+    def _run(self, path: Path, job: str, args: tuple, timeout: float, nbytes: int = 0) -> Any:
         check_file(path)
-        conn = self.connection()
         try:
-            conn.send((job, args))
+            conn = self.send((job, args), nbytes)
             if not conn.poll(timeout):
                 self.stop()
                 raise VideoError(path, f"decoding timed out after {timeout:g} s")

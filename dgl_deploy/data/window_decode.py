@@ -32,6 +32,7 @@ import numpy as np
 
 from dgl_deploy.data.decoder import Timeline, VideoError, VideoFile, check_file, decoder_message
 from dgl_deploy.data.sampling import TIME_EPS, uniform_indices
+from dgl_deploy.data.shared_frames import FrameWriter
 from dgl_deploy.data.windows import Segmentation, windows_of
 from dgl_deploy.data.worker import Connection, WorkerProcess, worker_loop
 from dgl_deploy.errors import DGLError
@@ -124,16 +125,17 @@ def _cuts(path: Path, timeline: Timeline, segmentation: Segmentation, progress: 
     return [float(timeline.times[i]) for i in cut_frames if 0 < i < len(timeline)]
 
 
-def _serve(conn: Connection) -> None:
-    """Worker: (path, segmentation, T, S, max_frames) -> ('group', WindowStacks) per group (('progress', None)
-    during shot detection), then ('done', None); or ('error', reason)."""
+def _serve(conn: Connection, freed: Connection) -> None:
+    """Worker: (path, segmentation, T, S, max_frames) -> ('group', (frames, spans, first, total, timed)) per
+    group, the `WindowStacks` fields with its frames put through the writer (('progress', None) during shot
+    detection), then ('done', None); or ('error', reason)."""
 
-    def handle(request: tuple) -> None:
+    def handle(request: tuple, writer: FrameWriter) -> None:
         for stacks in decode_windows(*request, progress=lambda: conn.send(("progress", None))):
-            conn.send(("group", stacks))
+            conn.send(("group", (writer.put(stacks.frames), stacks.spans, stacks.first, stacks.total, stacks.timed)))
         conn.send(("done", None))
 
-    worker_loop(conn, handle)
+    worker_loop(conn, freed, handle)
 
 
 class WindowDecodeProcess(WorkerProcess):
@@ -157,10 +159,10 @@ class WindowDecodeProcess(WorkerProcess):
         seconds, the process crashes, or the file is bad. Abandoning the iterator early kills the process."""
         path = Path(path)
         check_file(path)
-        conn = self.connection()
+        group_bytes = max(1, max_frames // num_frames) * num_frames * image_size * image_size * 3
         finished = False
         try:
-            conn.send((str(path), segmentation, num_frames, image_size, max_frames))
+            conn = self.send((str(path), segmentation, num_frames, image_size, max_frames), group_bytes)
             while not finished:
                 if not conn.poll(timeout):
                     raise VideoError(path, f"decoding timed out (a group of windows took over {timeout:g} s)")
@@ -171,7 +173,8 @@ class WindowDecodeProcess(WorkerProcess):
                 if status == "error":
                     raise VideoError(path, payload)
                 if status == "group":
-                    yield payload
+                    frames, spans, first, total, timed = payload
+                    yield WindowStacks(spans, self.frames.take(frames), first, total, timed)
         except (BrokenPipeError, OSError):
             raise VideoError(path, f"decoder process crashed (exit code {self.stop()})") from None
         finally:

@@ -4,6 +4,8 @@ has imported the worker's module once (fast restarts), killed and restarted afte
 A worker runs `worker_loop`: it ignores Ctrl-C (the parent's to handle), silences fd 2 (FFmpeg prints
 there; the reason of a failure travels back in the reply), says ('ready', None), then answers each request with
 the messages its handler sends, or ('error', reason) for a VideoError or anything else the decoder throws.
+Frames travel through shared memory (`shared_frames`): the parent's `WorkerProcess.frames`, the worker's
+`FrameWriter`, and the pipe of freed slots between them, made with each worker process.
 
 Workers run at the encoder's CPU priority. The encoder's CPU runs are single-threaded and side by side, so a slice
 a decoder takes stalls no other encoder thread; a lowered priority only starved the decoders (one decoder feeding
@@ -20,14 +22,17 @@ from collections.abc import Callable
 from typing import Any
 
 from dgl_deploy.data.decoder import VideoError, decoder_message
+from dgl_deploy.data.shared_frames import FrameWriter, SharedFrames
 from dgl_deploy.errors import DGLError
 
 STARTUP_TIMEOUT_S = 180.0  # starting a fresh worker on a loaded machine; not counted against any time limit
 Connection = mp.connection.Connection
 
 
-def worker_loop(conn: Connection, handle: Callable[[Any], None]) -> None:
-    """The worker side: `handle(request)` sends the replies of each request (see the module docstring)."""
+def worker_loop(conn: Connection, freed: Connection, handle: Callable[[Any, FrameWriter], None]) -> None:
+    """The worker side: `handle(request, writer)` sends the replies of each request, its frames through `writer`
+    (see the module docstring); `freed`: the reading end of the worker's pipe of freed slots."""
+    writer = FrameWriter(conn, freed)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -39,7 +44,9 @@ def worker_loop(conn: Connection, handle: Callable[[Any], None]) -> None:
         except (EOFError, OSError):
             return
         try:
-            handle(request)
+            block, job = request
+            writer.use(block)
+            handle(job, writer)
         except VideoError as exc:
             conn.send(("error", exc.reason))
         except Exception as exc:  # anything else the decoder throws is still this file's failure
@@ -48,10 +55,12 @@ def worker_loop(conn: Connection, handle: Callable[[Any], None]) -> None:
 
 class WorkerProcess:
     """The parent side of one worker: `connection()` starts it when needed, `stop()` kills it (and wakes a
-    thread waiting on it with EOF), `close()` for good. Not thread-safe: one per thread."""
+    thread waiting on it with EOF), `close()` for good; `frames` takes the frames it sends. Not thread-safe: one
+    per thread."""
 
-    def __init__(self, target: Callable[[Connection], None], preload: str, name: str) -> None:
+    def __init__(self, target: Callable[[Connection, Connection], None], preload: str, name: str) -> None:
         self._target, self._preload, self._name = target, preload, name
+        self.frames = SharedFrames()
         self._proc: Any = None
         self._conn: Connection | None = None
         self._closed = False
@@ -68,7 +77,9 @@ class WorkerProcess:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload([self._preload])
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=self._target, args=(child,), daemon=True, name=self._name)
+        freed, free_slot = ctx.Pipe(duplex=False)
+        self.frames.bind(free_slot)
+        self._proc = ctx.Process(target=self._target, args=(child, freed), daemon=True, name=self._name)
         try:
             self._proc.start()
         except RuntimeError as exc:  # multiprocessing re-imports an unguarded __main__ script
@@ -77,6 +88,7 @@ class WorkerProcess:
                            "`if __name__ == '__main__':` (Python multiprocessing rule)") from exc
         finally:
             child.close()
+            freed.close()
         self._conn = parent
         try:
             if not parent.poll(STARTUP_TIMEOUT_S) or parent.recv() != ("ready", None):
@@ -85,6 +97,15 @@ class WorkerProcess:
             code = self.stop()
             raise DGLError(f"the video decoder process failed to start (exit code {code}); see its stderr") from None
         return parent
+
+    def send(self, job: Any, nbytes: int = 0) -> Connection:
+        """Send `job` to the worker (started if needed) with the shared block for arrays of up to `nbytes` (0: the
+        job returns none); the worker's pipe."""
+        conn = self.connection()
+        block = self.frames.block(nbytes) if nbytes else None
+        conn.send((block, job))
+        self.frames.hand_over(conn, self._proc.pid, block)
+        return conn
 
     def stop(self) -> int | None:
         """Kill the worker; its exit code (negative = signal), None when none ran."""
@@ -100,9 +121,10 @@ class WorkerProcess:
         return code
 
     def close(self) -> None:
-        """Kill the subprocess; the object cannot be used afterwards."""
+        """Kill the subprocess and free its shared memory; the object cannot be used afterwards."""
         self._closed = True
         self.stop()
+        self.frames.close()
 
     def __enter__(self) -> WorkerProcess:
         return self
