@@ -9,22 +9,24 @@ from open_clip.transformer import ResidualAttentionBlock
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(..., L, D) -> (..., heads, L, D / heads)"""
-    *lead, length, dim = x.shape
-    return x.view(*lead, length, heads, dim // heads).transpose(-3, -2)
+    """(B, ..., L, D) -> (B, heads, ..., L, D / heads)"""
+    return x.unflatten(-1, (heads, -1)).movedim(-2, 1)
 
 
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(..., heads, L, hd) -> (..., L, heads * hd)"""
-    x = x.transpose(-3, -2)
-    return x.reshape(*x.shape[:-2], -1)
+    """(B, heads, ..., L, hd) -> (B, ..., L, heads * hd)"""
+    return x.movedim(1, -2).flatten(-2)
 
 
-def _qkv(block: ResidualAttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ln_1 + the block's packed in-projection, split into heads: 3 x (..., heads, L, hd)."""
-    attn = block.attn
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    return _split_heads(q, attn.num_heads), _split_heads(k, attn.num_heads), _split_heads(v, attn.num_heads)
+def _qkv(block: ResidualAttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """ln_1 + the block's in-projection, split into heads: (B, ..., L, D) -> 3 x (B, heads, ..., L, hd).
+
+    q, k and v are three MatMuls over the packed weight's thirds rather than one MatMul split afterwards: the
+    exported graph then moves each straight into its head layout (one transpose each, no Split copy of the packed
+    output), and its int8 copy quantises their shared input once (onnxruntime's MatMulIntegerToFloat)."""
+    attn, x = block.attn, block.ln_1(x)
+    weights, biases = attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)
+    return tuple(_split_heads(F.linear(x, w, b), attn.num_heads) for w, b in zip(weights, biases, strict=True))
 
 
 def _out_proj(block: ResidualAttentionBlock, heads_out: torch.Tensor) -> torch.Tensor:
@@ -36,13 +38,27 @@ def _mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tenso
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) v over (..., L, hd): PyTorch's fused kernel, or, while exported, plain MatMuls
-    whose key transpose onnxruntime folds into the first one (the exporter's decomposition of SDPA scales the
-    transposed keys, which leaves the transpose a separate copy of every key in every block)."""
+    """softmax(q k^T / sqrt(hd)) v over (B, H, ..., L, hd): PyTorch's fused kernel (on 4-D views, which it needs),
+    or, while exported, plain MatMuls whose key transpose onnxruntime folds into the first one (the exporter's
+    decomposition of SDPA scales the transposed keys, which leaves the transpose a separate copy of every key in
+    every block)."""
     if not torch.compiler.is_exporting():
-        return F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q.flatten(1, -3), k.flatten(1, -3), v.flatten(1, -3))
+        return out.view(q.shape)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (..., Lq, Lk)
     return scores.softmax(-1) @ v
+
+
+def _attend_both(q: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, k2: torch.Tensor,
+                 v2: torch.Tensor) -> torch.Tensor:
+    """`_attend` over the keys [k1 ; k2] and values [v1 ; v2]. While exported, the scores against each part are
+    concatenated instead of the keys and values (the scores of a few queries are far smaller than the keys)."""
+    if not torch.compiler.is_exporting():
+        return _attend(q, torch.cat([k1, k2], -2), torch.cat([v1, v2], -2))
+    scale = q.shape[-1] ** -0.5  # on the scores, where onnxruntime folds it into the MatMuls
+    scores = torch.cat([(q @ k1.transpose(-1, -2)) * scale, (q @ k2.transpose(-1, -2)) * scale], -1)
+    p1, p2 = scores.softmax(-1).split([k1.shape[-2], k2.shape[-2]], -1)  # (..., Lq, L1), (..., Lq, L2)
+    return p1 @ v1 + p2 @ v2
 
 
 def causal_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
@@ -59,21 +75,16 @@ def global_local_block(
 
     glob: (B, G, D) global prompt tokens; frames: (B, T, S, D) per-frame tokens.
     Frame tokens of frame t attend to [global ; frame t]; global tokens attend to [global ; all frames].
+    Frame heads are laid out (B, H, T, S, hd), so all frames' keys are a free reshape to (B, H, T*S, hd).
     """
-    batch, num_frames, seq, _ = frames.shape
+    num_frames = frames.shape[1]
     qg, kg, vg = _qkv(block, glob)  # (B, H, G, hd)
-    qf, kf, vf = _qkv(block, frames)  # (B, T, H, S, hd)
-    heads, head_dim = kf.shape[2], kf.shape[-1]
+    qf, kf, vf = _qkv(block, frames)  # (B, H, T, S, hd)
 
-    kg_t = kg.unsqueeze(1).expand(-1, num_frames, -1, -1, -1)  # (B, T, H, G, hd)
-    vg_t = vg.unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
-    keys = torch.cat([kg_t, kf], -2).flatten(0, 1)  # (B*T, H, G+S, hd): 4-D hits the fused CPU/GPU kernels
-    values = torch.cat([vg_t, vf], -2).flatten(0, 1)
-    out_f = _attend(qf.flatten(0, 1), keys, values).unflatten(0, (-1, num_frames))
-
-    kf_all = kf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)  # (B, H, T*S, hd)
-    vf_all = vf.transpose(1, 2).reshape(batch, heads, num_frames * seq, head_dim)
-    out_g = _attend(qg, torch.cat([kg, kf_all], -2), torch.cat([vg, vf_all], -2))  # (B, H, G, hd)
+    kg_t = kg.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)  # (B, H, T, G, hd)
+    vg_t = vg.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)
+    out_f = _attend(qf, torch.cat([kg_t, kf], -2), torch.cat([vg_t, vf], -2))  # (B, H, T, S, hd)
+    out_g = _attend_both(qg, kg, vg, kf.flatten(2, 3), vf.flatten(2, 3))  # (B, H, G, hd)
 
     glob = _mlp_residual(block, glob + _out_proj(block, out_g))
     frames = _mlp_residual(block, frames + _out_proj(block, out_f))
