@@ -85,7 +85,7 @@ class ScratchEncoder:
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 2, 16, 8, 8, "uniform"
     fingerprint = "fake-1"
-    device, precision, manifest, host_check = CPU, "fp32", None, None
+    device, precision, manifest, host_check, video_lanes = CPU, "fp32", None, None, 0
 
     def encode_text(self, texts):
         scratch = np.ones((len(texts), 16384), np.float32)

@@ -29,7 +29,7 @@ class ColourEncoder:
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 4, 32, 8, 3, "uniform"
     fingerprint = "colour-1"
-    device, precision, manifest, host_check = CPU, "fp32", None, None
+    device, precision, manifest, host_check, video_lanes = CPU, "fp32", None, None, 0
 
     def encode_videos(self, frames: np.ndarray) -> np.ndarray:  # (B, T, S, S, 3) -> (B, 3)
         rows = frames.astype(np.float32).reshape(len(frames), -1, 3).mean(axis=1) - np.float32(BACKGROUND)

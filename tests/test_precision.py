@@ -39,7 +39,7 @@ class Encoder:
     """Mean colours as embeddings, at a stated precision of an export with the given parity; keeps the frames."""
 
     backend, frames, image_size, max_words, embed_dim, fingerprint = "fake", 2, 16, 8, 6, "fake-1"
-    device, host_check = CPU, None
+    device, host_check, video_lanes = CPU, None, 0
 
     def __init__(self, precision: str = "fp32", int8_cosine: float | None = 0.9995, sampling: str = "uniform",
                  crash_after: int | None = None) -> None:

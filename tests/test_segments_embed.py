@@ -34,7 +34,7 @@ class ColourEncoder:
     `nan_for` makes rows whose strongest channel is that colour's NaN; `crash_after` fails later calls."""
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 4, 16, 8, 3, "uniform"
-    device, precision, manifest, host_check = CPU, "fp32", None, None
+    device, precision, manifest, host_check, video_lanes = CPU, "fp32", None, None, 0
 
     def __init__(self, fingerprint: str = "colour-1", nan_for: str | None = None,
                  crash_after: int | None = None) -> None:

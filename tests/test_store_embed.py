@@ -35,7 +35,7 @@ class FakeEncoder:
     `crash_after` raises on later calls."""
 
     backend, frames, image_size, max_words, embed_dim, frame_sampling = "fake", 2, 16, 8, 6, "uniform"
-    device, precision, manifest, host_check = CPU, "fp32", None, None
+    device, precision, manifest, host_check, video_lanes = CPU, "fp32", None, None, 0
 
     def __init__(self, fingerprint: str = "fake-1", poison: dict[int, float] | None = None,
                  crash_after: int | None = None) -> None:

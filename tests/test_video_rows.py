@@ -1,8 +1,12 @@
 """video_rows: decoded pieces -> encoded rows per video (batches of batch_size rows, cut at `ends`, a failed
-video's rows dropped before and after encoding), and rows coming back in any order (Ray) put together per video."""
+video's rows dropped before and after encoding), the same rows from an encoder with lanes (calls overlapping on a
+thread pool, pieces sent as decoded, a failure while its earlier rows are still being encoded), and rows coming
+back in any order (Ray) put together per video."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,38 @@ def test_a_batch_stops_at_the_end_of_a_video_in_ends() -> None:
     done = list(encode_rows(pieces, encoder, batch_size=4, ends={1, 4}))
     assert encoder.calls == [2, 3]  # chunks {0, 1} and {2, 3, 4}: no batch straddles them
     assert [d.index for d in done] == [0, 1, 2, 3, 4] and all(d.spans is None for d in done)
+
+
+class _SlowEncoder(_Encoder):
+    """An `_Encoder` whose calls take a while and may overlap (lanes); records the most running at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock, self._running, self.most = threading.Lock(), 0, 0
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._running += 1
+            self.most = max(self.most, self._running)
+        time.sleep(0.02 * len(frames))
+        with self._lock:
+            self._running -= 1
+        return super().__call__(frames)
+
+
+def _summary(done: list) -> list:
+    return [(d.index, type(d).__name__, d.vectors.tolist() if isinstance(d, VideoRows) else d.reason) for d in done]
+
+
+def test_lanes_overlap_calls_and_give_the_same_rows() -> None:
+    pieces = [_group(0, 0, 3, 5), _group(0, 3, 2, 5), DecodedVideo(1, np.full((T, S, S, 3), 9, np.uint8)),
+              _group(2, 0, 4, 6), VideoFailure(2, Path("c.mp4"), "truncated"),  # fails with 4 windows in flight
+              _group(3, 0, 1, 1), DecodedVideo(4, np.full((T, S, S, 3), 7, np.uint8)), _group(5, 0, 2, 2)]
+    plain, lanes = _Encoder(), _SlowEncoder()
+    expected = _summary(list(encode_rows(pieces, plain, batch_size=4)))
+    assert _summary(list(encode_rows(pieces, lanes, batch_size=4, lanes=2))) == expected
+    assert lanes.most >= 2  # calls ran side by side
+    assert sum(lanes.calls) == 3 + 2 + 1 + 4 + 1 + 1 + 2  # every row once (video 2's were sent before it failed)
 
 
 def test_rows_of_a_group_and_of_a_whole_video() -> None:

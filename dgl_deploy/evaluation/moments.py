@@ -117,7 +117,7 @@ def embed_windows(encoder: Encoder, dataset: RetrievalDataset, segmentation: Seg
     failures: list[VideoFailure] = []
     groups = iter_window_groups([item.path for item in dataset.items], segmentation, encoder.frames,
                                 encoder.image_size, workers)
-    for done in encode_rows(groups, encoder.encode_videos, batch_size):
+    for done in encode_rows(groups, encoder.encode_videos, batch_size, lanes=encoder.video_lanes):
         if isinstance(done, VideoFailure):
             failures.append(done)
             continue

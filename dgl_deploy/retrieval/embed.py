@@ -60,6 +60,7 @@ windows into encoded rows per video), `embed_chunks` (chunk files, written as th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
@@ -139,24 +140,52 @@ def local_rows(encoder: Encoder, settings: EmbedSettings) -> RowSource:
             pieces = iter_videos(paths, encoder.frames, encoder.image_size, settings.batch_size, settings.workers,
                                  timeout=settings.timeout, sampling=encoder.frame_sampling)
 
+        clock = _EncoderClock()
+
         def encode(frames: np.ndarray) -> np.ndarray:  # (B, T, S, S, 3) uint8 -> (B, E)
-            started = time.perf_counter()
-            vectors = encoder.encode_videos(frames)
-            result.encode_seconds += time.perf_counter() - started
+            with clock:
+                vectors = encoder.encode_videos(frames)
+            result.encode_seconds = clock.busy()
             return vectors
 
-        return encode_rows(_waits(pieces, result), encode, settings.batch_size, ends)
+        return encode_rows(_waits(pieces, result, clock), encode, settings.batch_size, ends, encoder.video_lanes)
 
     return rows
 
 
-def _waits(pieces: Iterable[T], result: EmbedResult) -> Iterator[T]:
-    """`pieces`, adding the time spent waiting for each to `result.decode_wait_seconds`."""
-    waited = time.perf_counter()
+class _EncoderClock:
+    """Wall time with at least one encoder call running (calls may overlap: `video_rows.encode_rows`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running, self._since, self._total = 0, 0.0, 0.0  # calls running, since when, busy time before
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._running:
+                self._since = time.perf_counter()
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running:
+                self._total += time.perf_counter() - self._since
+
+    def busy(self) -> float:
+        """Seconds with a call running so far."""
+        with self._lock:
+            return self._total + (time.perf_counter() - self._since if self._running else 0.0)
+
+
+def _waits(pieces: Iterable[T], result: EmbedResult, clock: _EncoderClock) -> Iterator[T]:
+    """`pieces`, adding the time spent waiting for each while the encoder had nothing to run to
+    `result.decode_wait_seconds`."""
+    waited, busy = time.perf_counter(), clock.busy()
     for piece in pieces:
-        result.decode_wait_seconds += time.perf_counter() - waited
+        result.decode_wait_seconds += max(0.0, time.perf_counter() - waited - (clock.busy() - busy))
         yield piece
-        waited = time.perf_counter()
+        waited, busy = time.perf_counter(), clock.busy()
 
 
 def encode_files(encoder: Encoder, paths: list[Path], *, batch_size: int = 16, workers: int = 2,

@@ -10,12 +10,18 @@ and on Ray) and `dgl eval --moments` all go through it.
 - `encode_rows`: the encoder over a stream of decoded pieces in file order (`loader.iter_window_groups`,
   `loader.iter_videos`), `batch_size` rows per call; a failure's rows still waiting are never encoded, and a batch
   never straddles the end of a video named in `ends` (`dgl embed`: the last video of each chunk, so batches do not
-  depend on where a killed job resumed).
+  depend on where a killed job resumed). An encoder that runs videos side by side, each alone (`lanes` > 0: CPU
+  lanes, `Encoder.video_lanes`), gets its calls from a thread pool while the next rows are decoded: rows go out
+  as soon as less than a batch is in flight (so the lanes neither wait for a full batch at the start nor for a
+  batch's last video at its end), at most about two batches at a time. Its rows do not depend on how they were
+  batched; every other encoder gets whole batches, one call at a time.
 """
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -119,30 +125,45 @@ class RowCollector:
 
 
 def encode_rows(pieces: Iterable[Piece], encode: Callable[[np.ndarray], np.ndarray], batch_size: int,
-                ends: Collection[int] = ()) -> Iterator[VideoRows | VideoFailure]:
+                ends: Collection[int] = (), lanes: int = 0) -> Iterator[VideoRows | VideoFailure]:
     """Each video's rows (or its failure) from decoded pieces in file order, encoded `batch_size` rows per call
-    of `encode` ((B, T, S, S, 3) uint8 -> (B, E)); the batch is cut short where a video in `ends` ends."""
+    of `encode` ((B, T, S, S, 3) uint8 -> (B, E)); the batch is cut short where a video in `ends` ends. `lanes`:
+    the encoder's side-by-side lanes (module docstring; 0: one whole batch at a time)."""
     from dgl_deploy.data.loader import VideoFailure
 
     collector = RowCollector()
+    calls = _Calls(encode, collector, batch_size, lanes)
     waiting: list[PendingRow] = []  # rows for the next encoder call
-    for piece in pieces:
-        if isinstance(piece, VideoFailure):
-            waiting = [row for row in waiting if row.place.index != piece.index]
-            collector.fail(piece)
-        else:
-            for row in rows_of(piece):
-                waiting.append(row)
-                if len(waiting) == batch_size:
-                    _encode(encode, waiting, collector)
-                    waiting = []
-        if waiting and piece.index in ends and _last(piece):
-            _encode(encode, waiting, collector)
-            waiting = []
+    try:
+        for piece in pieces:
+            if isinstance(piece, VideoFailure):
+                waiting = [row for row in waiting if row.place.index != piece.index]
+                collector.fail(piece, calls.sent[piece.index])
+            elif calls.whole(rows := rows_of(piece)):
+                calls.send(rows, _frames_of(piece))
+            else:
+                for row in rows:
+                    waiting.append(row)
+                    if len(waiting) == batch_size:
+                        calls.send(waiting)
+                        waiting = []
+            if waiting and (piece.index in ends and _last(piece) or calls.hungry(len(waiting))):
+                calls.send(waiting)
+                waiting = []
+            calls.collect()
+            yield from collector.finished()
+        if waiting:
+            calls.send(waiting)
+        calls.collect(everything=True)
         yield from collector.finished()
-    if waiting:
-        _encode(encode, waiting, collector)
-    yield from collector.finished()
+    finally:
+        calls.close()
+
+
+def _frames_of(piece: WindowGroup | DecodedVideo) -> np.ndarray:
+    """The frames of a piece's rows, in their order, as decoded (no copy): (R, T, S, S, 3)."""
+    stacks = getattr(piece, "stacks", None)
+    return piece.frames[None] if stacks is None else stacks.frames
 
 
 def _last(piece: Piece) -> bool:
@@ -151,10 +172,59 @@ def _last(piece: Piece) -> bool:
     return stacks is None or stacks.last
 
 
-def _encode(encode: Callable[[np.ndarray], np.ndarray], rows: list[PendingRow], collector: RowCollector) -> None:
-    vectors = encode(np.stack([row.frames for row in rows]))  # (B, T, S, S, 3) -> (B, E)
-    for row, vector in zip(rows, vectors, strict=True):
-        collector.add(row.place, vector)
+class _Calls:
+    """Encoder calls (`encode_rows`): made here, one at a time, or with `lanes` from a thread pool, at most two
+    batches' rows in flight (the lanes go from one call's videos to the next without waiting)."""
+
+    def __init__(self, encode: Callable[[np.ndarray], np.ndarray], collector: RowCollector, batch_size: int,
+                 lanes: int) -> None:
+        self._encode, self._collector, self._batch, self._lanes = encode, collector, batch_size, lanes
+        self._pool = ThreadPoolExecutor(batch_size, "dgl-encode") if lanes else None
+        self._running: deque[tuple[list[PendingRow], Future[np.ndarray]]] = deque()  # oldest first
+        self._in_flight = 0  # rows sent and not collected
+        self.sent: Counter[int] = Counter()  # rows sent to the encoder, by video
+
+    def whole(self, rows: list[PendingRow]) -> bool:
+        """Whether a piece's `rows` go as one call of their own, their frames not copied: with lanes, when they fill
+        every lane and no more than a batch."""
+        return self._pool is not None and min(self._lanes, self._batch) <= len(rows) <= self._batch
+
+    def hungry(self, waiting: int) -> bool:
+        """Whether `waiting` rows should go now: the lanes would soon run dry (and they fill every lane)."""
+        return self._pool is not None and self._in_flight < self._batch and waiting >= min(self._lanes, self._batch)
+
+    def send(self, rows: list[PendingRow], frames: np.ndarray | None = None) -> None:
+        """One call for `rows` (`frames`: theirs, already stacked); with lanes it first waits until at most two
+        batches are in flight with it."""
+        for row in rows:
+            self.sent[row.place.index] += 1
+        frames = np.stack([row.frames for row in rows]) if frames is None else frames  # (B, T, S, S, 3)
+        if self._pool is None:
+            self._add(rows, self._encode(frames))
+            return
+        while self._running and self._in_flight + len(rows) > 2 * self._batch:  # one batch queued behind one
+            self._add(*self._take())
+        self._running.append((rows, self._pool.submit(self._encode, frames)))
+        self._in_flight += len(rows)
+
+    def collect(self, everything: bool = False) -> None:
+        """The rows of the calls done (`everything`: of every call, waiting for them)."""
+        while self._running and (everything or self._running[0][1].done()):
+            self._add(*self._take())
+
+    def _take(self) -> tuple[list[PendingRow], np.ndarray]:
+        rows, future = self._running.popleft()
+        self._in_flight -= len(rows)
+        return rows, future.result()
+
+    def _add(self, rows: list[PendingRow], vectors: np.ndarray) -> None:
+        for row, vector in zip(rows, vectors, strict=True):
+            self._collector.add(row.place, vector)
+
+    def close(self) -> None:
+        """Wait for the calls still running (an error or an abandoned stream), then stop the pool."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 __all__ = ["RowPlace", "PendingRow", "VideoRows", "RowCollector", "rows_of", "encode_rows"]

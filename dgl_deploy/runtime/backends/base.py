@@ -38,6 +38,8 @@ class Encoder(Protocol):
     precision: str  # what it computes at: "fp32", "fp16", "bf16" (torch autocast), "int8" (never auto)
     manifest: Manifest | None  # the export whose graphs/engines it runs (its parity decides mixing); None: none
     host_check: HostCheck | None  # onnxruntime on CPU: the export's precisions probed on this host; else None
+    video_lanes: int  # videos run side by side, each alone (CPU lanes: calls may overlap, rows do not depend on
+    # batching); 0: each call runs its batch at once
     fingerprint: str  # identity of the model (prompts + backbone); embeddings from other models are refused
     frames: int  # T frames per video the video encoder takes
     image_size: int  # H = W of each frame

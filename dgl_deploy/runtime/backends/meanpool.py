@@ -23,6 +23,7 @@ class MeanPoolEncoder:
     precision = "fp32"  # no autocast, no --precision: the baseline as published
     manifest = None  # not an export
     host_check = None
+    video_lanes = 0  # whole batches
 
     def __init__(self, clip: CLIP, fingerprint: str, frames: int, device: Device | str = "cpu") -> None:
         self.device = torch_device(parse_device(device))

@@ -10,6 +10,7 @@ consumer never loads (or hashes) the video graph.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -177,6 +178,8 @@ class OnnxEncoder:
         self._sessions: dict[tuple[str, int | None], ort.InferenceSession] = {}  # by (role, threads)
         self._tokenizer: Any = None
         self._video_lanes: ThreadPoolExecutor | None = None  # CPU: one lane per core, each a video at a time
+        self._lanes_lock = threading.Lock()  # calls may overlap (`video_lanes`): the lanes are made once
+        self.video_lanes = 0 if self.on_gpu else physical_cores()
 
     def close(self) -> None:
         """Stop the CPU video lanes and drop the sessions (opened again on next use)."""
@@ -219,9 +222,10 @@ class OnnxEncoder:
         check_frames(frames, self.frames, self.image_size)  # (B, T, H, W, 3) uint8
         if self.on_gpu or (len(frames) == 1 and ("video", 1) not in self._sessions):  # a lone video (CPU_VIDEO_CHUNK)
             return self._run("video", frames)
-        if self._video_lanes is None:
-            self.session("video", threads=1)  # created (and verified) once, before the lanes share it
-            self._video_lanes = ThreadPoolExecutor(physical_cores(), thread_name_prefix="dgl-video")
+        with self._lanes_lock:
+            if self._video_lanes is None:
+                self.session("video", threads=1)  # created (and verified) once, before the lanes share it
+                self._video_lanes = ThreadPoolExecutor(self.video_lanes, thread_name_prefix="dgl-video")
         chunks = [frames[i:i + CPU_VIDEO_CHUNK] for i in range(0, len(frames), CPU_VIDEO_CHUNK)]
         return np.concatenate(list(self._video_lanes.map(partial(self._run, "video", threads=1), chunks)))  # (B, E)
 

@@ -205,6 +205,7 @@ class TensorRTEncoder:
 
     backend = "tensorrt"
     host_check = None  # no CPU host probe: the engines' parity was checked when they were built
+    video_lanes = 0  # whole batches
 
     def __init__(self, folder: Path | str, device: Device | str = "cuda", precision: str = "auto") -> None:
         """Engines run at the precision they were built at: `precision` must be auto or that one (DGLError

@@ -26,6 +26,7 @@ class TorchEncoder:
     backend = "torch"
     manifest = None  # a checkpoint: no export parity
     host_check = None
+    video_lanes = 0  # whole batches
 
     def __init__(self, model: DGLModel, fingerprint: str, device: Device | str = "cpu", amp: str | None = None) -> None:
         self.device = torch_device(parse_device(device))
