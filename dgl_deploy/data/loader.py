@@ -5,7 +5,8 @@ decoder with a per-file time limit). At most `batch_size * (prefetch + 1)` files
 decoded-but-unconsumed, so decoding overlaps with the consumer while memory stays bounded. A file that fails
 becomes a `VideoFailure` (path + reason) in the next yielded batch; loading goes on.
 
-`iter_videos` gives the same one file at a time (a `DecodedVideo` or a `VideoFailure` each, in input order).
+`iter_videos` gives the same one file at a time (a `DecodedVideo` or a `VideoFailure` each, in input order), each
+as soon as it is decoded: no batch to wait for, no batch copy.
 
 `iter_window_groups` (T frames per window of each file, `dgl embed --window`): `workers` threads each stream
 one file's windows from a `WindowDecodeProcess` (each frame decoded once per file, a time limit per group of
@@ -108,6 +109,34 @@ def iter_video_batches(
     """
     if batch_size < 1 or workers < 1:
         raise ValueError("batch_size and workers must be >= 1")
+    decoded = _iter_decoded(items, num_frames, image_size, workers, max(workers, batch_size * (prefetch + 1)),
+                            timeout=timeout, cache=cache, isolate=isolate, sampling=sampling)
+    try:
+        indices: list[int] = []
+        frames: list[np.ndarray] = []
+        failures: list[VideoFailure] = []
+        for index, result in decoded:
+            if isinstance(result, VideoFailure):
+                failures.append(result)
+            else:
+                frames.append(result)
+                indices.append(index)
+            if len(indices) == batch_size:
+                yield VideoBatch(indices, np.stack(frames), failures)
+                indices, frames, failures = [], [], []
+        if indices or failures:
+            empty = np.zeros((0, num_frames, image_size, image_size, 3), np.uint8)
+            yield VideoBatch(indices, np.stack(frames) if frames else empty, failures)
+    finally:
+        decoded.close()
+
+
+def _iter_decoded(items: Sequence[Any], num_frames: int, image_size: int, workers: int, window: int, *,
+                  timeout: float, cache: FrameCache | None, isolate: bool, sampling: Sampling
+                  ) -> Iterator[tuple[int, np.ndarray | VideoFailure]]:
+    """(index, (T, S, S, 3) frames or the file's failure) for each item, in order, as soon as it is decoded,
+    `window` files decoding or decoded ahead (`iter_video_batches` has the arguments). Closing the generator
+    kills the decoders without waiting."""
     requests = [_request(item, num_frames, image_size, sampling) for item in items]
     decoders = _Decoders(workers, isolate)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="dgl-load")
@@ -130,25 +159,16 @@ def iter_video_batches(
             pending.append((index, pool.submit(load, index)))
 
     try:
-        for _ in range(max(workers, batch_size * (prefetch + 1))):  # the in-flight window
+        for _ in range(window):
             submit_next()
-        indices: list[int] = []
-        frames: list[np.ndarray] = []
-        failures: list[VideoFailure] = []
         while pending:
             index, future = pending.popleft()
             submit_next()  # keep the window full while the consumer works
             try:
-                frames.append(future.result())
-                indices.append(index)
+                result: np.ndarray | VideoFailure = future.result()
             except VideoError as exc:
-                failures.append(VideoFailure(index, exc.path, exc.reason))
-            if len(indices) == batch_size:
-                yield VideoBatch(indices, np.stack(frames), failures)
-                indices, frames, failures = [], [], []
-        if indices or failures:
-            empty = np.zeros((0, num_frames, image_size, image_size, 3), np.uint8)
-            yield VideoBatch(indices, np.stack(frames) if frames else empty, failures)
+                result = VideoFailure(index, exc.path, exc.reason)
+            yield index, result
     finally:
         for _, future in pending:
             future.cancel()
@@ -167,16 +187,16 @@ class DecodedVideo:
 def iter_videos(items: Sequence[Any], num_frames: int, image_size: int, batch_size: int, workers: int = 2, *,
                 timeout: float = DEFAULT_TIMEOUT_S, sampling: Sampling = DEFAULT_SAMPLING
                 ) -> Iterator[DecodedVideo | VideoFailure]:
-    """`iter_video_batches` one file at a time, in input order: each file's `DecodedVideo` or `VideoFailure`
-    (`batch_size` sets how far decoding runs ahead). Closing the generator kills the decoders without waiting."""
-    batches = iter_video_batches(items, num_frames, image_size, batch_size, workers, timeout=timeout, sampling=sampling)
+    """Each file's `DecodedVideo` or `VideoFailure`, in input order, as soon as it is decoded (`batch_size`
+    sets how far decoding runs ahead, as in `iter_video_batches`). Closing the generator kills the decoders
+    without waiting."""
+    decoded = _iter_decoded(items, num_frames, image_size, workers, max(workers, 3 * batch_size), timeout=timeout,
+                            cache=None, isolate=True, sampling=sampling)
     try:
-        for batch in batches:
-            pieces: dict[int, DecodedVideo | VideoFailure] = {f.index: f for f in batch.failures}
-            pieces.update((i, DecodedVideo(i, frames)) for i, frames in zip(batch.indices, batch.frames, strict=True))
-            yield from (pieces[i] for i in sorted(pieces))
+        for index, result in decoded:
+            yield result if isinstance(result, VideoFailure) else DecodedVideo(index, result)
     finally:
-        batches.close()
+        decoded.close()
 
 
 @dataclass(frozen=True)
