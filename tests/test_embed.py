@@ -30,6 +30,7 @@ from dgl_deploy.retrieval.store import open_store
 from dgl_deploy.runtime.backends.select import open_encoder
 
 runner = CliRunner()
+MANY_CLIPS = 120  # the interrupted jobs: at ~100 tiny clips/s, a second of embedding after the first chunk
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +108,11 @@ def test_update_refuses_other_model(workdir, tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def many(workdir) -> Path:
-    """40 clips (copies of the 10), so a job is still running when the tests interrupt it."""
+    """MANY_CLIPS clips (copies of the 10), so a job is still running when the tests interrupt it: a chunk every
+    2 clips, and about 1 s of embedding after the first chunk is written."""
     folder = workdir / "many"
     folder.mkdir(exist_ok=True)
-    for i in range(40):
+    for i in range(MANY_CLIPS):
         shutil.copy(workdir / "videos" / f"vid_{i % 10:05d}.mp4", folder / f"clip_{i:03d}.mp4")
     return folder
 
@@ -137,7 +139,7 @@ def test_kill_and_resume_matches_uninterrupted(workdir, many, tmp_path) -> None:
     proc.wait()
     assert not out.exists() and list(parts.glob("chunk_*.npz")), "the job should have been killed mid-way"
     done_before = len(list(parts.glob("chunk_*.npz")))
-    assert done_before < 20  # of 20 chunks
+    assert done_before < MANY_CLIPS // 2  # chunks of 2 clips
 
     resumed = subprocess.run(_embed_cmd(many, out, model), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
