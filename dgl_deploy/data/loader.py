@@ -35,6 +35,7 @@ from dgl_deploy.data.window_decode import MAX_GROUP_FRAMES, WindowDecodeProcess,
 from dgl_deploy.data.windows import Segmentation
 
 GROUPS_AHEAD = 2  # decoded groups of windows waiting per file in flight
+PREFETCH_BATCHES = 2  # whole files: batches decoded ahead of the one the consumer takes
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def iter_video_batches(
     workers: int = 2,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
-    prefetch: int = 2,
+    prefetch: int = PREFETCH_BATCHES,
     cache: FrameCache | None = None,
     isolate: bool = True,
     sampling: Sampling = DEFAULT_SAMPLING,
@@ -109,7 +110,7 @@ def iter_video_batches(
     """
     if batch_size < 1 or workers < 1:
         raise ValueError("batch_size and workers must be >= 1")
-    decoded = _iter_decoded(items, num_frames, image_size, workers, max(workers, batch_size * (prefetch + 1)),
+    decoded = _iter_decoded(items, num_frames, image_size, workers, _ahead(workers, batch_size, prefetch),
                             timeout=timeout, cache=cache, isolate=isolate, sampling=sampling)
     try:
         indices: list[int] = []
@@ -129,6 +130,11 @@ def iter_video_batches(
             yield VideoBatch(indices, np.stack(frames) if frames else empty, failures)
     finally:
         decoded.close()
+
+
+def _ahead(workers: int, batch_size: int, prefetch: int) -> int:
+    """Files decoding or decoded ahead of the consumer: the batch it takes and `prefetch` more."""
+    return max(workers, batch_size * (prefetch + 1))
 
 
 def _iter_decoded(items: Sequence[Any], num_frames: int, image_size: int, workers: int, window: int, *,
@@ -190,8 +196,8 @@ def iter_videos(items: Sequence[Any], num_frames: int, image_size: int, batch_si
     """Each file's `DecodedVideo` or `VideoFailure`, in input order, as soon as it is decoded (`batch_size`
     sets how far decoding runs ahead, as in `iter_video_batches`). Closing the generator kills the decoders
     without waiting."""
-    decoded = _iter_decoded(items, num_frames, image_size, workers, max(workers, 3 * batch_size), timeout=timeout,
-                            cache=None, isolate=True, sampling=sampling)
+    decoded = _iter_decoded(items, num_frames, image_size, workers, _ahead(workers, batch_size, PREFETCH_BATCHES),
+                            timeout=timeout, cache=None, isolate=True, sampling=sampling)
     try:
         for index, result in decoded:
             yield result if isinstance(result, VideoFailure) else DecodedVideo(index, result)

@@ -1,9 +1,9 @@
 """Decoded frames from a decoder process to its parent through shared memory instead of the pipe.
 
 Through the pipe an array is pickled, copied into the socket, read back and unpickled: four copies and a few
-hundred system calls per group of frames, about a quarter of a long file's decoding CPU. Here the parent owns one
-shared block per worker, `SLOTS` slots of a size it chooses per request (`SharedFrames.block`): the worker copies
-an array into the next slot (`FrameWriter.put`) and sends a small `Ticket`; the parent copies it out
+hundred system calls per group of frames, a large share of a long file's decoding CPU (CHANGELOG.md). Here the
+parent owns one shared block per worker, `SLOTS` slots of a size it chooses per request (`SharedFrames.block`):
+the worker copies an array into the next slot (`FrameWriter.put`) and sends a small `Ticket`; the parent copies it out
 (`SharedFrames.take`) and frees the slot with one byte on a pipe of its own, made with the worker process. The
 worker counts arrays sent and freed, so it fills one slot while the parent empties the other and never
 overwrites an array not taken yet (the parent takes arrays in the order they were sent).
@@ -28,6 +28,11 @@ import numpy as np
 
 SLOTS = 2  # arrays in flight per worker: the worker fills one slot while the parent empties the other
 _ids = itertools.count(1)
+
+
+def frame_bytes(count: int, image_size: int) -> int:
+    """Bytes of `count` (S, S, 3) uint8 frames: the slot a request needs."""
+    return count * image_size * image_size * 3
 
 
 @dataclass(frozen=True)
@@ -165,4 +170,4 @@ class FrameWriter:
         return Ticket(slot, array.shape)
 
 
-__all__ = ["SLOTS", "Block", "Ticket", "SharedFrames", "FrameWriter"]
+__all__ = ["SLOTS", "Block", "Ticket", "SharedFrames", "FrameWriter", "frame_bytes"]

@@ -23,7 +23,7 @@ from dgl_deploy.data.frame_request import FrameRequest
 from dgl_deploy.data.preview import write_preview
 from dgl_deploy.data.sampling import sample_indices
 from dgl_deploy.data.segments import Segment
-from dgl_deploy.data.shared_frames import FrameWriter
+from dgl_deploy.data.shared_frames import FrameWriter, frame_bytes
 from dgl_deploy.data.worker import Connection, WorkerProcess, worker_loop
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -81,8 +81,8 @@ class DecodeProcess(WorkerProcess):
 
     def decode(self, request: FrameRequest, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
         """Like `decode_frames`, in the subprocess, failing with VideoError after `timeout` seconds."""
-        size = request.num_frames * request.image_size * request.image_size * 3
-        return self.frames.take(self._run(request.path, "frames", (request,), timeout, size))
+        nbytes = frame_bytes(request.num_frames, request.image_size)
+        return self.frames.take(self._run(request.path, "frames", (request,), timeout, nbytes))
 
     def preview(self, path: str | Path, segment: Segment | None, target: str | Path,
                 timeout: float = DEFAULT_TIMEOUT_S) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from dgl_deploy.data.decoder import Timeline, VideoError, VideoFile, check_file, decoder_message
 from dgl_deploy.data.sampling import TIME_EPS, uniform_indices
-from dgl_deploy.data.shared_frames import FrameWriter
+from dgl_deploy.data.shared_frames import FrameWriter, frame_bytes
 from dgl_deploy.data.windows import Segmentation, windows_of
 from dgl_deploy.data.worker import Connection, WorkerProcess, worker_loop
 from dgl_deploy.errors import DGLError
@@ -58,6 +58,11 @@ class WindowStacks:
 
 def _nothing() -> None:
     pass
+
+
+def windows_per_group(max_frames: int, num_frames: int) -> int:
+    """How many windows of `num_frames` frames go out together (at least one)."""
+    return max(1, max_frames // num_frames)
 
 
 def plan_windows(timeline: Timeline, segmentation: Segmentation, num_frames: int,
@@ -91,7 +96,7 @@ def decode_windows(path: Path | str, segmentation: Segmentation, num_frames: int
         except DGLError as exc:  # more windows than any file should need: its timestamps claim too much
             raise VideoError(path, f"its timestamps span {timeline.duration:g} s for {len(timeline)} frames: {exc}") from None
         still_needed = np.minimum.accumulate(indices.min(axis=1)[::-1])[::-1]  # (W,) lowest frame of windows w..
-        size = max(1, max_frames // num_frames)  # windows per group
+        size = windows_per_group(max_frames, num_frames)
         frames: dict[int, np.ndarray] = {}  # frame index -> (S, S, 3), decoded and still needed
         ready: list[int] = []  # complete windows not sent yet
         following = 0  # the first window not complete yet
@@ -159,7 +164,7 @@ class WindowDecodeProcess(WorkerProcess):
         seconds, the process crashes, or the file is bad. Abandoning the iterator early kills the process."""
         path = Path(path)
         check_file(path)
-        group_bytes = max(1, max_frames // num_frames) * num_frames * image_size * image_size * 3
+        group_bytes = frame_bytes(windows_per_group(max_frames, num_frames) * num_frames, image_size)
         finished = False
         try:
             conn = self.send((str(path), segmentation, num_frames, image_size, max_frames), group_bytes)
@@ -182,4 +187,4 @@ class WindowDecodeProcess(WorkerProcess):
                 self.stop()
 
 
-__all__ = ["WindowStacks", "decode_windows", "plan_windows", "WindowDecodeProcess", "MAX_GROUP_FRAMES"]
+__all__ = ["WindowStacks", "decode_windows", "plan_windows", "windows_per_group", "WindowDecodeProcess", "MAX_GROUP_FRAMES"]

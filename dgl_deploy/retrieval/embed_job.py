@@ -28,7 +28,7 @@ class EmbedResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
     seconds: float = 0.0  # wall time of the decoding and encoding
     decode_wait_seconds: float = 0.0  # encoder idle, waiting for decoded frames
-    encode_seconds: float = 0.0  # time in encoder calls
+    encode_seconds: float = 0.0  # time with an encoder call running (calls that overlap count once)
     backend: str = ""  # what ran the encoder, in words (`Encoder.describe`)
     model: str | None = None  # model path recorded for `dgl query`
     missing: int = 0  # rows kept whose video file no longer exists

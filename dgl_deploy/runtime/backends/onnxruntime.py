@@ -177,15 +177,15 @@ class OnnxEncoder:
         self._trim_words = m.inputs["text"].shape[1] == "W"  # the text graph takes any length up to max_words
         self._sessions: dict[tuple[str, int | None], ort.InferenceSession] = {}  # by (role, threads)
         self._tokenizer: Any = None
-        self._video_lanes: ThreadPoolExecutor | None = None  # CPU: one lane per core, each a video at a time
+        self._lanes: ThreadPoolExecutor | None = None  # CPU: one lane per core, each a video at a time
         self._lanes_lock = threading.Lock()  # calls may overlap (`video_lanes`): the lanes are made once
         self.video_lanes = 0 if self.on_gpu else physical_cores()
 
     def close(self) -> None:
         """Stop the CPU video lanes and drop the sessions (opened again on next use)."""
-        if self._video_lanes is not None:
-            self._video_lanes.shutdown()
-            self._video_lanes = None
+        if self._lanes is not None:
+            self._lanes.shutdown()
+            self._lanes = None
         self._sessions.clear()
 
     def session(self, role: str, threads: int | None = None) -> ort.InferenceSession:
@@ -223,11 +223,11 @@ class OnnxEncoder:
         if self.on_gpu or (len(frames) == 1 and ("video", 1) not in self._sessions):  # a lone video (CPU_VIDEO_CHUNK)
             return self._run("video", frames)
         with self._lanes_lock:
-            if self._video_lanes is None:
+            if self._lanes is None:
                 self.session("video", threads=1)  # created (and verified) once, before the lanes share it
-                self._video_lanes = ThreadPoolExecutor(self.video_lanes, thread_name_prefix="dgl-video")
+                self._lanes = ThreadPoolExecutor(self.video_lanes, thread_name_prefix="dgl-video")
         chunks = [frames[i:i + CPU_VIDEO_CHUNK] for i in range(0, len(frames), CPU_VIDEO_CHUNK)]
-        return np.concatenate(list(self._video_lanes.map(partial(self._run, "video", threads=1), chunks)))  # (B, E)
+        return np.concatenate(list(self._lanes.map(partial(self._run, "video", threads=1), chunks)))  # (B, E)
 
     def _run(self, role: str, array: np.ndarray, threads: int | None = None) -> np.ndarray:
         """One batch through a tower; on a GPU provider through IO binding (output stays on the device until
