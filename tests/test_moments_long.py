@@ -19,6 +19,7 @@ from dgl_deploy.data.synthetic import BACKGROUND, COLORS
 from dgl_deploy.data.video import decode_frames
 from dgl_deploy.data.windows import Segmentation
 from dgl_deploy.evaluation.evaluate import evaluate_encoder
+from dgl_deploy.evaluation.moments import embed_windows
 from dgl_deploy.runtime.device import CPU
 
 runner = CliRunner()
@@ -65,6 +66,21 @@ def test_same_seed_same_bytes_and_the_annotations_match_the_frames(long_set, tmp
             assert (np.abs(inside.astype(int) - COLORS[colour]).sum(axis=1) < 60).any(), (caption, start)
             before = decode_frames(FrameRequest(item.path, 2, 32, (start - 0.8, start - 0.2))).reshape(-1, 3)
             assert (np.abs(before.astype(int) - COLORS[colour]).sum(axis=1) >= 60).all(), (caption, start)
+
+
+def test_window_rows_keep_the_dataset_order_whatever_order_videos_finish_in(long_set, monkeypatch) -> None:
+    """With CPU lanes, `encode_rows` gives videos as they complete, not always in file order: the rows (and so the
+    ties of a search) must not depend on it."""
+    from dgl_deploy.evaluation import moments
+
+    dataset = load_dataset("charades", long_set.parent, long_set.parent)
+    plain = embed_windows(ColourEncoder(), dataset, Segmentation(2.0, 1.0), workers=1, batch_size=4)
+    in_order = moments.encode_rows
+    monkeypatch.setattr(moments, "encode_rows", lambda *args, **kwargs: reversed(list(in_order(*args, **kwargs))))
+    reversed_rows = embed_windows(ColourEncoder(), dataset, Segmentation(2.0, 1.0), workers=1, batch_size=4)
+    assert reversed_rows.ids == plain.ids and len(set(plain.ids)) == len(dataset.items)
+    np.testing.assert_array_equal(reversed_rows.spans, plain.spans)
+    np.testing.assert_array_equal(reversed_rows.vectors, plain.vectors)
 
 
 def test_eval_moments_with_a_colour_encoder(long_set) -> None:

@@ -110,14 +110,18 @@ def moment_metrics(predictions: Sequence[Sequence[Hit]], truths: Sequence[Moment
 def embed_windows(encoder: Encoder, dataset: RetrievalDataset, segmentation: Segmentation, workers: int = 2,
                   batch_size: int = 16) -> WindowRows:
     """Every window of every video of `dataset` (`data.windows` with `segmentation`), embedded by `encoder`
-    `batch_size` windows per call (`video_rows.encode_rows`); a video that fails to decode is left out whole."""
+    `batch_size` windows per call (`video_rows.encode_rows`); a video that fails to decode is left out whole. Rows
+    are in the dataset's order whatever order the videos finish in (overlapping encoder calls), so ties in a
+    search break the same way on every run."""
     vectors: list[np.ndarray] = []  # (W, E) per video
     spans: list[np.ndarray] = []  # (W, 2) per video
     ids: list[str] = []
     failures: list[VideoFailure] = []
     groups = iter_window_groups([item.path for item in dataset.items], segmentation, encoder.frames,
                                 encoder.image_size, workers)
-    for done in encode_rows(groups, encoder.encode_videos, batch_size, lanes=encoder.video_lanes):
+    finished = {done.index: done for done in encode_rows(groups, encoder.encode_videos, batch_size,
+                                                           lanes=encoder.video_lanes)}
+    for done in (finished[index] for index in sorted(finished)):
         if isinstance(done, VideoFailure):
             failures.append(done)
             continue

@@ -126,9 +126,10 @@ class RowCollector:
 
 def encode_rows(pieces: Iterable[Piece], encode: Callable[[np.ndarray], np.ndarray], batch_size: int,
                 ends: Collection[int] = (), lanes: int = 0) -> Iterator[VideoRows | VideoFailure]:
-    """Each video's rows (or its failure) from decoded pieces in file order, encoded `batch_size` rows per call
-    of `encode` ((B, T, S, S, 3) uint8 -> (B, E)); the batch is cut short where a video in `ends` ends. `lanes`:
-    the encoder's side-by-side lanes (module docstring; 0: one whole batch at a time)."""
+    """Each video's rows (or its failure) as the video completes (with `lanes`, not always in file order), from
+    decoded pieces in file order, encoded `batch_size` rows per call of `encode` ((B, T, S, S, 3) uint8 -> (B, E));
+    the batch is cut short where a video in `ends` ends. `lanes`: the encoder's side-by-side lanes (module
+    docstring; 0: one whole batch at a time)."""
     from dgl_deploy.data.loader import VideoFailure
 
     collector = RowCollector()
